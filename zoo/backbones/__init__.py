@@ -1,0 +1,1 @@
+"""Backbone families, one module each. Importing this package registers every model with timm."""

@@ -1,0 +1,68 @@
+"""The ``zoo`` console script: one dispatcher, one sub-command per job.
+
+Sub-commands live in the wing that owns them and are imported only when called, so ``import zoo`` never pulls in
+the trainer or the exporter (the library never depends on ``train`` or ``export``).
+Each handler is ``main(argv: list[str]) -> int`` and parses its own arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from .errors import ZooError
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "list": ("zoo.cli_models:list_main", "list LightZoo's models (optionally matching a pattern)"),
+    "info": ("zoo.cli_models:info_main", "parameters, MACs, feature pyramid and weights of a model"),
+    "bench": ("zoo.cli_bench:main", "latency/params/MACs of models side by side with a timm peer"),
+    "train": ("train.cli:main", "train a model from a YAML config (no arguments: emov2_1m on digits)"),
+    "eval": ("train.cli:eval_main", "evaluate a checkpoint on a dataset with the task's metrics"),
+    "predict": ("train.predict:main", "run a trained checkpoint on images"),
+    "export": ("export.cli:main", "export to ONNX / ONNX Runtime Mobile with parity checks"),
+    "xscore": ("zoo.xscore_cli:main", "cross-dataset robustness evaluation (xScore)"),
+    "weights": ("zoo.weights_cli:main", "list, fetch and convert pretrained weights"),
+    "data": ("zoo.data.cli:main", "make synthetic datasets for every task"),
+}
+
+
+def _usage() -> str:
+    width = max(len(k) for k in SUBCOMMANDS)
+    rows = "\n".join(f"  {k.ljust(width)}  {help_}" for k, (_, help_) in SUBCOMMANDS.items())
+    return f"usage: zoo <command> [options]\n\ncommands:\n{rows}\n\n`zoo <command> --help` for a command's options."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in SUBCOMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(command, SUBCOMMANDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"zoo: unknown command {command!r}{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, _ = SUBCOMMANDS[command]
+    module_name, func_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            print(f"zoo {command}: not available in this installation ({e.name} is missing)", file=sys.stderr)
+            return 2
+        raise
+    try:
+        return int(getattr(module, func_name)(rest) or 0)
+    except ZooError as e:
+        print(f"zoo {command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"zoo {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
