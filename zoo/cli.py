@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("train.cli:eval_main", "evaluate a checkpoint on a dataset with the task's metrics"),
     "predict": ("train.predict:main", "run a trained checkpoint on images"),
     "export": ("export.cli:main", "export to ONNX / ONNX Runtime Mobile with parity checks"),
-    "xscore": ("zoo.xscore_cli:main", "cross-dataset robustness evaluation (xScore)"),
+    "xscore": ("train.xscore_cli:main", "cross-dataset robustness evaluation (xScore)"),
     "weights": ("zoo.weights_cli:main", "list, fetch and convert pretrained weights"),
     "data": ("zoo.data.cli:main", "make synthetic datasets for every task"),
 }
