@@ -1,0 +1,126 @@
+"""The multi-scale encoder every task head sits on: ``timm.create_model(name, features_only=True)``.
+
+Any timm model with ``features_only`` support works, LightZoo's own families included (they are registered into
+timm). Heads ask for feature levels by *reduction* (stride), not by index, because index 0 is stride 2 in one
+family and stride 4 in another; the paper settings ("RetinaNet on stages 2-4") are strides 8/16/32 everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from ..errors import ConfigError, InputShapeError, WeightsError
+
+
+class FeatureBackbone(nn.Module):
+    """A features_only timm model that returns only the levels a head asked for.
+
+    Attributes ``channels`` and ``reductions`` describe the returned list, finest level first.
+    """
+
+    def __init__(self, body: nn.Module, keep: Sequence[int], in_chans: int) -> None:
+        super().__init__()
+        self.body = body
+        info = body.feature_info
+        self.keep = list(keep)
+        self.channels = [info.channels()[i] for i in self.keep]
+        self.reductions = [info.reduction()[i] for i in self.keep]
+        self.in_chans = in_chans
+        cfg = dict(getattr(body, "pretrained_cfg", None) or {})
+        self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise InputShapeError(
+                f"expected a batch (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
+        feats = self.body(x)
+        return [feats[i] for i in self.keep]
+
+
+def _feature_model(name: str, in_chans: int, pretrained: bool | str, **kwargs: Any) -> nn.Module:
+    from ..registry import _ZOO_MODELS, check_model_name
+
+    check_model_name(name)
+    ours = name in _ZOO_MODELS
+    try:
+        body = timm.create_model(name, features_only=True, in_chans=in_chans,
+                                 pretrained=bool(pretrained) and not ours, **kwargs)
+    except (RuntimeError, AssertionError, TypeError) as e:  # models without a feature pyramid (e.g. some ViTs)
+        raise ConfigError(f"backbone {name!r} cannot be built with features_only=True ({e}); "
+                          "dense heads need a multi-scale feature extractor") from e
+    if pretrained and ours:
+        _load_ours_pretrained(body, name, None if pretrained is True else str(pretrained), in_chans)
+    return body
+
+
+def _norm_key(k: str) -> str:
+    # FeatureListNet flattens nested names with "_" ("stages_0.blocks"), FeatureGetterNet prefixes "model.".
+    return k.removeprefix("model.").replace(".", "_")
+
+
+def _load_ours_pretrained(body: nn.Module, name: str, tag: str | None, in_chans: int) -> None:
+    """Load LightZoo's manifest weights (which are for the classifier) into the feature extractor."""
+    from ..weights import load_pretrained
+
+    full = timm.create_model(name, pretrained=False, in_chans=in_chans)
+    load_pretrained(full, name, tag)
+    src = {_norm_key(k): v for k, v in full.state_dict().items()}
+    own = body.state_dict()
+    missing = [k for k in own if _norm_key(k) not in src]
+    if missing:
+        raise WeightsError(f"pretrained weights for {name!r} do not cover the feature extractor: missing "
+                           f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    body.load_state_dict({k: src[_norm_key(k)] for k in own}, strict=True)
+
+
+def create_backbone(
+    name: str,
+    reductions: Sequence[int] | None = None,
+    *,
+    min_levels: int = 1,
+    optional: Sequence[int] = (),
+    in_chans: int = 3,
+    pretrained: bool | str = False,
+    out_indices: Sequence[int] | None = None,
+    **kwargs: Any,
+) -> FeatureBackbone:
+    """Feature extractor on ``name`` returning the levels whose reductions are in ``reductions``.
+
+    ``reductions=None`` keeps every level (``min_levels`` of them at least). ``out_indices`` goes straight to
+    timm for users who want specific stages; the reduction filter is then applied to those. Reductions listed
+    in ``optional`` are dropped silently when the backbone lacks them (a stride-4 level, for example).
+    """
+    fkw = dict(kwargs)
+    if out_indices is not None:
+        fkw["out_indices"] = tuple(out_indices)
+    body = _feature_model(name, in_chans, pretrained, **fkw)
+    have = list(body.feature_info.reduction())
+    if reductions is None:
+        keep = list(range(len(have)))
+    else:
+        reductions = [r for r in reductions if r in have or r not in optional]
+        missing = [r for r in reductions if r not in have]
+        if missing:
+            raise ConfigError(f"backbone {name!r} has feature reductions {have}; this head needs {list(reductions)} "
+                              f"(missing {missing})")
+        # the last level with each reduction (a stage's output rather than an intermediate of the same stride)
+        keep = [max(i for i, r in enumerate(have) if r == want) for want in reductions]
+    if len(keep) < min_levels:
+        raise ConfigError(f"backbone {name!r} gives {len(keep)} feature level(s) {have}; this head needs "
+                          f"at least {min_levels}")
+    return FeatureBackbone(body, keep, in_chans)
+
+
+def feature_reductions(name: str) -> list[int]:
+    """Reductions of the default features_only levels of ``name`` (empty if it has none)."""
+    try:
+        body = _feature_model(name, 3, False)
+    except ConfigError:
+        return []
+    return list(body.feature_info.reduction())

@@ -1,0 +1,188 @@
+"""Semantic segmentation decoders on any features_only backbone.
+
+- ``fpn``: Semantic FPN (Kirillov et al., "Panoptic Feature Pyramid Networks", arXiv 1901.02446): an FPN on
+  strides 4-32, each level brought to 1/4 by (3x3 conv, BN, ReLU, 2x upsample) stages, summed, classified.
+  This is the "Semantic FPN" head the EMOv2 paper (arXiv 2412.06674) reports on ADE20K.
+- ``deeplabv3``: ASPP on the last stage (Chen et al., arXiv 1706.05587), torchvision's ``DeepLabHead``.
+- ``lraspp``: Lite R-ASPP (Howard et al., MobileNetV3, arXiv 1905.02244), torchvision's ``LRASPPHead`` on the
+  stride-8 and last levels.
+- ``unet``: a U-Net decoder (Ronneberger et al., arXiv 1505.04597): upsample, concatenate the skip, two
+  (3x3 conv, BN, ReLU), from the deepest level to the finest.
+
+Contract: ``model(x)`` returns logits ``(N, num_classes, H, W)`` at the input resolution; in ``train()`` mode
+``model(x, targets)`` with class-index masks ``(N, H, W)`` returns ``{"loss_seg": cross-entropy}`` (pixels equal
+to ``ignore_index`` do not count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+from torchvision.models.segmentation.lraspp import LRASPPHead
+from torchvision.ops import FeaturePyramidNetwork
+
+from ..errors import ConfigError, DataError, InputShapeError
+from ._backbone import FeatureBackbone, create_backbone
+
+SEGMENTATION_HEADS = ("fpn", "deeplabv3", "lraspp", "unet")
+
+
+def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
+    """Conv (no bias: BN follows) + BN + ReLU, the unit every light decoder here is made of."""
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+def _up(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    # interpolate to an explicit size (not scale_factor=2) so inputs that are not multiples of 32 still align
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class SemanticFPNDecoder(nn.Module):
+    """FPN + per-level upsampling branches summed at the finest level (Panoptic FPN's semantic branch)."""
+
+    def __init__(self, in_channels: Sequence[int], reductions: Sequence[int], num_classes: int,
+                 fpn_channels: int = 256, channels: int = 128, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.fpn = FeaturePyramidNetwork(list(in_channels), fpn_channels)
+        finest = reductions[0]
+        self.branches = nn.ModuleList()
+        for r in reductions:
+            n_up = max(int(round(torch.log2(torch.tensor(r / finest)).item())), 0)
+            layers = [conv_bn_relu(fpn_channels if i == 0 else channels, channels) for i in range(max(n_up, 1))]
+            self.branches.append(nn.ModuleList(layers))
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        pyramid = list(self.fpn({str(i): f for i, f in enumerate(feats)}).values())
+        size = pyramid[0].shape[-2:]
+        out = None
+        for p, branch in zip(pyramid, self.branches):
+            for layer in branch:
+                p = layer(p)
+                if p.shape[-2] < size[0]:  # one 2x step per conv, as in Panoptic FPN
+                    p = _up(p, [min(2 * p.shape[-2], size[0]), min(2 * p.shape[-1], size[1])])
+            if p.shape[-2:] != size:
+                p = _up(p, size)
+            out = p if out is None else out + p
+        return self.classifier(self.dropout(out))
+
+
+class DeepLabV3Decoder(nn.Module):
+    """torchvision's ``DeepLabHead`` (ASPP + 3x3 conv + classifier) on the last level."""
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int,
+                 atrous_rates: Sequence[int] = (12, 24, 36)) -> None:
+        super().__init__()
+        self.head = DeepLabHead(in_channels[-1], num_classes, atrous_rates=tuple(atrous_rates))
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(feats[-1])
+
+
+class LRASPPDecoder(nn.Module):
+    """torchvision's ``LRASPPHead`` on the stride-8 ("low") and last ("high") levels."""
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, inter_channels: int = 128) -> None:
+        super().__init__()
+        self.head = LRASPPHead(in_channels[0], in_channels[-1], num_classes, inter_channels)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.head({"low": feats[0], "high": feats[-1]})
+
+
+class UNetDecoder(nn.Module):
+    """U-Net decoder over every level: deepest first, each step upsample + concat skip + 2x conv-BN-ReLU."""
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int,
+                 decoder_channels: Sequence[int] = (256, 128, 64, 32)) -> None:
+        super().__init__()
+        n_steps = len(in_channels) - 1
+        chans = list(decoder_channels)[:n_steps]
+        chans += [chans[-1] if chans else 32] * (n_steps - len(chans))
+        self.blocks = nn.ModuleList()
+        cur = in_channels[-1]
+        for skip_ch, out_ch in zip(reversed(list(in_channels[:-1])), chans):
+            self.blocks.append(nn.Sequential(conv_bn_relu(cur + skip_ch, out_ch), conv_bn_relu(out_ch, out_ch)))
+            cur = out_ch
+        self.classifier = nn.Conv2d(cur, num_classes, 3, padding=1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = feats[-1]
+        for skip, block in zip(reversed(feats[:-1]), self.blocks):
+            x = block(torch.cat([_up(x, skip.shape[-2:]), skip], dim=1))
+        return self.classifier(x)
+
+
+def check_mask_targets(targets: torch.Tensor, size: Sequence[int], num_classes: int, ignore_index: int) -> None:
+    """Shape and label range of class-index masks; a bad label is a data bug, reported as such."""
+    if targets.ndim != 3 or tuple(targets.shape[-2:]) != tuple(size):
+        raise InputShapeError(f"targets must be class-index masks (N, {size[0]}, {size[1]}) matching the input, "
+                              f"got {tuple(targets.shape)}")
+    if targets.dtype.is_floating_point:
+        raise InputShapeError(f"targets must be integer class indices, got dtype {targets.dtype}")
+    valid = targets[targets != ignore_index]
+    if valid.numel() and (valid.min() < 0 or valid.max() >= num_classes):
+        raise DataError(f"mask label {int(valid.max() if valid.max() >= num_classes else valid.min())} outside "
+                        f"[0, {num_classes}) (ignore_index={ignore_index})")
+
+
+class SegmentationModel(nn.Module):
+    """Backbone + decoder; logits at input resolution, or a loss dict in train mode with targets."""
+
+    def __init__(self, backbone: FeatureBackbone, decoder: nn.Module, num_classes: int, head: str,
+                 ignore_index: int = 255) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+        self.num_classes = num_classes
+        self.head_name = head
+        self.ignore_index = ignore_index
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        logits = _up(self.decoder(self.backbone(x)), x.shape[-2:])
+        if self.training and targets is not None:
+            check_mask_targets(targets, x.shape[-2:], self.num_classes, self.ignore_index)
+            return {"loss_seg": F.cross_entropy(logits, targets.long(), ignore_index=self.ignore_index)}
+        return logits
+
+
+# levels each head reads, by reduction; None = every level the backbone has (at stride >= 2)
+_HEAD_LEVELS: dict[str, tuple[int, ...] | None] = {
+    "fpn": (4, 8, 16, 32), "deeplabv3": (32,), "lraspp": (8, 32), "unet": None,
+}
+
+
+def build_segmentation_model(backbone_name: str, head: str = "fpn", num_classes: int = 150, in_chans: int = 3,
+                             pretrained_backbone: bool | str = False, ignore_index: int = 255,
+                             out_indices: Sequence[int] | None = None, **kwargs: object) -> SegmentationModel:
+    """Semantic segmentation model; head kwargs: ``fpn_channels``/``channels`` (fpn), ``atrous_rates``
+    (deeplabv3), ``inter_channels`` (lraspp), ``decoder_channels`` (unet)."""
+    if head not in SEGMENTATION_HEADS:
+        raise ConfigError(f"unknown segmentation head {head!r}; choose one of {', '.join(SEGMENTATION_HEADS)}")
+    if num_classes < 2:
+        raise ConfigError("segmentation needs num_classes >= 2 (use 2 for foreground/background)")
+    backbone = make_dense_backbone(backbone_name, _HEAD_LEVELS[head], in_chans, pretrained_backbone, out_indices)
+    chans, reds = backbone.channels, backbone.reductions
+    head_kw = dict(kwargs)
+    if head == "fpn":
+        decoder: nn.Module = SemanticFPNDecoder(chans, reds, num_classes, **head_kw)
+    elif head == "deeplabv3":
+        decoder = DeepLabV3Decoder(chans, num_classes, **head_kw)
+    elif head == "lraspp":
+        decoder = LRASPPDecoder(chans, num_classes, **head_kw)
+    else:
+        decoder = UNetDecoder(chans, num_classes, **head_kw)
+    return SegmentationModel(backbone, decoder, num_classes, head, ignore_index)
+
+
+def make_dense_backbone(name: str, reductions: tuple[int, ...] | None, in_chans: int, pretrained: bool | str,
+                        out_indices: Sequence[int] | None = None) -> FeatureBackbone:
+    """Backbone for a dense head; a stride-4 level is optional (some families start at stride 8)."""
+    return create_backbone(name, reductions, min_levels=2 if reductions is None else 1, optional=(4,),
+                           in_chans=in_chans, pretrained=pretrained, out_indices=out_indices)
