@@ -1,0 +1,45 @@
+"""Export LightZoo models for phones: ONNX, ONNX Runtime Mobile (``.ort``), int8 -- each checked against PyTorch.
+
+>>> import export, zoo
+>>> model = zoo.create_model("mobilenetv3_small_050").eval()
+>>> ex = export.to_onnx(model, "out/m.onnx", 224)                  # dynamo exporter, legacy on failure
+>>> report = export.check_parity(model, ex.path, ex.spec)          # raises ExportError on mismatch
+>>> q = export.quantize_int8(ex.path, "out/m.int8.onnx", ex.spec, calibration)   # (N, C, H, W) arrays
+>>> conv = export.to_ort(ex.path)                                  # out/m.ort + m.required_operators.config
+>>> export.export_model("mobilenetv3_small_050", "out", format="ort", int8=True)  # all of it, plus sidecars
+
+Graph interfaces per task are in :mod:`export.spec`; detection post-processing is :func:`export.detection.postprocess`.
+"""
+
+from .calib import load_calibration, synthetic_calibration
+from .metadata import sidecar_path, write_sidecar
+from .mobile import OrtConversion, to_ort
+from .onnx_export import DEFAULT_OPSET, EXPORTERS, OnnxExport, to_onnx
+from .parity import ParityReport, check_parity, make_session
+from .pipeline import ExportResult, export_model, load_model
+from .quantize import QuantReport, quantize_int8
+from .spec import DEFAULT_ATOL, ExportSpec, build_spec
+
+__all__ = [
+    "DEFAULT_ATOL",
+    "DEFAULT_OPSET",
+    "EXPORTERS",
+    "ExportResult",
+    "ExportSpec",
+    "OnnxExport",
+    "OrtConversion",
+    "ParityReport",
+    "QuantReport",
+    "build_spec",
+    "check_parity",
+    "export_model",
+    "load_calibration",
+    "load_model",
+    "make_session",
+    "quantize_int8",
+    "sidecar_path",
+    "synthetic_calibration",
+    "to_onnx",
+    "to_ort",
+    "write_sidecar",
+]

@@ -1,0 +1,108 @@
+"""The JSON sidecar written next to every exported file (``model.onnx`` -> ``model.onnx.json``).
+
+It holds what an app needs to feed the model and read its answer (input names/shapes, mean/std, resize policy,
+class names, output names, detection post-processing settings) and what a reviewer needs to trust it (opset,
+exporter, parity figures, library versions, the source checkpoint and the file's sha256).
+``<file>.json`` rather than ``<stem>.json`` so ``model.onnx``, ``model.int8.onnx`` and ``model.ort`` in one
+folder never overwrite each other's sidecar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from zoo.checkpoint import atomic_write_bytes
+
+from .spec import ExportSpec
+
+SIDECAR_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    return Path(str(path) + ".json")
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def find_pretrained_cfg(model: nn.Module) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` of the model or, for task models, of the first sub-module that has one."""
+    for m in model.modules():
+        cfg = getattr(m, "pretrained_cfg", None)
+        if isinstance(cfg, Mapping) and cfg:
+            return dict(cfg)
+    return {}
+
+
+def preprocessing(model: nn.Module, checkpoint_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Normalisation and resize policy: the checkpoint's sidecar first, else the backbone's timm config."""
+    meta = dict(checkpoint_meta or {})
+    cfg = find_pretrained_cfg(model)
+    return {
+        "mean": list(meta.get("mean") or cfg.get("mean") or IMAGENET_MEAN),
+        "std": list(meta.get("std") or cfg.get("std") or IMAGENET_STD),
+        "crop_pct": meta.get("crop_pct", cfg.get("crop_pct")),
+        "interpolation": meta.get("interpolation", cfg.get("interpolation", "bilinear")),
+        "default_input_size": list(meta.get("input_size") or cfg.get("input_size") or (3, 224, 224)),
+        "min_input_size": list(cfg["min_input_size"]) if cfg.get("min_input_size") else None,
+    }
+
+
+def io_description(spec: ExportSpec, output_shapes: Mapping[str, list[Any]] | None = None) -> dict[str, Any]:
+    batch: Any = "batch" if spec.dynamic_batch else 1
+    return {
+        "inputs": [{"name": n, "shape": [batch, *spec.input_size], "dtype": "float32"} for n in spec.input_names],
+        "outputs": [{"name": n, "shape": (output_shapes or {}).get(n), "dtype": "float32"}
+                    for n in spec.output_names],
+        "primary_output": spec.primary_output,
+        "class_axis": spec.class_axis,
+    }
+
+
+def write_sidecar(path: str | os.PathLike, fields: Mapping[str, Any]) -> Path:
+    """Write ``<path>.json`` atomically with ``fields`` plus the file's format, size and sha256."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    import zoo
+
+    path = Path(path)
+    data = {
+        "sidecar_version": SIDECAR_VERSION,
+        "file": path.name,
+        "format": path.suffix.lstrip("."),
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256(path),
+        **dict(fields),
+        "versions": {"lightzoo": zoo.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__},
+    }
+    text = json.dumps(data, indent=2, default=_jsonable)
+    side = sidecar_path(path)
+    atomic_write_bytes(side, lambda tmp: Path(tmp).write_text(text + "\n"))
+    return side
+
+
+def _jsonable(o: object) -> object:
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, tuple):
+        return list(o)
+    if hasattr(o, "item"):
+        return o.item()  # numpy / torch scalars
+    return str(o)

@@ -1,0 +1,179 @@
+"""PyTorch -> ONNX, with either of torch's two exporters and an automatic fallback to the other.
+
+Choice of exporter. ``dynamo`` (``torch.onnx.export(..., dynamo=True)``, torch.export + onnxscript) is the default
+because it is the exporter PyTorch maintains: it handles models the TorchScript tracer cannot (the official
+LWGANet only exports with it) and yields an optimised graph. It is slow (15-30 s per model on 2 cores, most of it
+decompositions), so ``legacy`` (the TorchScript tracer, ``dynamo=False``; about 1-2 s) stays available. When the
+chosen exporter raises, the other is tried automatically with a printed note, and the exporter actually used is
+recorded in the result and the metadata sidecar. A fallback cannot hide a wrong graph: every export is followed
+by a parity check against PyTorch (:mod:`export.parity`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from zoo.errors import ExportError
+
+from .spec import ExportSpec, as_tuple, build_adapter, build_spec, guess_task, normalize_input_size
+
+EXPORTERS = ("dynamo", "legacy")
+DEFAULT_OPSET = 18
+#: protobuf cannot hold a single file over 2 GiB; above this many weight bytes the weights go to a side file
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+@dataclass
+class OnnxExport:
+    """Where the graph went and how it was produced."""
+
+    path: Path
+    spec: ExportSpec
+    opset: int
+    exporter: str
+    requested_exporter: str
+    fallback_reason: str | None = None
+    external_data: bool = False
+    simplified: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.spec.input_names
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.spec.output_names
+
+
+def model_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _export_dynamo(adapter: nn.Module, args: tuple[torch.Tensor, ...], path: Path, spec: ExportSpec, opset: int,
+                   external: bool) -> None:
+    dynamic_shapes = None
+    if spec.dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        dynamic_shapes = tuple({0: batch} for _ in args)
+    # the exporter narrates its progress on stdout; keep it for the error message only
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(adapter, args, str(path), dynamo=True, opset_version=opset, input_names=spec.input_names,
+                          output_names=spec.output_names, dynamic_shapes=dynamic_shapes, external_data=external,
+                          verbose=False, optimize=True, report=False)
+
+
+def _export_legacy(adapter: nn.Module, args: tuple[torch.Tensor, ...], path: Path, spec: ExportSpec, opset: int,
+                   external: bool) -> None:
+    with warnings.catch_warnings():
+        # the deprecation notice and tracer warnings: we chose this exporter on purpose and check parity after
+        warnings.simplefilter("ignore")
+        torch.onnx.export(adapter, args, str(path), dynamo=False, opset_version=opset, input_names=spec.input_names,
+                          output_names=spec.output_names,
+                          dynamic_axes=spec.dynamic_axes() if spec.dynamic_batch else None,
+                          do_constant_folding=True)
+    if external:
+        model = onnx.load(str(path))
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data")
+
+
+def _simplify(path: Path, required: bool) -> bool:
+    """onnx-simplifier when installed (it is optional); keep the original when it cannot check its result."""
+    try:
+        import onnxsim  # type: ignore[import-not-found]
+    except ImportError as e:
+        if required:
+            raise ExportError("simplify=True needs onnx-simplifier: pip install onnxsim") from e
+        return False
+    model = onnx.load(str(path))
+    try:
+        simplified, ok = onnxsim.simplify(model)
+    except Exception as e:  # noqa: BLE001 - an optional optimisation must never break an export
+        print(f"note: onnxsim failed ({_first_line(e)}); keeping the unsimplified graph", file=sys.stderr)
+        return False
+    if ok:
+        onnx.save(simplified, str(path))
+    return bool(ok)
+
+
+def to_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: int | Sequence[int] = 224,
+    *,
+    task: str | None = None,
+    dynamic_batch: bool = False,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "dynamo",
+    fallback: bool = True,
+    simplify: bool | None = None,
+    in_chans: int = 3,
+) -> OnnxExport:
+    """Export ``model`` (eval mode, float32, CPU) to a self-contained ONNX file at ``path`` and run ``onnx.checker``.
+
+    ``input_size`` is ``H``, ``(H, W)`` or ``(C, H, W)``. Graph inputs/outputs are named per task (see
+    :mod:`export.spec`); the batch axis is ``batch`` (dynamic) with ``dynamic_batch`` and 1 otherwise.
+    ``exporter`` picks ``"dynamo"`` (default) or ``"legacy"``; with ``fallback`` the other one is tried when it
+    raises (a note is printed and ``OnnxExport.fallback_reason`` says why). ``simplify``: run onnx-simplifier
+    (``None`` = when installed). Weights above ~1.8 GB go to ``<path>.data`` (protobuf's 2 GiB limit).
+    Parity is *not* checked here; :func:`export.check_parity` does that and the CLI always calls it.
+    """
+    if exporter not in EXPORTERS:
+        raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().float().cpu()
+    task = task or guess_task(model)
+    spec = build_spec(task, normalize_input_size(input_size, in_chans), dynamic_batch, model)
+    adapter = build_adapter(model, spec)
+    # a dynamic batch is exported from batch 2: torch.export specialises sizes 0 and 1
+    args = spec.example_inputs(2 if dynamic_batch else 1)
+    with torch.no_grad():
+        try:
+            as_tuple(adapter(*args))
+        except ExportError:
+            raise
+        except Exception as e:
+            raise ExportError(f"the model does not run on inputs of size {tuple(args[0].shape)} in PyTorch "
+                              f"({_first_line(e)}); pick another --input-size") from e
+    external = model_bytes(model) > EXTERNAL_DATA_BYTES
+    order = [exporter] + ([e for e in EXPORTERS if e != exporter] if fallback else [])
+    failures: list[str] = []
+    for name in order:
+        for stale in (path, Path(str(path) + ".data")):
+            stale.unlink(missing_ok=True)
+        try:
+            with torch.no_grad():
+                (_export_dynamo if name == "dynamo" else _export_legacy)(adapter, args, path, spec, opset, external)
+            onnx.checker.check_model(str(path))
+        except Exception as e:  # noqa: BLE001 - any exporter failure is reported (and may fall back)
+            failures.append(f"{name} exporter: {_first_line(e)}")
+            if name != order[-1]:
+                print(f"note: the {name} exporter failed ({_first_line(e)}); retrying with the "
+                      f"{order[order.index(name) + 1]} exporter", file=sys.stderr)
+            continue
+        result = OnnxExport(path=path, spec=spec, opset=opset, exporter=name, requested_exporter=exporter,
+                            fallback_reason=failures[0] if failures else None, external_data=external)
+        if simplify is not False:
+            result.simplified = _simplify(path, required=bool(simplify))
+        return result
+    raise ExportError(f"ONNX export of {type(model).__name__} failed: " + " | ".join(failures))

@@ -1,0 +1,242 @@
+"""The whole export job behind ``zoo export``: model -> ONNX -> parity -> [int8] -> [.ort] -> sidecars.
+
+Every file this writes has passed a parity check against PyTorch (fp32 files: max abs diff within tolerance and
+100% top-1 agreement; int8 files: agreement with fp32 reported, since int8 is lossy by design). A file that fails
+its check is renamed ``<name>.parity_failed.<ext>`` (kept for debugging, but never at the path an app would load)
+and :class:`zoo.errors.ExportError` carries the report.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+import zoo
+from zoo.errors import ExportError
+
+from .calib import load_calibration, synthetic_calibration
+from .metadata import io_description, preprocessing, write_sidecar
+from .mobile import OrtConversion, to_ort
+from .onnx_export import DEFAULT_OPSET, OnnxExport, to_onnx
+from .parity import Batch, ParityReport, ParitySet, check_parity, compare_files, torch_outputs
+from .quantize import QuantReport, quantize_int8
+from .spec import ExportSpec, build_adapter, normalize_input_size
+
+FORMATS = ("onnx", "ort")
+
+
+@dataclass
+class ExportResult:
+    """Everything one export produced; ``files`` lists every model file written (each has a ``.json`` sidecar)."""
+
+    name: str
+    task: str
+    onnx: OnnxExport
+    parity: list[ParityReport] = field(default_factory=list)
+    quant: QuantReport | None = None
+    ort: OrtConversion | None = None
+    ort_int8: OrtConversion | None = None
+    ort_int8_vs_onnx: ParitySet | None = None
+    files: list[Path] = field(default_factory=list)
+
+    def summary(self) -> str:
+        ex = self.onnx
+        lines = [f"exported {self.name} ({self.task}) with the {ex.exporter} exporter, opset {ex.opset}"
+                 + (f" (fallback: {ex.fallback_reason})" if ex.fallback_reason else "")]
+        lines += [p.summary() for p in self.parity]
+        if self.quant:
+            lines.append(self.quant.summary())
+        if self.ort_int8_vs_onnx:
+            s = self.ort_int8_vs_onnx
+            lines.append(f"int8 .ort vs int8 .onnx: max abs diff {max(s.max_abs_diff.values()):.2e}, "
+                         f"top-1 agreement {100 * s.agreement:.2f}% ({s.agree}/{s.total})")
+        if self.ort:
+            lines.append(f"reduced-build operator config: {self.ort.config_path.name}")
+        lines += [f"wrote {p}" for p in self.files]
+        return "\n".join(lines)
+
+
+def _looks_like_path(source: str) -> bool:
+    return os.sep in source or source.endswith((".safetensors", ".pth", ".pt", ".bin", ".ckpt"))
+
+
+def load_model(source: str | nn.Module, *, model_name: str | None = None, task: str | None = None,
+               head: str | None = None, num_classes: int | None = None, pretrained: bool | str = False,
+               ) -> tuple[nn.Module, dict[str, Any], str, str]:
+    """(model in eval mode, checkpoint metadata, name, task) for a model name, a checkpoint file or a module."""
+    if isinstance(source, nn.Module):
+        return source.eval(), {}, model_name or type(source).__name__.lower(), task or "classification"
+    meta: dict[str, Any] = {}
+    if Path(source).is_file():
+        meta = zoo.read_metadata(source) or {}
+        name = model_name or meta.get("model")
+        if not name:
+            raise ExportError(f"{source!r} has no LightZoo sidecar naming its model; pass --model NAME")
+        task = task or meta.get("task") or "classification"
+        model = zoo.create_model(name, checkpoint_path=source, task=task, head=head, num_classes=num_classes)
+        return model.eval(), meta, f"{name}_{Path(source).stem}", task
+    if _looks_like_path(source):
+        raise ExportError(f"checkpoint file {source!r} does not exist")
+    task = task or "classification"
+    model = zoo.create_model(source, pretrained=pretrained, task=task, head=head, num_classes=num_classes)
+    return model.eval(), meta, source, task
+
+
+def _class_names(model: nn.Module, meta: dict[str, Any]) -> list[str] | None:
+    names = meta.get("class_names") or meta.get("classes")
+    return list(names) if names else None
+
+
+def _num_classes(model: nn.Module, meta: dict[str, Any]) -> int | None:
+    n = meta.get("num_classes", getattr(model, "num_classes", None))
+    return int(n) if n is not None else None
+
+
+def _fail(path: Path, report: str) -> ExportError:
+    bad = path.with_name(f"{path.stem}.parity_failed{path.suffix}")
+    os.replace(path, bad)
+    return ExportError(f"{report}\nthe file was moved to {bad} so that nothing loads it by mistake")
+
+
+def export_model(
+    source: str | nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    format: str = "onnx",  # noqa: A002 - the CLI's word
+    model_name: str | None = None,
+    name: str | None = None,
+    task: str | None = None,
+    head: str | None = None,
+    num_classes: int | None = None,
+    pretrained: bool | str = False,
+    input_size: int | Sequence[int] | None = None,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = False,
+    exporter: str = "dynamo",
+    fallback: bool = True,
+    simplify: bool | None = None,
+    atol: float | None = None,
+    n_random: int = 4,
+    int8: bool = False,
+    int8_mode: str = "static",
+    calib: str | os.PathLike | None = None,
+    calib_limit: int = 64,
+    target_platform: str | None = None,
+    latency_rounds: int = 20,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Export a model name, a checkpoint (``.safetensors`` with sidecar, or an official file with ``model_name``)
+    or an ``nn.Module`` to ``out_dir``; see the module docstring and ``zoo export --help`` for the options."""
+    if format not in FORMATS:
+        raise ExportError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    model, meta, default_name, task = load_model(source, model_name=model_name, task=task, head=head,
+                                                 num_classes=num_classes, pretrained=pretrained)
+    pre = preprocessing(model, meta)
+    in_chans = int(meta.get("in_chans") or pre["default_input_size"][0])
+    size = normalize_input_size(input_size if input_size is not None else pre["default_input_size"][1:], in_chans)
+    name = name or default_name
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    ex = to_onnx(model, out / f"{name}.onnx", size, task=task, dynamic_batch=dynamic_batch, opset=opset,
+                 exporter=exporter, fallback=fallback, simplify=simplify, in_chans=in_chans)
+    spec = ex.spec
+    result = ExportResult(name, task, ex)
+    # detection inputs are [0, 1] images: the detector normalises inside the graph
+    norm = (None, None) if task == "detection" else (pre["mean"], pre["std"])
+    crop = pre["crop_pct"] if task == "classification" else None
+    images: Batch | None = None
+    if calib is not None:
+        images = load_calibration(calib, size, len(spec.input_names), *norm, crop_pct=crop, limit=calib_limit)
+        log(f"calibration images: {len(images[0])} from {calib}")
+
+    base = _base_fields(model, meta, name, task, spec, pre, ex, _output_shapes(model, spec))
+    parity = check_parity(model, ex.path, spec, images=images, n_random=n_random, atol=atol, raise_on_fail=False)
+    result.parity.append(parity)
+    if not parity.passed:
+        raise _fail(ex.path, f"the exported model does not match PyTorch:\n{parity.summary()}")
+    result.files.append(ex.path)
+    write_sidecar(ex.path, {**base, "parity": parity.to_dict()})
+
+    if int8:
+        calibration = images
+        source_desc = f"{len(images[0])} images from {calib}" if images is not None else ""
+        if calibration is None:
+            print("warning: no --calib folder given: int8 calibration runs on synthetic images, whose activation "
+                  "ranges differ from real photos; accuracy of the int8 model is only indicative", file=sys.stderr)
+            calibration = synthetic_calibration(size, len(spec.input_names), 16, *norm)
+            source_desc = "synthetic"
+        int8_path = out / f"{name}.int8.onnx"
+        q = quantize_int8(ex.path, int8_path, spec, calibration, mode=int8_mode, calibration_source=source_desc,
+                          latency_rounds=latency_rounds)
+        result.quant = q
+        result.files.append(int8_path)
+        write_sidecar(int8_path, {**base, "quantization": q.to_dict(), "parity": parity.to_dict(),
+                                  "parity_note": "parity figures are those of the fp32 model this was quantized "
+                                                 "from; see quantization for agreement with fp32"})
+
+    if format == "ort":
+        conv = to_ort(ex.path, out, target_platform=target_platform)
+        result.ort = conv
+        ort_parity = check_parity(model, conv.ort_path, spec, images=images, n_random=n_random, atol=atol,
+                                  label="fp32 .ort", raise_on_fail=False)
+        result.parity.append(ort_parity)
+        if not ort_parity.passed:
+            raise _fail(conv.ort_path, f"the .ort model does not match PyTorch:\n{ort_parity.summary()}")
+        result.files.append(conv.ort_path)
+        ort_fields = {"required_operators_config": conv.config_path.name, "target_platform": target_platform}
+        write_sidecar(conv.ort_path, {**base, **ort_fields, "parity": ort_parity.to_dict()})
+        if result.quant is not None:
+            conv8 = to_ort(result.quant.path, out, target_platform=target_platform)
+            result.ort_int8 = conv8
+            batch = images if images is not None else synthetic_calibration(size, len(spec.input_names), 16, *norm)
+            result.ort_int8_vs_onnx = compare_files(result.quant.path, conv8.ort_path, spec, batch)
+            result.files.append(conv8.ort_path)
+            s = result.ort_int8_vs_onnx
+            write_sidecar(conv8.ort_path, {
+                **base, "required_operators_config": conv8.config_path.name, "target_platform": target_platform,
+                "quantization": result.quant.to_dict(),
+                "int8_ort_vs_int8_onnx": {"max_abs_diff": s.max_abs_diff, "top1_agreement": s.agreement}})
+    return result
+
+
+def _output_shapes(model: nn.Module, spec: ExportSpec) -> dict[str, list[Any]]:
+    """Output shapes at batch 1 (``"batch"`` for a dynamic batch axis), for the sidecar."""
+    import numpy as np
+
+    adapter = build_adapter(model, spec)
+    outs = torch_outputs(adapter, tuple(t.numpy() for t in spec.example_inputs(1)))
+    shapes: dict[str, list[Any]] = {}
+    for n, o in zip(spec.output_names, outs):
+        shape: list[Any] = list(np.shape(o))
+        if spec.dynamic_batch and n not in spec.batchless_outputs:
+            shape[0] = "batch"
+        shapes[n] = shape
+    return shapes
+
+
+def _base_fields(model: nn.Module, meta: dict[str, Any], name: str, task: str, spec: ExportSpec,
+                 pre: dict[str, Any], ex: OnnxExport, output_shapes: dict[str, list[Any]]) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "model": meta.get("model") or name, "task": task, "head": meta.get("head") or getattr(model, "head_name", None),
+        "num_classes": _num_classes(model, meta), "class_names": _class_names(model, meta),
+        "input_size": list(spec.input_size), "dynamic_batch": spec.dynamic_batch,
+        "preprocessing": {**pre, "input_range": "[0, 1] (normalised inside)" if task == "detection"
+                          else "(x / 255 - mean) / std"},
+        **io_description(spec, output_shapes),
+        "opset": ex.opset, "exporter": ex.exporter, "exporter_requested": ex.requested_exporter,
+        "exporter_fallback_reason": ex.fallback_reason, "simplified": ex.simplified,
+        "external_data": ex.external_data,
+        "source_checkpoint_metrics": meta.get("metrics"),
+    }
+    if task == "detection":
+        from .detection import postprocess_metadata
+
+        fields["postprocess"] = postprocess_metadata(model)
+    return fields
