@@ -1,0 +1,151 @@
+"""Parameterized hypercomplex layers (PHM linear, PHC convolution).
+
+Grassucci, Zhang, Comminiello, "PHNNs: Lightweight Neural Networks via Parameterized Hypercomplex Convolutions",
+IEEE TNNLS 2022, arXiv:2110.04176; official code eleGAN23/HyperNets (commit c859ffe), ``layers/ph_layers.py`` and
+``image-classification/hypercomplex_layers.py``.
+
+A PH layer learns its weight as a sum of ``n`` Kronecker products, ``W = sum_i kron(A_i, F_i)``: the small
+``A_i`` (n x n) learn the algebra's multiplication rule (for n=4 they can learn Hamilton's quaternion rule), the
+``F_i`` hold the filters. With ``A`` of shape (n, n, n) and ``F`` of shape (n, out/n, in/n, k, k) the layer has
+``n**3 + out * in * k**2 / n`` parameters, about 1/n of a real layer.
+
+Compared with the official layers: the weight is rebuilt from the factors in every forward (so it follows the
+parameters' device and dtype, with no ``.cuda()`` inside ``forward``), the bias is optional and, when present,
+actually applied (the official ``PHConv`` allocates a bias but never passes it to ``conv2d``), and stride,
+padding, dilation and groups are those of ``nn.Conv2d``. The factors keep the official names ``A`` and ``F`` and
+the official initialisation (Xavier-uniform on the factor tensors as shaped), so official checkpoints load as is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputShapeError
+
+__all__ = ["PHConv2d", "PHMLinear", "kron_weight"]
+
+
+def _check_n(n: int, what: str, dims: dict[str, int]) -> None:
+    """Raise a ValueError that lists the ``n`` which would work when ``n`` does not divide every dimension."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"{what}: n must be a positive integer, got {n!r}")
+    bad = {k: v for k, v in dims.items() if v % n}
+    if bad:
+        common = math.gcd(*dims.values())
+        ok = [d for d in range(1, common + 1) if common % d == 0]
+        detail = ", ".join(f"{k}={v}" for k, v in dims.items())
+        raise ValueError(
+            f"{what}: n={n} must divide {' and '.join(dims)} ({detail}); n values that work here: {ok}"
+        )
+
+
+def kron_weight(A: torch.Tensor, F_: torch.Tensor) -> torch.Tensor:
+    """``sum_i kron(A[i], F[i])`` over the leading axis, with any trailing (kernel) axes of ``F`` carried along.
+
+    ``A``: (n, n, n); ``F``: (n, p, q, *k). Result: (n*p, n*q, *k) with ``W[r*p + a, s*q + b] =
+    sum_i A[i, r, s] * F[i, a, b]`` -- the block matrix whose (r, s) block is ``sum_i A[i, r, s] * F[i]``.
+    One matmul over ``i`` instead of n Kronecker products, then a permute to interleave the block indices.
+    """
+    n = A.shape[0]
+    p, q = F_.shape[1], F_.shape[2]
+    kernel = F_.shape[3:]
+    # (n*n, n) @ (n, p*q*k) -> (r, s, p, q, *k), summed over i by the matmul
+    blocks = torch.matmul(A.reshape(n, n * n).t(), F_.reshape(n, -1)).reshape(n, n, p, q, *kernel)
+    return blocks.transpose(1, 2).reshape(n * p, n * q, *kernel)
+
+
+class PHConv2d(nn.Module):
+    """Parameterized hypercomplex 2-D convolution (PHC): an ``nn.Conv2d`` whose weight is ``sum_i kron(A_i, F_i)``.
+
+    Args follow ``nn.Conv2d``; ``n`` is the hypercomplex dimension and must divide ``out_channels`` and
+    ``in_channels / groups``. Parameters: ``n**3 + out_channels * in_channels / groups * kh * kw / n``
+    (+ ``out_channels`` with ``bias=True``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], n: int = 4,
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
+                 dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True) -> None:
+        super().__init__()
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(f"PHConv2d: groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        _check_n(n, "PHConv2d", {"in_channels/groups": in_channels // groups, "out_channels": out_channels})
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.in_channels, self.out_channels, self.n, self.groups = in_channels, out_channels, n, groups
+        self.kernel_size = (kh, kw)
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.A = nn.Parameter(torch.empty(n, n, n))
+        self.F = nn.Parameter(torch.empty(n, out_channels // n, in_channels // groups // n, kh, kw))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The official initialisation: Xavier-uniform on A and F with the shapes above.
+        nn.init.xavier_uniform_(self.A)
+        nn.init.xavier_uniform_(self.F)
+        if self.bias is not None:
+            fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The full (out, in/groups, kh, kw) convolution weight, rebuilt from ``A`` and ``F``."""
+        return kron_weight(self.A, self.F)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-3] != self.in_channels:
+            raise InputShapeError(f"PHConv2d expects {self.in_channels} input channels, got tensor of shape "
+                                  f"{tuple(x.shape)}")
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, n={self.n}, "
+             f"stride={self.stride}, padding={self.padding}")
+        if self.dilation not in (1, (1, 1)):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + f", bias={self.bias is not None}"
+
+
+class PHMLinear(nn.Module):
+    """Parameterized hypercomplex multiplication layer (PHM): a linear layer with weight ``sum_i kron(A_i, F_i)``.
+
+    ``n`` must divide ``in_features`` and ``out_features``. Parameters: ``n**3 + out*in/n`` (+ ``out`` with bias).
+    """
+
+    def __init__(self, in_features: int, out_features: int, n: int = 4, bias: bool = True) -> None:
+        super().__init__()
+        _check_n(n, "PHMLinear", {"in_features": in_features, "out_features": out_features})
+        self.in_features, self.out_features, self.n = in_features, out_features, n
+        self.A = nn.Parameter(torch.empty(n, n, n))
+        self.F = nn.Parameter(torch.empty(n, out_features // n, in_features // n))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.A)
+        nn.init.xavier_uniform_(self.F)
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The full (out_features, in_features) weight, rebuilt from ``A`` and ``F``."""
+        return kron_weight(self.A, self.F)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise InputShapeError(f"PHMLinear expects {self.in_features} input features, got tensor of shape "
+                                  f"{tuple(x.shape)}")
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, n={self.n}, " \
+               f"bias={self.bias is not None}"

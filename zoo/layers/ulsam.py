@@ -1,0 +1,106 @@
+"""ULSAM: Ultra-Lightweight Subspace Attention Module.
+
+Saini, Jha, Das, Mittal, Mohan, "ULSAM: Ultra-Lightweight Subspace Attention Module for Compact Convolutional Neural
+Networks", WACV 2020, arXiv:2006.15102; official code Nandan91/ULSAM ``ulsam.py`` (commit 9a07d68).
+
+The C input channels are split into g subspaces of C/g channels. Each subspace computes one spatial attention map:
+depthwise 1x1 conv (with bias) -> BN -> ReLU -> 3x3 max-pool (stride 1, padding 1) -> 1x1 conv to a single map
+(with bias) -> BN -> ReLU -> softmax over all H*W positions; the subspace's output is ``x * att + x``. The outputs
+are concatenated back to C channels. Parameters: ``5*C + 3*g``.
+
+The official module loops over g ``SubSpace`` modules; here the g subspaces run as one depthwise conv over all C
+channels and one grouped (groups=g) 1x1 conv to g maps. Both are exactly the official per-subspace convs stacked
+(BN is per channel either way), so the function and the parameter count are the same, with two kernel launches
+instead of 2g. ``convert_official_ulsam`` maps the official per-subspace keys onto this layout.
+
+Unlike the official file this module has no import-time side effects (the official one switches torch's default
+tensor type to CUDA). The official BN layers use ``momentum=0.9``, which in PyTorch's convention makes the running
+statistics follow the latest batch almost entirely (a Keras-style 0.9 was probably meant); we keep the official
+value as the default so training reproduces the official module, and expose it as ``bn_momentum``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..errors import InputShapeError
+
+__all__ = ["ULSAM", "convert_official_ulsam", "ulsam_param_count"]
+
+
+def ulsam_param_count(channels: int, num_splits: int) -> int:
+    """Parameters of ULSAM(channels, num_splits): ``5*C + 3*g`` (as stated in the paper)."""
+    return 5 * channels + 3 * num_splits
+
+
+class ULSAM(nn.Module):
+    """Subspace attention over ``num_splits`` (g) channel groups; keeps the input shape (C x H x W -> C x H x W).
+
+    Args:
+        channels: C, the number of input (= output) channels; must be divisible by ``num_splits``.
+        num_splits: g, the number of subspaces (the paper's ImageNet networks use g=4).
+        bn_momentum: momentum of the BN layers (official: 0.9, see the module docstring).
+    """
+
+    def __init__(self, channels: int, num_splits: int = 4, bn_momentum: float = 0.9) -> None:
+        super().__init__()
+        if not isinstance(num_splits, int) or num_splits < 1 or channels % num_splits:
+            divisors = [d for d in range(1, min(channels, 64) + 1) if channels % d == 0]
+            raise ValueError(f"ULSAM: num_splits={num_splits!r} must be a positive divisor of channels={channels}; "
+                             f"e.g. one of {divisors}")
+        self.channels, self.num_splits = channels, num_splits
+        # depthwise 1x1 conv of every subspace, stacked (official: SubSpace.conv_dws, bias=True)
+        self.conv_dws = nn.Conv2d(channels, channels, 1, groups=channels, bias=True)
+        self.bn_dws = nn.BatchNorm2d(channels, momentum=bn_momentum)
+        self.relu_dws = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        # each subspace's 1x1 conv to a single map, as one grouped conv (official: SubSpace.conv_point, bias=True)
+        self.conv_point = nn.Conv2d(channels, num_splits, 1, groups=num_splits, bias=True)
+        self.bn_point = nn.BatchNorm2d(num_splits, momentum=bn_momentum)
+        self.relu_point = nn.ReLU()
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The g attention maps, (B, g, H, W), each a softmax over its H*W positions."""
+        a = self.relu_dws(self.bn_dws(self.conv_dws(x)))
+        a = self.maxpool(a)
+        a = self.relu_point(self.bn_point(self.conv_point(a)))
+        return torch.softmax(a.flatten(2), dim=-1).view_as(a)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise InputShapeError(f"ULSAM expects (B, {self.channels}, H, W) input, got {tuple(x.shape)}")
+        b, c, h, w = x.shape
+        att = self.attention(x).unsqueeze(2)  # (B, g, 1, H, W): one map shared by the C/g channels of a subspace
+        xs = x.view(b, self.num_splits, c // self.num_splits, h, w)
+        return (xs * att + xs).view(b, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, num_splits={self.num_splits}"
+
+
+def convert_official_ulsam(state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Map the official module's ``{prefix}subspaces.{i}.{conv_dws,bn_dws,conv_point,bn_point}.*`` keys onto ours.
+
+    Per-channel tensors of the g subspaces are concatenated in subspace order (the official forward concatenates
+    the subspace outputs in that order); the single-map ``bn_point`` entries become one entry per subspace.
+    Keys that are not under ``{prefix}subspaces.`` pass through unchanged.
+    """
+    head = prefix + "subspaces."
+    out: dict[str, torch.Tensor] = {}
+    groups: dict[str, dict[int, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        if not key.startswith(head):
+            out[key] = value
+            continue
+        idx, rest = key[len(head):].split(".", 1)
+        groups.setdefault(rest, {})[int(idx)] = value
+    for rest, parts in groups.items():
+        ordered = [parts[i] for i in sorted(parts)]
+        if rest.endswith("num_batches_tracked"):
+            out[prefix + rest] = ordered[0]
+        else:
+            out[prefix + rest] = torch.cat([p.reshape(-1) if p.ndim == 0 else p for p in ordered], dim=0)
+    return out
