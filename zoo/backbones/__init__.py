@@ -1,1 +1,3 @@
 """Backbone families, one module each. Importing this package registers every model with timm."""
+from . import ulsam_mobilenet  # noqa: F401
+from . import phnn  # noqa: F401
