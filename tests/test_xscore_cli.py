@@ -1,0 +1,131 @@
+"""``zoo xscore``: recompute from a table, resume from a pre-seeded results file, one real tiny training cell."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import train.xscore_cli as cli
+from zoo.errors import ConfigError, DataError, UnknownModelError
+from zoo.xscore import compute_xscore
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _image_folder(root: Path, n_train: int = 8, n_val: int = 4, size: int = 32) -> Path:
+    """Two classes a network can tell apart at once: dark and bright images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for c, level in (("dark", 40), ("bright", 210)):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                px = np.clip(level + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(px).save(d / f"{i}.png")
+    return root
+
+
+def test_table_mode_writes_report_and_plots(tmp_path: Path) -> None:
+    table = tmp_path / "paper.csv"
+    table.write_text("model,cifar10,flowers,pets,chest\na,90,80,70,60\nb,85,82,72,50\nc,80,70,60,65\n")
+    out = tmp_path / "report"
+    assert cli.main(["--table", str(table), "--out", str(out), "--imagenet-top1", "a=75.0", "c=70.5"]) == 0
+    payload = json.loads((out / "xscore.json").read_text())
+    ref = compute_xscore([[90, 80, 70, 60], [85, 82, 72, 50], [80, 70, 60, 65]], ["a", "b", "c"],
+                         ["cifar10", "flowers", "pets", "chest"])
+    assert [r["model"] for r in payload["ranking"]] == [s.model for s in ref.scores]
+    assert [r["xscore"] for r in payload["ranking"]] == pytest.approx([s.xscore for s in ref.scores])
+    assert payload["kendalls_w"] == pytest.approx(ref.kendalls_w)
+    assert payload["imagenet_top1"] == {"a": 75.0, "c": 70.5}
+    few = payload["few_dataset_estimate"]
+    assert few["k"] == 4 and len(few["per_k"]) == 4 and few["best_rho"] == pytest.approx(1.0)
+    for name in ("accuracy_heatmap.png", "ranks.png", "xscore_vs_imagenet.png", "few_datasets.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    assert "Few-dataset estimate" in (out / "xscore.txt").read_text()
+    with (out / "table.csv").open() as f:
+        assert next(csv.reader(f)) == ["model", "cifar10", "flowers", "pets", "chest"]
+
+
+def test_imagenet_top1_from_manifest_and_overrides() -> None:
+    assert cli.imagenet_top1(["emov2_1m", "unknown_net"], {}) == {"emov2_1m": 72.3}  # manifest in1k, not KD
+    assert cli.imagenet_top1(["emov2_1m"], {"emov2_1m": 1.0}) == {"emov2_1m": 1.0}
+    with pytest.raises(ConfigError, match="NAME=TOP1"):
+        cli.main(["--table", "x.csv", "--imagenet-top1", "emov2_1m"])
+
+
+def test_finished_cells_are_not_retrained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d1, d2 = _image_folder(tmp_path / "d1", 1, 1), _image_folder(tmp_path / "d2", 1, 1)
+    out = tmp_path / "out"
+    args = ["--models", "emov2_1m", "--datasets", str(d1), str(d2), "--epochs", "1", "--img-size", "32",
+            "--out", str(out), "--no-plots"]
+    # pre-seed: the (emov2_1m, d1) cell finished in an earlier run of the same recipe
+    out.mkdir()
+    recipe = cli.Recipe(epochs=1, img_size=32, batch_size=64, lr=3e-3, seed=0, augment=True)
+    (out / "recipe.json").write_text(json.dumps(cli.asdict(recipe)))
+    cli.write_results(out / "results.csv", [{"model": "emov2_1m", "dataset": "d1", "accuracy": 0.75}])
+    calls = []
+
+    def fake_cell(model, spec, rec, run_dir, data=None):
+        calls.append((model, spec.name, rec))
+        return {"model": model, "dataset": spec.name, "accuracy": 0.5, "best_accuracy": 0.5, "best_epoch": 1,
+                "seconds": 0.0}
+
+    monkeypatch.setattr(cli, "train_cell", fake_cell)
+    assert cli.main(args) == 0
+    assert calls == [("emov2_1m", "d2", recipe)]
+    assert cli.main(args) == 0 and len(calls) == 1  # everything done: nothing trained
+    rows = cli.read_results(out / "results.csv")
+    assert [(r["dataset"], float(r["accuracy"])) for r in rows] == [("d1", 0.75), ("d2", 0.5)]
+    # another budget into the same folder is refused rather than mixed into one table
+    with pytest.raises(ConfigError, match="epochs: 1 there, 2 now"):
+        cli.main([a if a != "1" else "2" for a in args])
+
+
+def test_real_cell_trains_and_resumes_from_engine_state(tmp_path: Path) -> None:
+    root = _image_folder(tmp_path / "shades")
+    spec = cli.DatasetSpec("shades", str(root))
+    recipe = cli.Recipe(epochs=1, img_size=32, batch_size=4, lr=3e-3, seed=0, augment=False)
+    run_dir = tmp_path / "cell"
+    row = cli.train_cell("test_efficientnet", spec, recipe, run_dir)
+    assert row["model"] == "test_efficientnet" and row["dataset"] == "shades"
+    assert 0.0 <= row["accuracy"] <= 1.0 and row["best_epoch"] == 1 and row["params"] > 0
+    assert (run_dir / "train_state.pt").is_file() and (run_dir / "last.safetensors").is_file()
+    # the state of a finished cell resumes to the same result without another epoch
+    again = cli.train_cell("test_efficientnet", spec, recipe, run_dir)
+    assert again["accuracy"] == row["accuracy"]
+
+
+def test_embedded_bundle_and_argument_errors(tmp_path: Path) -> None:
+    recipe = cli.Recipe(epochs=1, img_size=32, batch_size=8, lr=1e-3, seed=0, augment=True)
+    bundle = cli._bundle(cli.DatasetSpec("lfw_faces"), recipe)
+    assert (len(bundle.train), len(bundle.val), bundle.num_classes) == (160, 40, 2)
+    assert bundle.mean == bundle.train.mean and bundle.train.augment and not bundle.val.augment
+    assert cli._bundle(cli.DatasetSpec("x", str(tmp_path)), recipe) is None  # folders: the engine's loader
+    with pytest.raises(ConfigError, match="--suite embedded or --datasets"):
+        cli.main(["--models", "emov2_1m"])
+    with pytest.raises(UnknownModelError, match="emov2_1m"):
+        cli.main(["--models", "emov2-1m", "--suite", "embedded"])
+    with pytest.raises(DataError, match="has no train or val folder"):
+        cli.main(["--models", "emov2_1m", "--datasets", str(tmp_path)])
+    with pytest.raises(DataError, match="did you mean 'textures'"):
+        cli.main(["--models", "emov2_1m", "--suite", "embedded", "--only", "texture"])
+
+
+def test_auto_size_is_the_largest_minimum() -> None:
+    assert cli.smallest_common_size(["test_efficientnet"]) == 32
+    assert cli.smallest_common_size(["test_efficientnet", "lwganet_l0"]) == 96  # LWGANet needs >= 96
+
+
+def test_dispatcher_reaches_the_runner(tmp_path: Path) -> None:
+    from zoo.cli import main
+
+    table = tmp_path / "t.csv"
+    table.write_text("model,dataset,accuracy\na,x,0.5\nb,x,0.7\n")
+    assert main(["xscore", "--table", str(table), "--no-plots"]) == 0
+    assert json.loads((tmp_path / "xscore.json").read_text())["ranking"][0]["model"] == "b"
