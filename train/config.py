@@ -1,0 +1,356 @@
+"""Training configuration: a typed schema with defaults, YAML files and dotted ``key=value`` overrides.
+
+Why a schema instead of a free dict: a typo such as ``optim.lrr=0.1`` or ``train.epoch=5`` would otherwise be ignored
+silently and the run would train with the default. Every key here is declared with its type and default, so an
+unknown key fails at once with the closest valid name, and a value of the wrong type (``train.epochs=ten``) fails
+with a message naming the key and the type it needs. ``zoo train`` with no config at all trains the defaults below:
+``emov2_1m`` on scikit-learn's digits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from zoo.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Which network to train (any LightZoo or timm name) and how to build it."""
+
+    name: str = "emov2_1m"
+    head: str | None = None  # task head (detection: retinanet/fcos/ssdlite/fasterrcnn; segmentation: fpn/...)
+    num_classes: int | None = None  # None: taken from the dataset
+    in_chans: int | None = None  # None: taken from the dataset
+    pretrained: bool | str = False  # True, a weights tag, or False (for task models: the backbone's weights)
+    checkpoint: str | None = None  # start from these weights (fine-tuning); not a resume
+    kwargs: dict = field(default_factory=dict)  # extra create_model arguments (drop_path_rate, ...)
+    freeze: int = 0  # 0: train all; N: freeze the stem and the first N feature stages; -1: the whole backbone
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are batched."""
+
+    dataset: str = "digits"  # digits | folder | synthetic | coco | seg_folder | levir_cd
+    root: str | None = None  # dataset folder (not used by digits / synthetic)
+    img_size: int = 32  # training and validation resolution (square)
+    batch_size: int = 64  # per process
+    val_batch_size: int | None = None  # None: 2 x batch_size
+    workers: int = 0  # DataLoader worker processes
+    val_fraction: float = 0.2  # digits: held-out share (fixed, stratified split)
+    train_split: str = "train"
+    val_split: str = "val"
+    augment: bool = True  # the dataset's training augmentation
+    mean: list[float] | None = None  # None: the dataset's own normalisation
+    std: list[float] | None = None
+    synth: dict = field(default_factory=dict)  # options of the synthetic datasets (num_images, num_classes, ...)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, built by ``timm.optim.create_optimizer_v2``."""
+
+    opt: str = "adamw"  # any timm optimizer name: adamw, sgd, lamb, ...
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # sgd only
+    layer_decay: float | None = None
+    clip_grad: float | None = None  # gradient clipping threshold; None: off
+    clip_mode: str = "norm"  # norm | value | agc
+
+
+@dataclass
+class SchedConfig:
+    """Learning-rate schedule, built by ``timm.scheduler.create_scheduler_v2`` and stepped every update."""
+
+    sched: str = "cosine"  # cosine | step | multistep | plateau | poly | tanh | wsd | none
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    min_lr: float = 1e-5
+    cooldown_epochs: int = 0
+    decay_epochs: float | None = None  # step schedules
+    decay_rate: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """The loop itself: length, precision, regularisation, checkpointing."""
+
+    epochs: int = 20
+    accum_steps: int = 1  # gradient accumulation
+    amp: str = "off"  # off | bf16 | fp16 | auto (auto: fp16 on CUDA, off on CPU)
+    channels_last: bool = False
+    ema: bool = False  # timm ModelEmaV3 of the weights, also validated
+    ema_decay: float = 0.998
+    label_smoothing: float = 0.1  # classification
+    mixup: float = 0.0  # classification: mixup alpha (0: off)
+    cutmix: float = 0.0  # classification: cutmix alpha (0: off)
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    sync_bn: bool = False  # SyncBatchNorm under DDP (GPU only)
+    val_every: int = 1  # validate every N epochs (and always after the last)
+    save_every: int = 100  # write the resumable training state every N optimizer steps (0: epoch ends only)
+    stop_at_step: int | None = None  # stop (resumably) after this optimizer step; the schedule still spans epochs
+    log_every: int = 10  # progress-bar refresh, in steps
+    progress: bool = True  # tqdm progress bar on rank 0
+
+
+@dataclass
+class Config:
+    """A complete training recipe. ``zoo train`` with no arguments trains these defaults."""
+
+    task: str = "classification"  # classification | detection | segmentation | change_detection
+    out_dir: str | None = None  # None: runs/<model>-<dataset>
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir or f"runs/{self.model.name}-{self.data.dataset}")
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "task": ("classification", "detection", "segmentation", "change_detection"),
+    "train.amp": ("off", "bf16", "fp16", "auto"),
+    "optim.clip_mode": ("norm", "value", "agc"),
+}
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key the schema accepts (``optim.lr``, ``train.epochs``, ...)."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            keys += all_keys(t, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown(key: str, valid: Sequence[str], where: str) -> ConfigError:
+    leaf = key.rsplit(".", 1)[-1]
+    # a right leaf under the wrong section (``train.lr``) is found by its leaf name first
+    close = [k for k in valid if k.rsplit(".", 1)[-1] == leaf][:1]
+    if not close:
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if not close:
+        close = difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1] for k in valid], n=1, cutoff=0.6)
+        close = [k for k in valid if close and k.rsplit(".", 1)[-1] == close[0]][:1]
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{where}{hint} (`zoo train --help-config` lists every key)")
+
+
+def _type_name(t: Any) -> str:
+    if t is type(None):
+        return "null"
+    if typing.get_origin(t) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(t))
+    if typing.get_origin(t) is list:
+        (inner,) = typing.get_args(t) or (Any,)
+        return f"a list of {_type_name(inner)}"
+    return getattr(t, "__name__", str(t))
+
+
+def _coerce(key: str, value: Any, t: Any) -> Any:
+    """Check ``value`` against the declared type ``t``; convert only where it is lossless (``"1e-3"`` -> float)."""
+    origin = typing.get_origin(t)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(t)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, value, a)
+            except ConfigError as e:
+                errors.append(e)
+        raise _wrong_type(key, value, t)
+    if t is Any:
+        return value
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
+        raise _wrong_type(key, value, t)
+    if t is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise _wrong_type(key, value, t)
+    if t is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads ``1e-3`` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _wrong_type(key, value, t)
+    if t is str:
+        if isinstance(value, str):
+            return value
+        raise _wrong_type(key, value, t)
+    if origin is list or t is list:
+        if isinstance(value, (list, tuple)):
+            (inner,) = typing.get_args(t) or (Any,)
+            return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+        raise _wrong_type(key, value, t)
+    if origin is dict or t is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise _wrong_type(key, value, t)
+    raise ConfigError(f"{key}: unsupported type {t!r} in the schema")
+
+
+def _wrong_type(key: str, value: Any, t: Any) -> ConfigError:
+    return ConfigError(f"config key {key!r} needs {_type_name(t)}, got {value!r} ({type(value).__name__})")
+
+
+def _apply(obj: Any, data: Mapping[str, Any], prefix: str, where: str) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<top>'!r}{where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            raise _unknown(key, all_keys(), where)
+        t = hints[k]
+        if dataclasses.is_dataclass(t):
+            _apply(getattr(obj, k), v or {}, key + ".", where)
+        else:
+            setattr(obj, k, _coerce(key, v, t))
+
+
+def _validate(cfg: Config) -> None:
+    for key, choices in CHOICES.items():
+        value = get_key(cfg, key)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"config key {key!r} must be one of {', '.join(choices)}; got {value!r}{hint}")
+    positive = ("data.img_size", "data.batch_size", "train.epochs", "train.accum_steps", "train.log_every",
+                "train.val_every")
+    for key in positive:
+        if get_key(cfg, key) < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1; got {get_key(cfg, key)!r}")
+    if not 0.0 < cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be between 0 and 1; got {cfg.data.val_fraction}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0; got {cfg.optim.lr}")
+    for k in ("mean", "std"):
+        v = getattr(cfg.data, k)
+        if v is not None and not v:
+            raise ConfigError(f"data.{k} must list one value per channel (or be null)")
+    if (cfg.data.mean is None) != (cfg.data.std is None):
+        raise ConfigError("data.mean and data.std go together: set both or neither")
+
+
+def get_key(cfg: Config, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``optim.lr=1e-3`` -> ``("optim.lr", 0.001)``; the value is read as YAML (lists, null, true, numbers)."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value (e.g. train.epochs=5)")
+    key, raw = text.split("=", 1)
+    key = key.strip().lstrip("-")
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def load_config(source: str | Path | Mapping[str, Any] | Config | None = None,
+                overrides: Sequence[str] | Mapping[str, Any] = ()) -> Config:
+    """Build a validated :class:`Config` from defaults, a YAML file or mapping, then ``key=value`` overrides.
+
+    Raises :class:`zoo.errors.ConfigError` for a missing file, invalid YAML, an unknown key (with the closest valid
+    key suggested), a value of the wrong type or out of range.
+    """
+    import copy
+
+    import yaml
+
+    if isinstance(source, Config):
+        cfg = copy.deepcopy(source)
+    else:
+        cfg = Config()
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            if not path.is_file():
+                raise ConfigError(f"config file {str(path)!r} does not exist")
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+            _apply(cfg, data, "", f" in {str(path)!r}")
+        elif source is not None:
+            _apply(cfg, source, "", "")
+    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    valid = all_keys()
+    for key, value in items:
+        if key not in valid:
+            section = key.split(".", 1)[0]
+            if section in {f.name for f in dataclasses.fields(Config)} and key == section:
+                raise ConfigError(f"override {key!r} names a section; set a key inside it (e.g. {section}.…)")
+            raise _unknown(key, valid, " (override)")
+        _apply(cfg, _nest(key, value), "", " (override)")
+    _validate(cfg)
+    return cfg
+
+
+def describe_keys() -> str:
+    """A table of every key with its type and default, for ``zoo train --help-config``."""
+    cfg = Config()
+    lines = []
+    for key in all_keys():
+        section, _, leaf = key.rpartition(".")
+        owner = get_key(cfg, section) if section else cfg
+        t = typing.get_type_hints(type(owner))[leaf]
+        lines.append(f"  {key:<26} {_type_name(t):<22} default {get_key(cfg, key)!r}")
+    return "\n".join(lines)
