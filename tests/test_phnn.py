@@ -1,0 +1,247 @@
+"""PHC/PHM hypercomplex layers and the PHC ResNets: Kronecker construction, official counts and key layout, timm."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import zoo
+from zoo.backbones.phnn import checkpoint_filter_fn
+from zoo.bench import count_macs, count_params
+from zoo.errors import InputShapeError
+from zoo.layers.hypercomplex import PHConv2d, PHMLinear, kron_weight
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster than two on a shared, busy CPU (and restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- layers
+
+def _block_matrix(A: torch.Tensor, Fm: torch.Tensor) -> torch.Tensor:
+    """Explicit block matrix: block (r, s) of size (p, q) is sum_i A[i, r, s] * F[i] (kernel axes carried)."""
+    n, p, q = A.shape[0], Fm.shape[1], Fm.shape[2]
+    W = torch.zeros(n * p, n * q, *Fm.shape[3:])
+    for r in range(n):
+        for s in range(n):
+            for i in range(n):
+                W[r * p:(r + 1) * p, s * q:(s + 1) * q] += A[i, r, s] * Fm[i]
+    return W
+
+
+@pytest.mark.parametrize("n,p,q,k", [(4, 3, 2, ()), (3, 2, 5, (3, 3)), (2, 1, 1, (1, 2))])
+def test_kron_weight_equals_explicit_block_matrix_and_torch_kron(n: int, p: int, q: int, k: tuple) -> None:
+    A, Fm = torch.randn(n, n, n), torch.randn(n, p, q, *k)
+    W = kron_weight(A, Fm)
+    torch.testing.assert_close(W, _block_matrix(A, Fm))
+    if not k:
+        torch.testing.assert_close(W, sum(torch.kron(A[i], Fm[i]) for i in range(n)))
+
+
+def test_hamilton_rule_as_A_gives_the_quaternion_weight_layout() -> None:
+    # With A = the four Hamilton matrices, kron(A_i, F_i) builds the real matrix of quaternion multiplication
+    # W = [[r, -i, -j, -k], [i, r, -k, j], [j, k, r, -i], [k, -j, i, r]] (blocks of F components r, i, j, k).
+    A = torch.tensor([
+        [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+        [[0, -1, 0, 0], [1, 0, 0, 0], [0, 0, 0, -1], [0, 0, 1, 0]],
+        [[0, 0, -1, 0], [0, 0, 0, 1], [1, 0, 0, 0], [0, -1, 0, 0]],
+        [[0, 0, 0, -1], [0, 0, -1, 0], [0, 1, 0, 0], [1, 0, 0, 0]],
+    ], dtype=torch.float32)
+    comp = torch.tensor([2.0, 3.0, 5.0, 7.0]).view(4, 1, 1)  # r, i, j, k as 1x1 blocks
+    r, i, j, k = 2.0, 3.0, 5.0, 7.0
+    expected = torch.tensor([[r, -i, -j, -k], [i, r, -k, j], [j, k, r, -i], [k, -j, i, r]])
+    torch.testing.assert_close(kron_weight(A, comp), expected)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(stride=2, padding=1), dict(dilation=2, padding=2),
+                                dict(groups=3, padding="same")])
+def test_phconv_with_n1_is_an_ordinary_convolution(kw: dict) -> None:
+    ph = PHConv2d(6, 9, 3, n=1, bias=True, **kw)
+    conv = nn.Conv2d(6, 9, 3, bias=True, **kw)
+    with torch.no_grad():
+        ph.A.fill_(1.0)
+        ph.F.copy_(conv.weight.unsqueeze(0))
+        ph.bias.copy_(conv.bias)
+    x = torch.randn(2, 6, 9, 9)
+    torch.testing.assert_close(ph(x), conv(x))
+
+
+def test_phm_linear_with_n1_is_nn_linear_and_applies_its_bias() -> None:
+    ph, lin = PHMLinear(6, 4, n=1), nn.Linear(6, 4)
+    with torch.no_grad():
+        ph.A.fill_(1.0)
+        ph.F.copy_(lin.weight.unsqueeze(0))
+        ph.bias.copy_(lin.bias)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(ph(x), lin(x))
+
+
+def test_phconv_forward_is_conv_with_kron_weight_for_any_n_and_groups() -> None:
+    ph = PHConv2d(12, 6, (3, 1), n=2, stride=(2, 1), padding=(1, 0), groups=3, bias=True)
+    assert ph.weight.shape == (6, 4, 3, 1)
+    x = torch.randn(1, 12, 6, 5)
+    ref = F.conv2d(x, _block_matrix(ph.A.detach(), ph.F.detach()), ph.bias, (2, 1), (1, 0), 1, 3)
+    torch.testing.assert_close(ph(x), ref)
+
+
+@pytest.mark.parametrize("cin,cout,k,n,groups,bias", [(64, 128, 3, 4, 1, False), (16, 8, 1, 2, 1, True),
+                                                       (12, 24, 3, 3, 2, True), (8, 8, 5, 8, 1, False)])
+def test_phconv_param_count_is_n3_plus_out_in_k2_over_n(cin: int, cout: int, k: int, n: int, groups: int,
+                                                        bias: bool) -> None:
+    m = PHConv2d(cin, cout, k, n, groups=groups, bias=bias)
+    assert count_params(m) == n ** 3 + cout * (cin // groups) * k * k // n + (cout if bias else 0)
+
+
+def test_phm_linear_param_count() -> None:
+    assert count_params(PHMLinear(512, 1000, 4)) == 4 ** 3 + 512 * 1000 // 4 + 1000
+    assert count_params(PHMLinear(12, 6, 3, bias=False)) == 27 + 24
+
+
+def test_bad_n_or_channels_raise_clear_errors() -> None:
+    with pytest.raises(ValueError, match=r"n=4 must divide in_channels/groups and out_channels .*in_channels/groups=6"
+                                         r".*n values that work here: \[1, 2\]"):
+        PHConv2d(6, 8, 3, n=4)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        PHConv2d(8, 8, 3, n=0)
+    with pytest.raises(ValueError, match="n=3 must divide in_features and out_features"):
+        PHMLinear(12, 10, n=3)
+    with pytest.raises(InputShapeError, match="expects 8 input channels"):
+        PHConv2d(8, 8, 3, n=4)(torch.randn(1, 4, 5, 5))
+    with pytest.raises(ValueError, match=r"n=3 must divide every channel width"):
+        timm.create_model("phc_resnet18_cifar", n=3)
+    with pytest.raises(ValueError, match="num_classes divisible by n=4.*phm_head=False"):
+        timm.create_model("phc_resnet18", num_classes=10)
+
+
+def test_layers_follow_module_dtype_and_have_no_device_calls() -> None:
+    # on the meta device any .cuda() call or tensor created on a fixed device inside forward would fail
+    cases = ((PHConv2d(8, 8, 3, n=4, padding=1), torch.empty(2, 8, 4, 4)), (PHMLinear(8, 4, 2), torch.empty(2, 8)))
+    for layer, x in cases:
+        assert layer.to("meta")(x.to("meta")).device.type == "meta"
+    m = PHConv2d(8, 8, 3, n=4, padding=1).double()
+    assert m(torch.randn(1, 8, 4, 4, dtype=torch.float64)).dtype == torch.float64
+
+
+# ---------------------------------------------------------------- networks
+
+@pytest.mark.parametrize("name,params", [("phc_resnet18_cifar", 2_805_962), ("phc_resnet50_cifar", 5_938_954),
+                                         ("phc_resnet18", 2_932_456), ("phc_resnet50", 6_434_088)])
+def test_phc_resnet_param_counts(name: str, params: int) -> None:
+    assert count_params(timm.create_model(name)) == params
+
+
+def test_cifar_counts_are_official_minus_the_unused_conv_biases() -> None:
+    # official PHCResNet18 / PHCResNet50 (n=4, 4 input channels): 2,810,762 / 5,965,514 parameters, of which
+    # every PHConv's bias (4,800 / 26,560) is allocated but never used by the official forward
+    for name, official in (("phc_resnet18_cifar", 2_810_762), ("phc_resnet50_cifar", 5_938_954 + 26_560)):
+        m = timm.create_model(name)
+        conv_bias = sum(mod.out_channels for mod in m.modules() if isinstance(mod, PHConv2d))
+        assert count_params(m) + conv_bias == official
+    assert 5_938_954 + 26_560 == 5_965_514
+
+
+def test_imagenet_variants_are_about_one_nth_of_torchvision_resnets() -> None:
+    for name, real in (("phc_resnet18", 11_689_512), ("phc_resnet50", 25_557_032)):
+        ratio = count_params(timm.create_model(name)) / real
+        assert 0.24 < ratio < 0.26
+
+
+def test_phc_resnet18_cifar_macs() -> None:
+    # convolutions at 32x32 with the 4-channel (zero-padded) stem, plus building each weight from A and F
+    assert count_macs(timm.create_model("phc_resnet18_cifar"), (3, 32, 32)) == 600_651_776
+
+
+# Official PHCResNet18 (HyperNets image-classification/models/phc/phcresnet.py, n=4, channels=4, 10 classes):
+# 162 state-dict entries; a sample of keys and shapes as the official code saves them.
+OFFICIAL_R18_KEYS = {
+    "conv1.bias": (64,), "conv1.A": (4, 4, 4), "conv1.F": (4, 16, 1, 3, 3),
+    "layer1.0.conv1.F": (4, 16, 16, 3, 3), "layer2.0.conv1.F": (4, 32, 16, 3, 3),
+    "layer2.0.shortcut.0.A": (4, 4, 4), "layer2.0.shortcut.0.F": (4, 32, 16, 1, 1),
+    "layer2.0.shortcut.0.bias": (128,), "layer2.0.shortcut.1.running_var": (128,),
+    "layer4.1.conv2.F": (4, 128, 128, 3, 3), "linear.weight": (10, 512), "linear.bias": (10,),
+}
+
+
+def _to_official_layout(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our CIFAR state dict written the way the official code saves it (shortcut/linear names, PHConv biases)."""
+    sd = {}
+    for k, v in model.state_dict().items():
+        k = k.replace(".downsample.", ".shortcut.")
+        sd["linear." + k[3:] if k.startswith("fc.") else k] = v
+    for name, mod in model.named_modules():
+        if isinstance(mod, PHConv2d):
+            sd[name.replace(".downsample.", ".shortcut.") + ".bias"] = torch.randn(mod.out_channels) * 10
+    return sd
+
+
+def test_official_key_layout_round_trips_through_an_official_pth(tmp_path) -> None:
+    ours = timm.create_model("phc_resnet18_cifar").eval()
+    with torch.no_grad():
+        for mod in ours.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 2.0)
+    off = _to_official_layout(ours)
+    assert len(off) == 162
+    assert {k: tuple(off[k].shape) for k in OFFICIAL_R18_KEYS} == OFFICIAL_R18_KEYS
+    assert sum(v.numel() for k, v in off.items() if "running" not in k and "num_batches" not in k) == 2_810_762
+    torch.save(off, tmp_path / "phcresnet18.pth")
+    loaded = zoo.create_model("phc_resnet18_cifar", checkpoint_path=tmp_path / "phcresnet18.pth").eval()
+    x = torch.randn(2, 3, 32, 32)
+    # the large random conv biases in the file are discarded (the official forward ignores them)
+    torch.testing.assert_close(loaded(x), ours(x))
+    assert checkpoint_filter_fn(ours.state_dict(), ours).keys() == ours.state_dict().keys()
+
+
+def test_zero_channel_goes_in_front_like_the_official_pipeline() -> None:
+    rgb = timm.create_model("phc_resnet18_cifar").eval()
+    quat = timm.create_model("phc_resnet18_cifar", in_chans=4).eval()
+    quat.load_state_dict(rgb.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(rgb(x), quat(F.pad(x, (0, 0, 0, 0, 1, 0))))
+    with pytest.raises(InputShapeError, match=r"\(B, 3, H, W\)"):
+        rgb(torch.randn(1, 4, 32, 32))
+
+
+def test_cifar_timm_contract() -> None:
+    x = torch.randn(2, 3, 32, 32)
+    feats = timm.create_model("phc_resnet18_cifar", features_only=True, out_indices=(1, 2, 3, 4)).eval()
+    assert feats.feature_info.channels() == [64, 128, 256, 512]
+    assert [tuple(o.shape) for o in feats(x)] == [(2, 64, 32, 32), (2, 128, 16, 16), (2, 256, 8, 8), (2, 512, 4, 4)]
+    m = timm.create_model("phc_resnet18_cifar").eval()
+    assert isinstance(m.get_classifier(), nn.Linear)  # official: a real linear classifier
+    final, inter = m.forward_intermediates(x, indices=[0, 4])
+    assert [o.shape[1] for o in inter] == [64, 512]
+    torch.testing.assert_close(final, inter[1])
+    assert m.forward_head(final, pre_logits=True).shape == (2, 512)
+    m.reset_classifier(100)
+    assert m(x).shape == (2, 100)
+
+
+def test_imagenet_variant_contract_and_phm_head() -> None:
+    m = timm.create_model("phc_resnet18", num_classes=8).eval()
+    assert isinstance(m.fc, PHMLinear) and isinstance(m.conv1, PHConv2d) and m.conv1.kernel_size == (7, 7)
+    x = torch.randn(1, 3, 64, 64)
+    out, inter = m.forward_intermediates(x)
+    assert [tuple(o.shape[1:]) for o in inter] == [(64, 32, 32), (64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)]
+    assert m.forward_head(out).shape == (1, 8)
+    m.reset_classifier(0)
+    assert m(x).shape == (1, 512)
+    m2 = timm.create_model("phc_resnet18", num_classes=10, phm_head=False)
+    assert isinstance(m2.fc, nn.Linear)
+
+
+def test_zoo_info_reports_phnn_models() -> None:
+    from zoo.info import model_info
+
+    info = model_info("phc_resnet18_cifar")
+    assert info["params"] == 2_805_962 and info["input_size"] == (3, 32, 32) and info["num_classes"] == 10
+    assert info["family"] == "phnn" and info["macs"] == 600_651_776
