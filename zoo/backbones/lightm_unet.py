@@ -1,0 +1,395 @@
+"""LightM-UNet: a lightweight UNet with Mamba in the encoder, 2D and 3D.
+
+Paper: Liao et al., "LightM-UNet: Mamba Assists in Lightweight UNet for Medical Image Segmentation",
+arXiv:2403.05246. Official code: MrBlankness/LightM-UNet, commit 6b72e27 (``lightm-unet/nnunetv2/nets/
+LightMUNet.py`` after the March 2024 update that made the stem and the head depthwise-separable and the decoder
+blocks ``ResUpBlock``), trained there through ``nnUNetTrainerLightMUNet`` with init_filters 32,
+blocks_down (1, 2, 2, 4), blocks_up (1, 1, 1), GroupNorm(8), ReLU and bilinear/trilinear upsampling.
+
+The network, stage by stage:
+
+* stem: depthwise 3x3 (no bias) + pointwise 1x1 to 32 channels (no bias);
+* encoder stage i (channels 32·2^i): stages 1-3 open with an RVM layer C/2 -> C followed by max-pool 2, then
+  ``blocks_down[i]`` residual blocks ``x + RVM(act(GN(RVM(act(GN(x))))))``;
+* RVM layer (Residual Vision Mamba): flatten the map to ``(B, HW, C)``, ``LN(Mamba(LN(x)) + s·x)`` with ONE shared
+  LayerNorm used twice and a learned scalar s, then a linear C -> C_out, back to a map;
+* decoder (3 steps): 1x1 conv C -> C/2 (no bias), x2 upsampling (bilinear/trilinear, align_corners False), add the
+  encoder skip, ``ResUpBlock``: ``act(GN(dwsep3x3(act(GN(x))) + s·x))``;
+* head: GN, ReLU, depthwise 1x1 + pointwise 1x1, both with bias.
+
+Parameter counts with the official settings: 5,011,765 (2D, 3 -> 2 classes), 5,015,766 (3D, 1 -> 3 classes). The
+paper's ~1.09M comes from thop, which counts only modules it calls: mamba_ssm's fused path multiplies by
+``in_proj.weight``, ``x_proj``/``dt_proj``/``out_proj`` weights and ``A_log``/``D`` directly, so thop never sees
+them. Our count is the real number of trained weights.
+
+Our module and parameter names are the official ones (the MONAI ``Convolution`` wrappers survive as ``.conv``
+children), so an nnU-Net checkpoint (``{'network_weights': state_dict, ...}``) loads strictly with no renaming.
+
+As a backbone: ``timm.create_model('lightm_unet_2d', features_only=True)`` (or ``zoo.create_model`` task
+heads) returns the four encoder stages (32/64/128/256 channels at strides 1/2/4/8) and drops the decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from ..errors import InputShapeError
+from ..layers.mamba import Mamba
+from ..registry import register_zoo_model
+
+__all__ = ["LightMUNet", "RVMLayer", "ResVMBlock", "ResUpBlock"]
+
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+_POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_UPSAMPLE_MODE = {2: "bilinear", 3: "trilinear"}
+_DROPOUT = {2: nn.Dropout2d, 3: nn.Dropout3d}
+
+
+class ConvUnit(nn.Sequential):
+    """A bare convolution held under ``.conv``, the name MONAI's ``Convolution(conv_only=True)`` gives it, so the
+    official state_dict keys (``convInit.0.conv.weight``) are ours too. 'Same' padding for odd kernels."""
+
+    def __init__(self, spatial_dims: int, in_chs: int, out_chs: int, kernel_size: int = 3, groups: int = 1,
+                 bias: bool = False) -> None:
+        super().__init__()
+        self.add_module("conv", _CONV[spatial_dims](in_chs, out_chs, kernel_size, padding=(kernel_size - 1) // 2,
+                                                    groups=groups, bias=bias))
+
+
+def dw_separable(spatial_dims: int, in_chs: int, out_chs: int, kernel_size: int = 3, bias: bool = False
+                 ) -> nn.Sequential:
+    """Depthwise kxk then pointwise 1x1 (the official ``get_dwconv_layer``); both convs share ``bias``."""
+    return nn.Sequential(
+        ConvUnit(spatial_dims, in_chs, in_chs, kernel_size, groups=in_chs, bias=bias),
+        ConvUnit(spatial_dims, in_chs, out_chs, 1, bias=bias),
+    )
+
+
+class RVMLayer(nn.Module):
+    """Residual Vision Mamba layer: Mamba over the flattened map, with a scaled residual, for any spatial rank.
+
+    ``LN(Mamba(LN(x)) + skip_scale·x)`` then ``Linear(C -> C_out)``. The same LayerNorm (``norm``) is applied
+    before and after, as in the official code. Half-precision input is computed in float32 there too.
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 scan_impl: str = "auto") -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.output_dim = output_dim
+        self.norm = nn.LayerNorm(input_dim)
+        self.mamba = Mamba(d_model=input_dim, d_state=d_state, d_conv=d_conv, expand=expand, scan_impl=scan_impl)
+        self.proj = nn.Linear(input_dim, output_dim)
+        self.skip_scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float16:  # the official layer upcasts fp16 input (its weights stay fp32)
+            x = x.float()
+        b, c = x.shape[:2]
+        spatial = x.shape[2:]
+        x_flat = x.flatten(2).transpose(1, 2)  # (B, L, C)
+        y = self.mamba(self.norm(x_flat)) + self.skip_scale * x_flat
+        y = self.proj(self.norm(y))
+        return y.transpose(1, 2).reshape(b, self.output_dim, *spatial)
+
+
+class ResVMBlock(nn.Module):
+    """Encoder block: ``x + RVM2(act(GN2(RVM1(act(GN1(x))))))`` (official ``ResMambaBlock``)."""
+
+    def __init__(self, spatial_dims: int, channels: int, num_groups: int = 8, scan_impl: str = "auto") -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(num_groups, channels)
+        self.norm2 = nn.GroupNorm(num_groups, channels)
+        self.act = nn.ReLU(inplace=True)
+        self.conv1 = RVMLayer(channels, channels, scan_impl=scan_impl)
+        self.conv2 = RVMLayer(channels, channels, scan_impl=scan_impl)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv1(self.act(self.norm1(x)))
+        x = self.conv2(self.act(self.norm2(x)))
+        return x + shortcut
+
+
+class ResUpBlock(nn.Module):
+    """Decoder block: ``act(GN2(dwsep3x3(act(GN1(x))) + skip_scale·x))`` -- note the residual is the block input
+    and the last norm/activation come after the sum (official ``ResUpBlock``)."""
+
+    def __init__(self, spatial_dims: int, channels: int, num_groups: int = 8, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(num_groups, channels)
+        self.norm2 = nn.GroupNorm(num_groups, channels)
+        self.act = nn.ReLU(inplace=True)
+        self.conv = dw_separable(spatial_dims, channels, channels, kernel_size)
+        self.skip_scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv(self.act(self.norm1(x))) + self.skip_scale * shortcut
+        return self.act(self.norm2(x))
+
+
+class Upsample(nn.Module):
+    """x2 (bi/tri)linear upsampling with align_corners=False (MONAI's non-trainable ``UpSample``); no weights."""
+
+    def __init__(self, spatial_dims: int) -> None:
+        super().__init__()
+        self.mode = _UPSAMPLE_MODE[spatial_dims]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=2.0, mode=self.mode, align_corners=False)
+
+
+class LightMUNet(nn.Module):
+    """LightM-UNet for ``spatial_dims`` 2 or 3: ``(B, in_chans, *S) -> (B, num_classes, *S)``.
+
+    timm contract for a dense model: ``forward_features`` returns the decoder's last map (``num_features`` =
+    init_filters channels, full resolution), ``forward_head`` is the segmentation head (GN, ReLU, depthwise-
+    separable 1x1 to ``num_classes``), ``forward_intermediates``/``feature_info`` expose the 4 encoder stages.
+    Every spatial size must be a multiple of 8 (three max-pools whose outputs are added back after upsampling).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_chans: int = 3,
+        num_classes: int = 2,
+        init_filters: int = 32,
+        blocks_down: Sequence[int] = (1, 2, 2, 4),
+        blocks_up: Sequence[int] = (1, 1, 1),
+        num_groups: int = 8,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        scan_impl: str = "auto",
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        if len(blocks_up) != len(blocks_down) - 1:
+            raise ValueError(f"blocks_up needs len(blocks_down) - 1 = {len(blocks_down) - 1} entries, "
+                             f"got {len(blocks_up)}")
+        self.spatial_dims = spatial_dims
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.init_filters = init_filters
+        self.num_groups = num_groups
+        self.num_features = self.head_hidden_size = init_filters
+        self.stride = 2 ** (len(blocks_down) - 1)
+        self.grad_checkpointing = False
+        mamba_kw = dict(d_state=d_state, d_conv=d_conv, expand=expand, scan_impl=scan_impl)
+
+        self.convInit = dw_separable(spatial_dims, in_chans, init_filters)
+        # nnU-Net's trainer leaves dropout off (dropout_prob=None); when asked for, it follows the stem as there
+        self.dropout = _DROPOUT[spatial_dims](drop_rate) if drop_rate > 0 else nn.Identity()
+        self.down_layers = nn.ModuleList()
+        self.feature_info = []
+        for i, depth in enumerate(blocks_down):
+            chs = init_filters * 2 ** i
+            if i > 0:  # RVM layer C/2 -> C, then max-pool 2
+                down = nn.Sequential(RVMLayer(chs // 2, chs, **mamba_kw), _POOL[spatial_dims](2, 2))
+            else:
+                down = nn.Identity()
+            blocks = [ResVMBlock(spatial_dims, chs, num_groups, scan_impl) for _ in range(depth)]
+            self.down_layers.append(nn.Sequential(down, *blocks))
+            self.feature_info.append(dict(num_chs=chs, reduction=2 ** i, module=f"down_layers.{i}"))
+
+        n_up = len(blocks_up)
+        self.up_layers = nn.ModuleList()
+        self.up_samples = nn.ModuleList()
+        for i in range(n_up):
+            chs = init_filters * 2 ** (n_up - i)
+            self.up_layers.append(nn.Sequential(*[ResUpBlock(spatial_dims, chs // 2, num_groups)
+                                                  for _ in range(blocks_up[i])]))
+            self.up_samples.append(nn.Sequential(ConvUnit(spatial_dims, chs, chs // 2, 1), Upsample(spatial_dims)))
+        self.conv_final = self._make_head(num_classes)
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        return nn.Sequential(
+            nn.GroupNorm(self.num_groups, self.init_filters),
+            nn.ReLU(inplace=True),
+            dw_separable(self.spatial_dims, self.init_filters, num_classes, kernel_size=1, bias=True),
+        )
+
+    # --- timm contract -------------------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Mamba's A_log and D (flagged ``_no_weight_decay`` as in mamba_ssm)."""
+        return {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^convInit", blocks=r"^down_layers\.(\d+)" if coarse else r"^down_layers\.(\d+)\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.conv_final
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new segmentation head for ``num_classes`` (``global_pool`` is accepted for timm's API and ignored:
+        the output is a dense map)."""
+        self.num_classes = num_classes
+        self.conv_final = self._make_head(num_classes)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_chans:
+            want = "(B, C, H, W)" if self.spatial_dims == 2 else "(B, C, D, H, W)"
+            raise InputShapeError(f"LightM-UNet {self.spatial_dims}D expects {want} with C={self.in_chans}; "
+                                  f"got {tuple(x.shape)}")
+        spatial = [int(s) for s in x.shape[2:]]
+        if any(s % self.stride for s in spatial):
+            fit = [-(-s // self.stride) * self.stride for s in spatial]
+            raise InputShapeError(f"LightM-UNet needs every spatial size to be a multiple of {self.stride}; got "
+                                  f"{tuple(spatial)}, pad to e.g. {tuple(fit)} (nnU-Net pads patches the same way)")
+
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
+            return checkpoint_seq(stage, x)
+        return stage(x)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs of the encoder stages, finest first."""
+        self._check_input(x)
+        x = self.dropout(self.convInit(x))
+        feats = []
+        for stage in self.down_layers:
+            x = self._run_stage(stage, x)
+            feats.append(x)
+        return feats
+
+    def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Decoder from the encoder stages to the ``num_features``-channel full-resolution map."""
+        x = feats[-1]
+        for i, (up, blocks) in enumerate(zip(self.up_samples, self.up_layers)):
+            x = blocks(up(x) + feats[-2 - i])
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.conv_final(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encoder stage outputs (``indices`` into the 4 stages) and, unless ``intermediates_only``, the
+        ``forward_features`` map. ``norm`` has nothing to apply (the stages end un-normalised)."""
+        if output_fmt not in ("NCHW", "NCDHW"):
+            raise ValueError(f"output_fmt must be 'NCHW' (2D) or 'NCDHW' (3D), got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.down_layers), indices)
+        self._check_input(x)
+        x = self.dropout(self.convInit(x))
+        feats, intermediates = [], []
+        for i, stage in enumerate(self.down_layers):
+            if (intermediates_only or stop_early) and i > max_index:
+                break
+            x = self._run_stage(stage, x)
+            feats.append(x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        if len(feats) < len(self.down_layers) or len(self.up_layers) == 0:
+            return x, intermediates
+        return self.decode(feats), intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Keep the encoder up to the last requested stage; with ``prune_head`` the decoder and head go too
+        (a backbone for other heads needs neither)."""
+        take_indices, max_index = feature_take_indices(len(self.down_layers), indices)
+        self.down_layers = self.down_layers[: max_index + 1]
+        if prune_head:
+            self.up_layers = nn.ModuleList()
+            self.up_samples = nn.ModuleList()
+            self.reset_classifier(0)
+        return take_indices
+
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Official nnU-Net LightM-UNet checkpoints -> our keys, which are the same names.
+
+    ``zoo.checkpoint`` already unwraps ``network_weights`` and ``module.``; this also strips ``_orig_mod.`` (a
+    ``torch.compile``d network, which nnU-Net v2 saves when compiling) and drops nothing else, so a wrong file
+    fails the strict load loudly instead of loading half its weights.
+    """
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith("_orig_mod."):
+            k = k[len("_orig_mod."):]
+        out[k] = v
+    return out
+
+
+def _create_lightm_unet(variant: str, pretrained: bool = False, **kwargs: Any) -> LightMUNet:
+    return build_model_with_cfg(
+        LightMUNet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "num_classes": 2, "input_size": (3, 256, 256), "pool_size": None, "crop_pct": 1.0,
+        "interpolation": "bilinear", "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0),
+        "first_conv": "convInit.0.conv", "classifier": "conv_final.2.1.conv",
+        "license": "apache-2.0", "paper_ids": "arXiv:2403.05246",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    # nnU-Net normalises each case itself (z-score / CT clipping), so the model sees already-normalised input
+    "lightm_unet_2d.untrained": _cfg(),
+    # timm's cfg holds (C, H, W) only; a 3D volume size cannot be expressed there, so none is given
+    "lightm_unet_3d.untrained": _cfg(num_classes=3, input_size=None, mean=(0.0,), std=(1.0,)),
+})
+
+# Variant table: the official nnU-Net trainer's settings, differing only in spatial rank and data defaults.
+_VARIANTS: dict[str, dict[str, Any]] = {
+    "lightm_unet_2d": dict(spatial_dims=2, in_chans=3, num_classes=2),
+    "lightm_unet_3d": dict(spatial_dims=3, in_chans=1, num_classes=3),
+}
+
+
+def _build(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> LightMUNet:
+    return _create_lightm_unet(variant, pretrained, **{**_VARIANTS[variant], **kwargs})
+
+
+@register_zoo_model
+def lightm_unet_2d(pretrained: bool = False, **kwargs: Any) -> LightMUNet:
+    """LightM-UNet 2D, init_filters 32, blocks (1, 2, 2, 4)/(1, 1, 1): 5,011,765 params at 3 -> 2 classes."""
+    return _build("lightm_unet_2d", pretrained, kwargs)
+
+
+@register_zoo_model
+def lightm_unet_3d(pretrained: bool = False, **kwargs: Any) -> LightMUNet:
+    """LightM-UNet 3D, init_filters 32, blocks (1, 2, 2, 4)/(1, 1, 1): 5,015,766 params at 1 -> 3 classes."""
+    return _build("lightm_unet_3d", pretrained, kwargs)

@@ -1,0 +1,293 @@
+"""The selective scan of Mamba (Gu & Dao, arXiv:2312.00752) in plain PyTorch, in three interchangeable forms.
+
+The recurrence, per batch ``b``, channel ``d`` and state ``n`` (A real, diagonal, negative; Δ > 0 after softplus)::
+
+    h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t        y_t = C_t · h_t + D u_t        out_t = y_t · silu(z_t)
+
+Argument names, shapes and options follow ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``
+(state-spaces/mamba): ``u, delta, z`` are ``(batch, d_inner, L)``, ``A`` is ``(d_inner, d_state)``, ``B, C`` are
+``(batch, d_state, L)``, ``D`` and ``delta_bias`` are ``(d_inner,)``. The scan always runs in float32 whatever the
+input dtype (as mamba_ssm's kernel does) and returns the input dtype.
+
+Why three forms:
+
+* ``"sequential"`` -- the recurrence written out, one step at a time. Slow; it is the reference the others are
+  tested against.
+* ``"chunked"`` -- the default on CPU and for training. The sequence is cut into blocks that are processed one
+  after another (carrying the state), so inference never holds more than one block of ``L·d_inner·d_state``
+  states; inside a block, chunks of ``T`` steps are scanned in lock-step and then stitched together by a short scan
+  over the chunk boundaries. It only ever multiplies decays ``exp(Δ A) <= 1`` together: the popular "cumsum in
+  log space" form, ``h_t = exp(S_t) Σ_s exp(-S_s) x_s`` with ``S_t = Σ Δ A``, needs ``exp(-S_s)`` which overflows
+  float32 as soon as ``|ΣΔA|`` passes ~88 -- at initialisation a 4,096-step sequence already reaches ~1,500.
+* ``"export"`` -- ``torch._higher_order_ops.scan``: torch.export keeps it as one loop node, which the dynamo ONNX
+  exporter turns into one ONNX ``Scan`` per Mamba layer, so the graph does not grow with the sequence length.
+  Each loop step handles ``export_unroll`` time steps to cut the per-iteration overhead of the runtime.
+* ``"cuda"`` -- ``mamba_ssm``'s fused kernel, used by ``"auto"`` when that package imports and the tensors are on
+  a CUDA device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+SCAN_IMPLS = ("auto", "sequential", "chunked", "export", "cuda")
+
+# Budget (in float32 elements) for one block of the chunked scan: two (block, d_inner, d_state) buffers live at once.
+DEFAULT_BLOCK_ELEMS = 1 << 21
+DEFAULT_EXPORT_UNROLL = 8
+# exp(x) for x < -80 is < 2e-35: numerically nothing next to any state, but x86 CPUs compute exp in the
+# denormal/underflow range up to 50x slower. Large Δ (and long chunks) land there all the time, so the fast paths
+# clamp the exponent; the sequential reference does not, and the tests compare the two.
+EXP_FLOOR = -80.0
+
+
+def _mamba_ssm_scan():
+    """``mamba_ssm``'s CUDA selective scan, or None when the package (a CUDA-only build) is not importable."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or a broken CUDA extension raising OSError/RuntimeError on import
+        return None
+    return selective_scan_fn
+
+
+def _is_exporting() -> bool:
+    try:
+        if torch.compiler.is_exporting():
+            return True
+    except AttributeError:  # older torch
+        pass
+    return bool(torch.onnx.is_in_onnx_export())
+
+
+def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
+    """Everything in float32: Δ with its bias and softplus, as mamba_ssm does before the recurrence."""
+    u = u.float()
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return u, delta, A.float(), B.float(), C.float()
+
+
+def _finish(y, u, D, z, dtype):
+    if D is not None:
+        y = y + u * D.float()[:, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(dtype)
+
+
+def _check_shapes(u, delta, A, B, C) -> None:
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must both be (batch, d_inner, L); got {tuple(u.shape)} and {tuple(delta.shape)}")
+    b, d, seqlen = u.shape
+    if A.shape[0] != d or A.dim() != 2:
+        raise ValueError(f"A must be (d_inner={d}, d_state); got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if tuple(t.shape) != (b, n, seqlen):
+            raise ValueError(f"{name} must be (batch, d_state, L) = {(b, n, seqlen)}; got {tuple(t.shape)}")
+
+
+def selective_scan_sequential(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The recurrence, literally: one time step per iteration. The reference every other form is tested against."""
+    dtype = u.dtype
+    u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    batch, d, seqlen = u.shape
+    h = u.new_zeros(batch, d, A.shape[1])
+    ys = []
+    for t in range(seqlen):
+        dt = delta[:, :, t, None]  # (b, d, 1)
+        h = torch.exp(dt * A) * h + dt * u[:, :, t, None] * B[:, None, :, t]
+        ys.append((h * C[:, None, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, d, 0)
+    return _finish(y, u, D, z, dtype)
+
+
+def _chunk_len(block: int) -> int:
+    """Steps per chunk: ~sqrt(block) balances the in-chunk loop against the loop over chunk boundaries."""
+    return max(1, 1 << max(0, round(math.log2(max(block, 1)) / 2)))
+
+
+def _scan_block_grad(dA, dBu, h0):
+    """Differentiable block scan (training). ``dA``/``dBu`` are (b, L, d, n); returns all states and the last one.
+
+    The block is viewed as K chunks of T steps. Pass 1 runs the recurrence inside every chunk at once (T steps,
+    starting from zero) together with the running products of decays; pass 2 walks the K chunk boundaries to get
+    each chunk's incoming state; pass 3 adds ``(Π decays) · incoming`` to every state. Only products of factors in
+    (0, 1] are formed, so nothing can overflow, whatever Δ is. Out of place throughout, so autograd can keep what
+    it saved.
+    """
+    b, seqlen, d, n = dA.shape
+    t_len = _chunk_len(seqlen)
+    k_len = -(-seqlen // t_len)
+    pad = k_len * t_len - seqlen
+    if pad:  # padding steps decay by 1 and add 0: they change nothing and are cut off below
+        dA = torch.cat([dA, dA.new_ones(b, pad, d, n)], dim=1)
+        dBu = torch.cat([dBu, dBu.new_zeros(b, pad, d, n)], dim=1)
+    dA = dA.reshape(b, k_len, t_len, d, n)
+    dBu = dBu.reshape(b, k_len, t_len, d, n)
+    hs, ps = [dBu[:, :, 0]], [dA[:, :, 0]]
+    for t in range(1, t_len):
+        hs.append(dA[:, :, t] * hs[-1] + dBu[:, :, t])
+        ps.append(dA[:, :, t] * ps[-1])
+    h_loc = torch.stack(hs, dim=2)
+    prod = torch.stack(ps, dim=2)
+    incoming = []
+    h = h0
+    for k in range(k_len):
+        incoming.append(h)
+        h = prod[:, k, -1] * h + h_loc[:, k, -1]
+    states = h_loc + prod * torch.stack(incoming, dim=1)[:, :, None]
+    states = states.reshape(b, k_len * t_len, d, n)
+    return states[:, :seqlen], states[:, seqlen - 1]
+
+
+def _scan_block_inference(dA, dBu, dt, A, h0):
+    """In-place block scan without autograd: overwrites ``dBu`` (b, K, T, d, n) with the states of the block.
+
+    ``dA`` (b, K, T, d, n) holds the decays exp(Δ A) and ``dt`` (b, K, T, d) the steps Δ. Pass 1 runs all K chunks
+    in lock-step from a zero state and keeps only each chunk's final state; the decay across a whole chunk is
+    exp(A ΣΔ) (an exponent <= 0, so it cannot overflow); pass 2 walks the K chunk boundaries for each chunk's
+    incoming state; pass 3 reruns the chunks from their true incoming states, writing the states over ``dBu``.
+    Returns the state after the block's last step.
+    """
+    t_len = dA.shape[2]
+    h = torch.zeros_like(dBu[:, :, 0])
+    for t in range(t_len):
+        h = torch.addcmul(dBu[:, :, t], dA[:, :, t], h)
+    chunk_decay = torch.exp((dt.sum(2)[..., None] * A).clamp_(min=EXP_FLOOR))  # (b, K, d, n)
+    incoming = []
+    carry = h0
+    for k in range(dA.shape[1]):
+        incoming.append(carry)
+        carry = torch.addcmul(h[:, k], chunk_decay[:, k], carry)
+    prev = torch.stack(incoming, dim=1)
+    for t in range(t_len):
+        prev = dBu[:, :, t].addcmul_(dA[:, :, t], prev)
+    return carry
+
+
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           block_elems: int = DEFAULT_BLOCK_ELEMS):
+    """Chunked scan: blocks of the sequence in turn (bounded memory), parallel chunks inside a block (speed).
+
+    ``block_elems`` caps ``batch·block_len·d_inner·d_state``; without autograd two buffers of that size are
+    allocated once and reused for every block, so inference memory does not depend on the sequence length
+    (and the page faults of fresh large allocations are paid once).
+    """
+    dtype = u.dtype
+    u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    batch, d, seqlen = u.shape
+    n = A.shape[1]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
+    block = max(1, min(seqlen, block_elems // max(1, batch * d * n)))
+    # positions-major layouts, contiguous, so each time step is one contiguous (d, n) slab
+    dt_all = delta.transpose(1, 2).contiguous()  # (b, L, d)
+    dtu_all = (delta * u).transpose(1, 2).contiguous()
+    b_all = B.transpose(1, 2).contiguous()  # (b, L, n)
+    c_all = C.transpose(1, 2).contiguous()
+    h = u.new_zeros(batch, d, n)
+    if grad:
+        ys = []
+        for l0 in range(0, seqlen, block):
+            l1 = min(seqlen, l0 + block)
+            dA = torch.exp((dt_all[:, l0:l1, :, None] * A).clamp(min=EXP_FLOOR))  # (b, l, d, n)
+            dBu = dtu_all[:, l0:l1, :, None] * b_all[:, l0:l1, None, :]
+            states, h = _scan_block_grad(dA, dBu, h)
+            ys.append(torch.einsum("bldn,bln->bld", states, c_all[:, l0:l1]))
+        return _finish(torch.cat(ys, dim=1).transpose(1, 2), u, D, z, dtype)
+
+    t_len = _chunk_len(block)
+    k_len = -(-block // t_len)
+    block = k_len * t_len
+    padded = -(-seqlen // block) * block
+    if padded != seqlen:  # padding steps (Δ = 0: decay 1, input 0) come last and change no real output
+        dt_all, dtu_all, b_all, c_all = (F.pad(x, (0, 0, 0, padded - seqlen)) for x in (dt_all, dtu_all, b_all, c_all))
+    buf_a = u.new_empty(batch, k_len, t_len, d, n)
+    buf_b = torch.empty_like(buf_a)
+    y = u.new_empty(batch, padded, d)
+    for l0 in range(0, padded, block):
+        sl = slice(l0, l0 + block)
+        dt = dt_all[:, sl].view(batch, k_len, t_len, d)
+        torch.mul(dt[..., None], A, out=buf_a)
+        buf_a.clamp_(min=EXP_FLOOR).exp_()
+        torch.mul(dtu_all[:, sl].view(batch, k_len, t_len, d, 1), b_all[:, sl].view(batch, k_len, t_len, 1, n),
+                  out=buf_b)
+        h = _scan_block_inference(buf_a, buf_b, dt, A, h)
+        # y_t = C_t · h_t as a batch of (1 x n) @ (n x d) products: the fastest layout for CPU BLAS here
+        y[:, sl] = torch.bmm(c_all[:, sl].reshape(-1, 1, n), buf_b.view(-1, d, n).transpose(1, 2)).view(batch, block, d)
+    return _finish(y[:, :seqlen].transpose(1, 2), u, D, z, dtype)
+
+
+def selective_scan_export(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          unroll: int = DEFAULT_EXPORT_UNROLL):
+    """The scan as ``torch._higher_order_ops.scan``: one loop node in an exported graph, whatever L is.
+
+    Each loop iteration advances ``unroll`` time steps (the sequence is zero-padded to a multiple: padded steps
+    come after the real ones, so they cannot change any real output). The discretisation ``exp(Δ A)`` happens
+    inside the loop body, so the exported model never materialises all ``L·d_inner·d_state`` decays either.
+    """
+    from torch._higher_order_ops import scan
+
+    dtype = u.dtype
+    u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    batch, d, seqlen = u.shape
+    n = A.shape[1]
+    k = max(1, int(unroll))
+    steps = -(-seqlen // k)
+    pad = steps * k - seqlen
+
+    def split(x):  # (b, c, L) -> (steps, k, b, c)
+        if pad:
+            x = F.pad(x, (0, pad))
+        return x.reshape(x.shape[0], x.shape[1], steps, k).permute(2, 3, 0, 1)
+
+    xs = (split(delta), split(delta * u), split(B), split(C))
+
+    def body(h, x):
+        dt, dtu, b_t, c_t = x  # (k, b, d), (k, b, d), (k, b, n), (k, b, n)
+        ys = []
+        for i in range(k):
+            h = torch.exp(dt[i][:, :, None] * A) * h + dtu[i][:, :, None] * b_t[i][:, None, :]
+            ys.append((h * c_t[i][:, None, :]).sum(-1))
+        return h.clone(), torch.stack(ys, dim=0)
+
+    h0 = u.new_zeros(batch, d, n)
+    _, y = scan(body, h0, xs)  # y: (steps, k, b, d)
+    y = y.reshape(steps * k, batch, d)[:seqlen].permute(1, 2, 0)
+    return _finish(y, u, D, z, dtype)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   impl: str = "auto") -> torch.Tensor:
+    """Run the selective scan with the chosen implementation (see the module docstring).
+
+    ``"auto"``: mamba_ssm's kernel for CUDA tensors when it is installed, the loop form while torch.export /
+    ONNX export is tracing, the chunked form otherwise.
+    """
+    _check_shapes(u, delta, A, B, C)
+    if impl == "auto":
+        if _is_exporting():
+            impl = "export"
+        elif u.is_cuda and _mamba_ssm_scan() is not None:
+            impl = "cuda"
+        else:
+            impl = "chunked"
+    if impl == "sequential":
+        return selective_scan_sequential(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if impl == "chunked":
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if impl == "export":
+        return selective_scan_export(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if impl == "cuda":
+        fn = _mamba_ssm_scan()
+        if fn is None or not u.is_cuda:
+            raise RuntimeError("scan impl 'cuda' needs the mamba_ssm package and CUDA tensors; "
+                               "use 'auto' or 'chunked' elsewhere")
+        return fn(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    raise ValueError(f"unknown selective scan impl {impl!r}; choose one of {', '.join(SCAN_IMPLS)}")
