@@ -53,7 +53,9 @@ def test_table_mode_writes_report_and_plots(tmp_path: Path) -> None:
 
 
 def test_imagenet_top1_from_manifest_and_overrides() -> None:
-    assert cli.imagenet_top1(["emov2_1m", "unknown_net"], {}) == {"emov2_1m": 72.3}  # manifest in1k, not KD
+    # manifest in1k (not the distilled 73.5), the ULSAM paper's row, nothing for a model with no figure
+    assert cli.imagenet_top1(["emov2_1m", "mobilenetv2_ulsam", "unknown_net"], {}) == {
+        "emov2_1m": 72.3, "mobilenetv2_ulsam": 71.52}
     assert cli.imagenet_top1(["emov2_1m"], {"emov2_1m": 1.0}) == {"emov2_1m": 1.0}
     with pytest.raises(ConfigError, match="NAME=TOP1"):
         cli.main(["--table", "x.csv", "--imagenet-top1", "emov2_1m"])

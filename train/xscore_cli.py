@@ -139,8 +139,14 @@ def _parse_top1(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
+# ImageNet-1k top-1 reported in papers for models that have no released weights (so no manifest entry):
+# ULSAM (Saini et al., WACV 2020) table rows, as quoted in zoo/backbones/ulsam_mobilenet.py.
+PAPER_TOP1: dict[str, float] = {"mobilenetv1_ulsam": 70.43, "mobilenetv2_ulsam": 71.52}
+
+
 def imagenet_top1(models: Sequence[str], extra: Mapping[str, float]) -> dict[str, float]:
-    """ImageNet-1k top-1 (percent) per model: ``--imagenet-top1`` first, else the manifest's plain ``in1k`` entry."""
+    """ImageNet-1k top-1 (percent) per model: ``--imagenet-top1`` first, then the manifest's plain ``in1k`` entry
+    (not the distilled one), then :data:`PAPER_TOP1`; models with none are left out of the scatter plot."""
     from zoo.manifest import entries_for
 
     out: dict[str, float] = {}
@@ -156,6 +162,8 @@ def imagenet_top1(models: Sequence[str], extra: Mapping[str, float]) -> dict[str
             if e.get("tag") == "in1k" and e.get("top1") is not None:
                 out[m] = float(e["top1"])
                 break
+        if m not in out and m in PAPER_TOP1:
+            out[m] = PAPER_TOP1[m]
     return out
 
 
