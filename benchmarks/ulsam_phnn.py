@@ -9,12 +9,14 @@ both alike and the ratio stays meaningful; absolute times on a shared machine ar
 from __future__ import annotations
 
 import argparse
+import copy
 
 import timm
 import torch
 
 import zoo
 from zoo.bench import count_macs, count_params, interleaved_latency
+from zoo.layers.hypercomplex import materialize_ph_layers
 
 PAIRS = (
     ("mobilenetv1_ulsam", "mobilenetv1_100"),
@@ -55,10 +57,18 @@ def main() -> None:
         size = (3, args.size, args.size)
         macs = count_macs(ours, size), count_macs(peer, size)
         ours, peer = ours.to(args.device), peer.to(args.device)
-        t = interleaved_latency({"ours": timed(ours), "peer": timed(peer)}, warmup=3, rounds=args.rounds)
+        fns = {"ours": timed(ours), "peer": timed(peer)}
+        if ours_name.startswith("phc_"):  # also the deployment form: PH layers materialized into real ones
+            real = materialize_ph_layers(copy.deepcopy(ours).cpu())
+            real_macs = count_macs(real, size)
+            fns["materialized"] = timed(real.to(args.device))
+        t = interleaved_latency(fns, warmup=3, rounds=args.rounds)
         print(f"| {ours_name} | {count_params(ours) / 1e6:.2f}M | {macs[0] / 1e6:.0f}M | "
               f"{t['ours']:.1f} | {peer_name} | {count_params(peer) / 1e6:.2f}M | {macs[1] / 1e6:.0f}M"
               f" | {t['peer']:.1f} | {t['ours'] / t['peer']:.2f} |", flush=True)
+        if "materialized" in t:
+            print(f"| {ours_name}, materialized | (PH weights) | {real_macs / 1e6:.0f}M | {t['materialized']:.1f} | "
+                  f"{peer_name} | | | {t['peer']:.1f} | {t['materialized'] / t['peer']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -245,3 +245,15 @@ def test_zoo_info_reports_phnn_models() -> None:
     info = model_info("phc_resnet18_cifar")
     assert info["params"] == 2_805_962 and info["input_size"] == (3, 32, 32) and info["num_classes"] == 10
     assert info["family"] == "phnn" and info["macs"] == 600_651_776
+
+
+def test_materialized_model_computes_the_same_with_real_layers() -> None:
+    from zoo.layers.hypercomplex import materialize_ph_layers
+
+    m = timm.create_model("phc_resnet18", num_classes=8).eval()
+    x = torch.randn(1, 3, 32, 32)
+    ref = m(x)
+    materialize_ph_layers(m)
+    assert not any(isinstance(mod, (PHConv2d, PHMLinear)) for mod in m.modules())
+    assert isinstance(m.conv1, nn.Conv2d) and m.conv1.weight.shape == (64, 4, 7, 7)
+    torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-5)

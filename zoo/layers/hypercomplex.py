@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import InputShapeError
 
-__all__ = ["PHConv2d", "PHMLinear", "kron_weight"]
+__all__ = ["PHConv2d", "PHMLinear", "kron_weight", "materialize_ph_layers"]
 
 
 def _check_n(n: int, what: str, dims: dict[str, int]) -> None:
@@ -149,3 +149,32 @@ class PHMLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, n={self.n}, " \
                f"bias={self.bias is not None}"
+
+
+@torch.no_grad()
+def materialize_ph_layers(model: nn.Module) -> nn.Module:
+    """Replace every PHConv2d / PHMLinear in ``model`` (in place) by an ``nn.Conv2d`` / ``nn.Linear`` holding the
+    weight its factors build, and return the model.
+
+    For deployment: a PH layer rebuilds its full weight from ``A`` and ``F`` in every forward, which costs about as
+    much memory traffic as reading a real layer's weights (on CPU, batch 1, a large share of a PHC ResNet's time).
+    The materialized model computes the same function with the real layer's parameter count, so it is for
+    inference and export, not for training or for saving as a PH checkpoint.
+    """
+    for name, child in list(model.named_children()):
+        if isinstance(child, PHConv2d):
+            real: nn.Module = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                        child.padding, child.dilation, child.groups, bias=child.bias is not None,
+                                        device=child.A.device, dtype=child.A.dtype)
+        elif isinstance(child, PHMLinear):
+            real = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                             device=child.A.device, dtype=child.A.dtype)
+        else:
+            materialize_ph_layers(child)
+            continue
+        real.weight.copy_(child.weight)
+        if child.bias is not None:
+            real.bias.copy_(child.bias)
+        real.train(child.training)
+        setattr(model, name, real)
+    return model
