@@ -1,0 +1,64 @@
+"""LWGANet: ours vs the official implementation, eager latency measured interleaved in one process.
+
+Usage::
+
+    python benchmarks/lwganet_vs_official.py OFFICIAL_DIR [--variants l0 l2] [--size 224] [--threads 2] [--rounds 30]
+
+``OFFICIAL_DIR`` is a folder holding the official ``models/LWGANet.py`` (AeroVILab-AHU/LWGANet,
+``classification/models``) importable as ``models.LWGANet`` together with its dependency ``antialiased_cnns``.
+Nothing official is shipped with LightZoo; the code is imported from that folder at run time.
+Ours receives the official model's weights (through ``checkpoint_filter_fn``), so the logit difference is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+from functools import partial
+
+import torch
+
+import zoo
+from zoo.backbones.lwganet import checkpoint_filter_fn
+from zoo.bench import interleaved_latency
+
+OFFICIAL_FNS = {
+    "l0": "LWGANet_L0_1242_e32_k11_GELU",
+    "l1": "LWGANet_L1_1242_e64_k11_GELU",
+    "l2": "LWGANet_L2_1442_e96_k11_ReLU",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("official_dir")
+    ap.add_argument("--variants", nargs="+", default=["l0", "l2"], choices=sorted(OFFICIAL_FNS))
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--num-classes", type=int, default=45)
+    a = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(a.threads)
+    sys.path.insert(0, a.official_dir)
+    official = importlib.import_module("models.LWGANet")
+    print(f"batch {a.batch}, {a.size}x{a.size}, {a.threads} threads, {a.rounds} interleaved rounds, median ms")
+    print(f"{'variant':<12}{'official':>10}{'ours':>10}{'ours/official':>15}{'max|dlogit|':>14}")
+    for v in a.variants:
+        torch.manual_seed(0)
+        off = getattr(official, OFFICIAL_FNS[v])(num_classes=a.num_classes).eval()
+        ours = zoo.create_model(f"lwganet_{v}", num_classes=a.num_classes).eval()
+        ours.load_state_dict(checkpoint_filter_fn(off.state_dict(), ours), strict=True)
+        x = torch.randn(a.batch, 3, a.size, a.size)
+        with torch.inference_mode():
+            diff = (ours(x) - off(x)).abs().max().item()
+        t = interleaved_latency({"official": partial(off, x), "ours": partial(ours, x)}, rounds=a.rounds)
+        print(f"lwganet_{v:<4}{t['official']:>10.2f}{t['ours']:>10.2f}{t['ours'] / t['official']:>15.2f}{diff:>14.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

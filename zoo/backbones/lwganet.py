@@ -1,0 +1,635 @@
+"""LWGANet: light-weight grouped attention backbones for remote sensing.
+
+Paper: "LWGANet: Addressing Spatial and Channel Redundancy in Remote Sensing Visual Tasks with Light-Weight Grouped
+Attention", Wei Lu et al., AAAI 2026, arXiv:2501.10040.
+Facts (layer order, channel split, kernel sizes, paddings, biases, norms, init, key names) were read from the
+official repository AeroVILab-AHU/LWGANet, ``classification/models/LWGANet.py`` at commit d46a47d.
+
+Every LWGA block splits its channels into four equal groups, each with its own receptive field:
+point attention (1x1 gate), local attention (3x3 conv), medium-range attention (max-pool + stride-3 blur pool +
+strip convolutions on the map and on its sheared copies) and a stage-dependent global branch (large selective
+kernel on a 2x max-pooled map in stages 1-2, MHSA on a 2x max-pooled map in stage 3, full MHSA in stage 4).
+Stages are joined by DRFD downsampling (a strided depthwise conv branch and a max-pool branch, fused by 1x1 conv).
+
+Differences from the official code, none of which changes a result the official code produces:
+- Names follow timm (``stem``, ``stages.i.downsample``/``blocks``, ``conv_head``, ``classifier``) and the paper
+  (``point_attn``, ``local_attn``, ``medium_attn``, ``global_attn``); ``checkpoint_filter_fn`` renames official keys.
+- The official shear used by the medium-range branch only works on square maps; ours shears by the number of rows,
+  which is the same operation on square maps and also handles rectangular ones (needed for detection inputs).
+- Max-unpooling is written with comparisons and selects (first maximum of each 2x2 window, as ``max_pool2d``
+  picks it), which is exactly ``max_unpool2d`` for non-overlapping windows but also exports with the legacy
+  TorchScript-based ONNX exporter, where the official ``MaxUnpool2d`` fails its output-shape check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, SelectAdaptivePool2d, get_act_layer, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from ..errors import InputShapeError
+from ..layers.blurpool import BlurPool2dAsym
+from ..registry import register_zoo_model
+
+__all__ = ["LWGANet", "LWGABlock", "DRFD", "MediumRangeAttention", "checkpoint_filter_fn"]
+
+LayerFn = Callable[..., nn.Module]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2x2 max-pool / unpool pair that exports everywhere
+# ---------------------------------------------------------------------------------------------------------------
+
+def max_pool_2x2_with_mask(x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """2x2/stride-2 max pooling that also returns, per window, which of its four positions was taken.
+
+    The positions are scanned in ``max_pool2d``'s order (top-left, top-right, bottom-left, bottom-right) and the
+    *first* maximum wins, as in ``max_pool2d(..., return_indices=True)``, so ties (flat inputs) unpool identically.
+    Both sides must be even (the model checks its input size).
+    """
+    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
+    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    m = torch.maximum(torch.maximum(a, b), torch.maximum(c, d))
+    take_a = a == m
+    take_b = (b == m) & ~take_a
+    taken = take_a | take_b
+    take_c = (c == m) & ~taken
+    take_d = ~(taken | take_c)
+    return m, (take_a, take_b, take_c, take_d)
+
+
+def max_unpool_2x2(y: torch.Tensor, mask: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Inverse of :func:`max_pool_2x2_with_mask`: put ``y`` where each window's maximum was, zeros elsewhere."""
+    zero = y.new_zeros(())
+    ya, yb, yc, yd = (torch.where(t, y, zero) for t in mask)
+    top = torch.stack((ya, yb), dim=-1)  # B, C, h, w, 2
+    bottom = torch.stack((yc, yd), dim=-1)
+    out = torch.stack((top, bottom), dim=-3)  # B, C, h, 2, w, 2
+    B, C, h, _, w, _ = out.shape
+    return out.reshape(B, C, 2 * h, 2 * w)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------------
+
+class ConvMlp(nn.Module):
+    """1x1 conv -> norm -> act -> 1x1 conv, both convs bias-free (the block MLP and the point-attention gate)."""
+
+    def __init__(self, dim: int, hidden_dim: int, norm_layer: LayerFn, act_layer: LayerFn, out_dim: int | None = None
+                 ) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1, bias=False)
+        self.norm = norm_layer(hidden_dim)
+        self.act = act_layer()
+        self.fc2 = nn.Conv2d(hidden_dim, out_dim or dim, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.norm(self.fc1(x))))
+
+
+class PointAttention(nn.Module):
+    """PA: a per-pixel sigmoid gate from a 4x-expanded 1x1 MLP, added back to its input (``x + x * sigma(mlp(x))``)."""
+
+    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn) -> None:
+        super().__init__()
+        self.mlp = ConvMlp(dim, dim * 4, norm_layer, act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + x * torch.sigmoid(self.mlp(x))
+
+
+class LocalAttention(nn.Module):
+    """LA: 3x3 conv (no bias) -> norm -> act; it replaces its group (no residual, as the official block)."""
+
+    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, 1, 1, bias=False)
+        self.norm = norm_layer(dim)
+        self.act = act_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+def shear_rows(x: torch.Tensor) -> torch.Tensor:
+    """Shift row ``i`` right by ``i`` (zeros fill in): ``(B, C, H, W) -> (B, C, H, W + H - 1)``.
+
+    Done by padding each row with ``H`` zeros and re-reading the flat buffer with rows one shorter. The official
+    code pads with ``W`` zeros, which is the same on the square maps it supports.
+    """
+    B, C, H, W = x.shape
+    x = F.pad(x, (0, H)).reshape(B, C, H * (W + H))[..., : H * (W + H) - H]
+    return x.reshape(B, C, H, W + H - 1)
+
+
+def unshear_rows(y: torch.Tensor, width: int) -> torch.Tensor:
+    """Inverse of :func:`shear_rows`: ``(B, C, H, W + H - 1) -> (B, C, H, W)``."""
+    B, C, H, Ws = y.shape
+    y = F.pad(y.reshape(B, C, H * Ws), (0, H))
+    return y.reshape(B, C, H, Ws + 1)[..., :width]
+
+
+class MediumRangeAttention(nn.Module):
+    """MRA: a sigmoid gate from strip convolutions on a 3x-subsampled map, upsampled (nearest) onto the input.
+
+    The map is max-pooled (3x3, stride 1) and blur-pooled (4-tap binomial, stride 3); four depthwise strip convs
+    (``k x 3`` and ``3 x k``, each on the map and on its row-/column-sheared copy, i.e. along the diagonals) are
+    summed, normalised and turned into the gate.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, norm_layer: LayerFn) -> None:
+        super().__init__()
+        k, p = kernel_size, kernel_size // 2
+        self.blur = BlurPool2dAsym(dim, filt_size=4, stride=3)
+        self.h_strip = nn.Conv2d(dim, dim, (k, 3), 1, (p, 1), groups=dim, bias=False)
+        self.v_strip = nn.Conv2d(dim, dim, (3, k), 1, (1, p), groups=dim, bias=False)
+        self.h_strip_sheared = nn.Conv2d(dim, dim, (k, 3), 1, (p, 1), groups=dim, bias=False)
+        self.v_strip_sheared = nn.Conv2d(dim, dim, (3, k), 1, (1, p), groups=dim, bias=False)
+        self.norm = norm_layer(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.blur(F.max_pool2d(x, 3, 1, 1))
+        h, w = t.shape[-2:]
+        tt = t.transpose(-1, -2)
+        att = self.h_strip(t) + self.v_strip(t)
+        att = att + unshear_rows(self.h_strip_sheared(shear_rows(t)), w)
+        att = att + unshear_rows(self.v_strip_sheared(shear_rows(tt).transpose(-1, -2)).transpose(-1, -2),
+                                 h).transpose(-1, -2)
+        gate = F.interpolate(torch.sigmoid(self.norm(att)), size=x.shape[-2:], mode="nearest")
+        return x * gate
+
+
+class LargeSelectiveKernel(nn.Module):
+    """LSK-style spatial selection between a 5x5 and a dilated 7x7 depthwise branch (official ``GA12`` core)."""
+
+    def __init__(self, dim: int, act_layer: LayerFn) -> None:
+        super().__init__()
+        self.proj_1 = nn.Conv2d(dim, dim, 1)
+        self.act = act_layer()
+        self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
+        self.conv_spatial = nn.Conv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
+        self.conv1 = nn.Conv2d(dim, dim // 2, 1)
+        self.conv2 = nn.Conv2d(dim, dim // 2, 1)
+        self.conv_squeeze = nn.Conv2d(2, 2, 7, padding=3)
+        self.conv = nn.Conv2d(dim // 2, dim, 1)
+        self.proj_2 = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.proj_1(x))
+        a1 = self.conv0(x)
+        a2 = self.conv_spatial(a1)
+        a1, a2 = self.conv1(a1), self.conv2(a2)
+        attn = torch.cat((a1, a2), dim=1)
+        agg = torch.cat((attn.mean(dim=1, keepdim=True), attn.amax(dim=1, keepdim=True)), dim=1)
+        sig = torch.sigmoid(self.conv_squeeze(agg))
+        attn = self.conv(a1 * sig[:, 0:1] + a2 * sig[:, 1:2])
+        return self.proj_2(x * attn)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """MHSA over all positions of an NCHW map with 4-channel heads, bias-free qkv and projection (official ``GA``)."""
+
+    def __init__(self, dim: int, head_dim: int = 4) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.num_heads = max(dim // head_dim, 1)
+        self.attn_dim = self.num_heads * head_dim
+        self.scale = head_dim ** -0.5
+        self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=False)
+        self.proj = nn.Linear(self.attn_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        qkv = self.qkv(x.permute(0, 2, 3, 1)).reshape(B, H * W, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        # explicit product (not F.scaled_dot_product_attention): as fast at 4-channel heads and ~49 tokens, and
+        # FlopCounterMode counts it, so MACs agree with the official code
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        x = attn.softmax(dim=-1) @ v
+        x = self.proj(x.transpose(1, 2).reshape(B, H, W, self.attn_dim))
+        return x.permute(0, 3, 1, 2)
+
+
+class SelectiveGlobalAttention(nn.Module):
+    """Global branch of stages 1-2: ``norm(x + unpool(LSK(maxpool2(x))))``."""
+
+    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn) -> None:
+        super().__init__()
+        self.attn = LargeSelectiveKernel(dim, act_layer)
+        self.norm = norm_layer(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled, where = max_pool_2x2_with_mask(x)
+        return self.norm(x + max_unpool_2x2(self.attn(pooled), where))
+
+
+class SparseGlobalAttention(nn.Module):
+    """Global branch of stage 3: ``x + unpool(norm(MHSA(maxpool2(x))))`` (attention on a quarter of the tokens)."""
+
+    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn) -> None:
+        super().__init__()
+        self.attn = MultiHeadSelfAttention(dim)
+        self.norm = norm_layer(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled, where = max_pool_2x2_with_mask(x)
+        return x + max_unpool_2x2(self.norm(self.attn(pooled)), where)
+
+
+class DenseGlobalAttention(nn.Module):
+    """Global branch of stage 4: ``norm(x + MHSA(x))``."""
+
+    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn) -> None:
+        super().__init__()
+        self.attn = MultiHeadSelfAttention(dim)
+        self.norm = norm_layer(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.attn(x))
+
+
+GLOBAL_ATTENTION: tuple[type[nn.Module], ...] = (
+    SelectiveGlobalAttention, SelectiveGlobalAttention, SparseGlobalAttention, DenseGlobalAttention)
+
+
+class LWGABlock(nn.Module):
+    """LWGA block: four channel groups (PA, LA, MRA, GA), concatenated, then ``x + norm(drop_path(mlp(.)))``."""
+
+    def __init__(self, dim: int, stage_idx: int, kernel_size: int, mlp_ratio: float, drop_path: float,
+                 norm_layer: LayerFn, act_layer: LayerFn) -> None:
+        super().__init__()
+        if dim % 4:
+            raise ValueError(f"LWGA block width must be divisible by 4, got {dim}")
+        self.split = dim // 4
+        self.point_attn = PointAttention(self.split, norm_layer, act_layer)
+        self.local_attn = LocalAttention(self.split, norm_layer, act_layer)
+        self.medium_attn = MediumRangeAttention(self.split, kernel_size, norm_layer)
+        self.global_attn = GLOBAL_ATTENTION[stage_idx](self.split, norm_layer, act_layer)
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), norm_layer, act_layer)
+        # the official block normalises the MLP output *after* drop path, before the residual add
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.mlp_norm = norm_layer(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2, x3, x4 = torch.split(x, self.split, dim=1)
+        y = torch.cat((self.point_attn(x1), self.local_attn(x2), self.medium_attn(x3), self.global_attn(x4)), dim=1)
+        return x + self.mlp_norm(self.drop_path(self.mlp(y)))
+
+
+class DRFD(nn.Module):
+    """Dual-branch downsampling, ``C -> 2C`` at half resolution.
+
+    A depthwise 3x3 conv doubles the channels; a strided depthwise 3x3 conv (-> act -> norm, in that order) and a
+    3x3/2 max-pool (-> norm) branch are concatenated and fused by a 1x1 conv. Both branches give ``ceil(H / 2)``.
+    """
+
+    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn) -> None:
+        super().__init__()
+        out_dim = dim * 2
+        self.conv = nn.Conv2d(dim, out_dim, 3, 1, 1, groups=dim)
+        self.conv_c = nn.Conv2d(out_dim, out_dim, 3, 2, 1, groups=out_dim)
+        self.act_c = act_layer()
+        self.norm_c = norm_layer(out_dim)
+        self.max_m = nn.MaxPool2d(3, 2, 1)
+        self.norm_m = norm_layer(out_dim)
+        self.fusion = nn.Conv2d(out_dim * 2, out_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        c = self.norm_c(self.act_c(self.conv_c(x)))
+        m = self.norm_m(self.max_m(x))
+        return self.fusion(torch.cat((c, m), dim=1))
+
+
+class Stem(nn.Module):
+    """4x4 stride-4 patchify conv (no bias) + norm."""
+
+    def __init__(self, in_chans: int, dim: int, norm_layer: LayerFn | None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, dim, 4, 4, bias=False)
+        self.norm = norm_layer(dim) if norm_layer is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class LWGAStage(nn.Module):
+    """Optional DRFD downsampling followed by ``depth`` LWGA blocks."""
+
+    def __init__(self, in_dim: int, dim: int, stage_idx: int, depth: int, kernel_size: int, mlp_ratio: float,
+                 drop_path: list[float], norm_layer: LayerFn, act_layer: LayerFn) -> None:
+        super().__init__()
+        self.downsample = DRFD(in_dim, norm_layer, act_layer) if stage_idx > 0 else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            LWGABlock(dim, stage_idx, kernel_size, mlp_ratio, drop_path[i], norm_layer, act_layer)
+            for i in range(depth)
+        ])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------
+
+class LWGANet(nn.Module):
+    """LWGANet classifier / backbone with timm's model contract.
+
+    Input sides must be multiples of 32 (up to 3 extra pixels are cut by the stride-4 stem) and at least 96:
+    the 2x2 max-pool/unpool pairs of stages 1-3 need even maps, and the stride-3 blur pool's reflect padding needs
+    stage-4 maps of at least 3x3. Other sizes raise :class:`zoo.errors.InputShapeError` naming a size that works.
+    Rectangular inputs work (the official code needs square ones).
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            stem_dim: int = 64,
+            depths: tuple[int, ...] = (1, 2, 4, 2),
+            kernel_sizes: tuple[int, ...] = (11, 11, 11, 11),
+            mlp_ratio: float = 2.0,
+            act_layer: str | LayerFn = "gelu",
+            norm_layer: LayerFn = nn.BatchNorm2d,
+            stem_norm: bool = True,
+            head_hidden_size: int = 1280,
+            global_pool: str = "avg",
+            drop_rate: float = 0.0,
+            drop_path_rate: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if len(depths) != 4 or len(kernel_sizes) != 4:
+            raise ValueError("LWGANet has four stages: depths and kernel_sizes need four entries each")
+        act_layer = get_act_layer(act_layer) if isinstance(act_layer, str) else act_layer
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        self.stem = Stem(in_chans, stem_dim, norm_layer if stem_norm else None)
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
+        dims = [stem_dim * 2 ** i for i in range(4)]
+        self.stages = nn.Sequential(*[
+            LWGAStage(dims[max(i - 1, 0)], dims[i], i, depths[i], kernel_sizes[i], mlp_ratio, dpr[i],
+                      norm_layer, act_layer)
+            for i in range(4)
+        ])
+        self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}") for i in range(4)]
+
+        self.num_features = dims[-1]
+        self.head_hidden_size = head_hidden_size
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+        self.conv_head = nn.Conv2d(self.num_features, head_hidden_size, 1, bias=False)
+        self.head_act = act_layer()
+        self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self.classifier = nn.Linear(head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # official: truncated normal (std 0.02) for every conv and linear weight, zero biases; BN left at defaults
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ---- timm contract ------------------------------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^conv_head", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New classifier for ``num_classes`` (0 = none); the 1x1 ``conv_head`` to 1280 is kept (pre-logits)."""
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+            self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise :class:`InputShapeError` for inputs the network cannot take, naming one that works."""
+        if torch.jit.is_tracing() or torch.jit.is_scripting():
+            return
+        if x.ndim != 4:
+            raise InputShapeError(f"LWGANet expects a 4-D NCHW batch, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise InputShapeError(
+                f"LWGANet was built for {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
+                f"pass in_chans={x.shape[1]} to create_model or convert the images")
+        sides = [int(s) for s in x.shape[-2:]]
+        if all(s >= 96 and (s // 4) % 8 == 0 for s in sides):
+            return
+        fix = "x".join(str(max(96, 32 * round(s / 32))) for s in sides)
+        raise InputShapeError(
+            f"LWGANet needs height and width that are multiples of 32 (plus at most 3 pixels) and at least 96: "
+            f"got {sides[0]}x{sides[1]}. Resize or pad to e.g. {fix}. (Stages 1-3 max-pool/unpool 2x2 windows, "
+            f"which needs even maps; the stride-3 blur pool needs stage-4 maps of at least 3x3.)")
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs (strides 4, 8, 16, 32; widths C, 2C, 4C, 8C) as timm's ``forward_intermediates``.
+
+        ``norm`` is accepted for API compatibility; LWGANet has no final norm, so it changes nothing.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError("LWGANet intermediates are NCHW only")
+        self.check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        x = self.stem(x)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last requested one (and the head), as timm models do."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_head:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            self.conv_head = nn.Identity()
+            self.head_act = nn.Identity()
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.stages, x)
+        return self.stages(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool -> 1x1 conv to ``head_hidden_size`` (1280) -> act -> flatten [-> dropout -> linear]."""
+        x = self.head_act(self.conv_head(self.global_pool(x)))
+        x = self.flatten(x)
+        if pre_logits:
+            return x
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Official checkpoints
+# ---------------------------------------------------------------------------------------------------------------
+
+# Official sub-key prefix inside ``stages.<2i>.blocks.<j>.`` -> ours; first match wins, so order matters
+# (``GA3.norm`` must become ``global_attn.norm``, the block's ``norm`` belongs to the GA12/GA4 branch).
+_BLOCK_RENAMES: tuple[tuple[str, str], ...] = (
+    ("mlp.0.", "mlp.fc1."), ("mlp.1.", "mlp.norm."), ("mlp.3.", "mlp.fc2."),
+    ("PA.p_conv.0.", "point_attn.mlp.fc1."), ("PA.p_conv.1.", "point_attn.mlp.norm."),
+    ("PA.p_conv.3.", "point_attn.mlp.fc2."),
+    ("LA.conv.0.", "local_attn.conv."), ("LA.conv.1.", "local_attn.norm."),
+    ("MRA.max_m2.", "medium_attn.blur."), ("MRA.H_att1.", "medium_attn.h_strip."),
+    ("MRA.V_att1.", "medium_attn.v_strip."), ("MRA.H_att2.", "medium_attn.h_strip_sheared."),
+    ("MRA.V_att2.", "medium_attn.v_strip_sheared."), ("MRA.norm.", "medium_attn.norm."),
+    ("GA12.", "global_attn.attn."), ("GA3.", "global_attn."), ("GA4.", "global_attn.attn."),
+    ("norm1.", "mlp_norm."), ("norm.", "global_attn.norm."),
+)
+_TOP_RENAMES: tuple[tuple[str, str], ...] = (
+    ("Stem.proj.", "stem.conv."), ("Stem.norm.", "stem.norm."),
+    ("avgpool_pre_head.1.", "conv_head."), ("head.", "classifier."),
+)
+
+
+def official_key_to_ours(key: str) -> str:
+    """Map one key of an official LWGANet state dict onto this implementation (unknown keys pass unchanged).
+
+    Official ``stages`` interleaves block stages (even indices) and DRFD layers (odd indices); ours nests the DRFD
+    as ``downsample`` of the stage it feeds.
+    """
+    for old, new in _TOP_RENAMES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    parts = key.split(".")
+    if len(parts) > 2 and parts[0] == "stages" and parts[1].isdigit():
+        n = int(parts[1])
+        if n % 2 == 1:
+            return f"stages.{(n + 1) // 2}.downsample." + ".".join(parts[2:])
+        if len(parts) > 4 and parts[2] == "blocks":
+            rest = ".".join(parts[4:]) + "."
+            for old, new in _BLOCK_RENAMES:
+                if rest.startswith(old):
+                    rest = new + rest[len(old):]
+                    break
+            return f"stages.{n // 2}.blocks.{parts[3]}.{rest[:-1]}"
+    return key
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Accept an official LWGANet state dict (already unwrapped from ``{'model': ...}``) or one of ours."""
+    state_dict = state_dict.get("model", state_dict)
+    if any(k.startswith("stem.") for k in state_dict):  # already in our layout
+        return dict(state_dict)
+    return {official_key_to_ours(k): v for k, v in state_dict.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Variants
+# ---------------------------------------------------------------------------------------------------------------
+
+# name -> constructor args, from the official LWGANet_L{0,1,2}_* functions
+MODEL_ARGS: dict[str, dict[str, Any]] = {
+    "lwganet_l0": dict(stem_dim=32, depths=(1, 2, 4, 2), kernel_sizes=(11,) * 4, act_layer="gelu",
+                       drop_path_rate=0.0),
+    "lwganet_l1": dict(stem_dim=64, depths=(1, 2, 4, 2), kernel_sizes=(11,) * 4, act_layer="gelu",
+                       drop_path_rate=0.1),
+    "lwganet_l2": dict(stem_dim=96, depths=(1, 4, 4, 2), kernel_sizes=(11,) * 4, act_layer="relu",
+                       drop_path_rate=0.1),
+}
+
+
+def _create_lwganet(variant: str, pretrained: bool = False, **kwargs: Any) -> LWGANet:
+    model_args = {**MODEL_ARGS[variant], **kwargs}
+    out_indices = model_args.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        LWGANet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **model_args,
+    )
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    # the official training script evaluates with Resize(int(224 * 1.143)) + CenterCrop(224) and ImageNet stats
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bilinear", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.conv", "classifier": "classifier", "min_input_size": (3, 96, 96),
+        "license": "unknown (official repository states none)", **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({name: _cfg() for name in MODEL_ARGS})
+
+
+@register_zoo_model
+def lwganet_l0(pretrained: bool = False, **kwargs: Any) -> LWGANet:
+    """LWGANet-L0: C=32, depths (1, 2, 4, 2), GELU. Official weights are NWPU-RESISC45 (45 classes)."""
+    return _create_lwganet("lwganet_l0", pretrained, **kwargs)
+
+
+@register_zoo_model
+def lwganet_l1(pretrained: bool = False, **kwargs: Any) -> LWGANet:
+    """LWGANet-L1: C=64, depths (1, 2, 4, 2), GELU. Official weights are NWPU-RESISC45 (45 classes)."""
+    return _create_lwganet("lwganet_l1", pretrained, **kwargs)
+
+
+@register_zoo_model
+def lwganet_l2(pretrained: bool = False, **kwargs: Any) -> LWGANet:
+    """LWGANet-L2: C=96, depths (1, 4, 4, 2), ReLU. Official weights are NWPU-RESISC45 (45 classes)."""
+    return _create_lwganet("lwganet_l2", pretrained, **kwargs)
+
