@@ -201,6 +201,16 @@ def test_official_key_layout_round_trips_through_an_official_pth(tmp_path) -> No
     assert checkpoint_filter_fn(ours.state_dict(), ours).keys() == ours.state_dict().keys()
 
 
+def test_phc_resnet50_cifar_official_layout_has_the_official_keys_and_count() -> None:
+    # official PHCResNet50(channels=4, n=4): 426 state-dict entries, 5,965,514 parameters
+    off = _to_official_layout(timm.create_model("phc_resnet50_cifar"))
+    assert len(off) == 426
+    assert sum(v.numel() for k, v in off.items() if "running" not in k and "num_batches" not in k) == 5_965_514
+    shapes = {"layer1.0.conv3.F": (4, 64, 16, 1, 1), "layer1.0.shortcut.0.F": (4, 64, 16, 1, 1),
+              "layer4.2.conv3.F": (4, 512, 128, 1, 1), "linear.weight": (10, 2048)}
+    assert {k: tuple(off[k].shape) for k in shapes} == shapes
+
+
 def test_zero_channel_goes_in_front_like_the_official_pipeline() -> None:
     rgb = timm.create_model("phc_resnet18_cifar").eval()
     quat = timm.create_model("phc_resnet18_cifar", in_chans=4).eval()
