@@ -174,10 +174,13 @@ def write_synthetic(task: str, out: str | Path, n: int = 24, size: int = 64, num
     rng = np.random.default_rng(seed)
     n_val = max(1, int(round(n * val_fraction)))
     splits = [("train", i) for i in range(n - n_val)] + [("val", i) for i in range(n - n_val, n)]
-    classes = [f"{SHAPES[c % 3]}_{c}" for c in range(num_classes)]
+    classes = [f"{c}_{SHAPES[c % 3]}" for c in range(num_classes)]  # names sort in index order
     meta: dict[str, Any] = {"task": task, "n": n, "size": size, "seed": seed, "classes": classes}
     if task == "classification":
         rows: dict[str, list[tuple[str, int]]] = {"train": [], "val": []}
+        for split in rows:  # every class folder in every split, so class indices agree between splits
+            for name in classes:
+                (out / split / name).mkdir(parents=True, exist_ok=True)
         for split, i in splits:
             img, c = classification_sample(rng, size, num_classes)
             rel = f"{split}/{classes[c]}/{i:04d}.png"
