@@ -75,7 +75,8 @@ class ULSAM(nn.Module):
         b, c, h, w = x.shape
         att = self.attention(x).unsqueeze(2)  # (B, g, 1, H, W): one map shared by the C/g channels of a subspace
         xs = x.view(b, self.num_splits, c // self.num_splits, h, w)
-        return (xs * att + xs).view(b, c, h, w)
+        # x * att + x, with the +1 on the small map: one pass over the feature map instead of two
+        return (xs * (att + 1.0)).view(b, c, h, w)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, num_splits={self.num_splits}"
