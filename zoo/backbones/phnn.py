@@ -285,7 +285,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
         "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-        "first_conv": "conv1", "classifier": "fc", "license": "unknown",
+        "first_conv": "conv1", "classifier": "fc", "license": "mit",
         "paper_ids": "arXiv:2110.04176", "origin_url": "https://github.com/eleGAN23/HyperNets",
         **kwargs,
     }

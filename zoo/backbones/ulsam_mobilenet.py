@@ -334,7 +334,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
         "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-        "classifier": "classifier", "license": "mit",
+        "classifier": "classifier", "license": "unknown",  # Nandan91/ULSAM ships no licence file
         "paper_ids": "arXiv:2006.15102", "origin_url": "https://github.com/Nandan91/ULSAM",
         **kwargs,
     }
