@@ -62,6 +62,20 @@ def _is_exporting() -> bool:
     return bool(torch.onnx.is_in_onnx_export())
 
 
+def _is_tracing(t: torch.Tensor) -> bool:
+    """True while torch.export / dynamo / the ONNX exporter trace the model (then the loop must be one node)."""
+    if _is_exporting():
+        return True
+    try:
+        if torch.compiler.is_compiling():
+            return True
+    except AttributeError:
+        pass
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
 def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
     """Everything in float32: Δ with its bias and softplus, as mamba_ssm does before the recurrence."""
     u = u.float()
@@ -258,7 +272,14 @@ def selective_scan_export(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         return h.clone(), torch.stack(ys, dim=0)
 
     h0 = u.new_zeros(batch, d, n)
-    _, y = scan(body, h0, xs)  # y: (steps, k, b, d)
+    if _is_tracing(u):
+        _, y = scan(body, h0, xs)  # y: (steps, k, b, d)
+    else:  # eager: the same body in a Python loop (the eager scan op would re-trace the body on every call)
+        h, ys = h0, []
+        for i in range(steps):
+            h, y_i = body(h, tuple(x[i] for x in xs))
+            ys.append(y_i)
+        y = torch.stack(ys, dim=0)
     y = y.reshape(steps * k, batch, d)[:seqlen].permute(1, 2, 0)
     return _finish(y, u, D, z, dtype)
 

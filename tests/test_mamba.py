@@ -1,0 +1,196 @@
+"""The pure-PyTorch Mamba layer and its selective scans (zoo.layers.mamba / zoo.layers.selective_scan).
+
+Specification: the layer has mamba_ssm's parameter names, shapes and initialisation; every scan implementation
+equals the plain sequential recurrence to 1e-5, including with large Δ over long sequences, where the
+"cumsum in log space" shortcut overflows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zoo.layers.mamba import Mamba, set_scan_impl
+from zoo.layers.selective_scan import (
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_export,
+    selective_scan_sequential,
+)
+
+
+def _scan_inputs(batch=2, d=6, n=4, seqlen=50, delta_shift=0.0, seed=0, dtype=torch.float32):
+    """Inputs scaled so that outputs are O(1): a 1e-5 tolerance then means ~1e-5 relative error in float32."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, d, seqlen, generator=g)
+    delta = torch.randn(batch, d, seqlen, generator=g) + delta_shift
+    a = -torch.exp(torch.randn(d, n, generator=g) * 0.5)
+    b = torch.randn(batch, n, seqlen, generator=g) / math.sqrt(n)
+    c = torch.randn(batch, n, seqlen, generator=g) / math.sqrt(n)
+    dd = torch.randn(d, generator=g)
+    z = torch.randn(batch, d, seqlen, generator=g)
+    bias = torch.randn(d, generator=g) * 0.1
+    return [t.to(dtype) for t in (u, delta, a, b, c, dd, z)] + [bias]
+
+
+def _naive_recurrence(u, delta, a, b, c, dd, z, bias):
+    """The recurrence in float64, spelled out independently of the library, as ground truth for the reference."""
+    u, delta, a, b, c, dd, z, bias = (t.double() for t in (u, delta, a, b, c, dd, z, bias))
+    dt = F.softplus(delta + bias[:, None])
+    h = torch.zeros(u.shape[0], u.shape[1], a.shape[1], dtype=torch.float64)
+    ys = []
+    for t in range(u.shape[2]):
+        h = torch.exp(dt[:, :, t, None] * a) * h + dt[:, :, t, None] * b[:, None, :, t] * u[:, :, t, None]
+        ys.append((h * c[:, None, :, t]).sum(-1) + dd * u[:, :, t])
+    return torch.stack(ys, -1) * F.silu(z)
+
+
+def test_sequential_reference_is_the_recurrence():
+    args = _scan_inputs(seqlen=20)
+    ref = selective_scan_sequential(*args[:7], delta_bias=args[7], delta_softplus=True)
+    assert (ref.double() - _naive_recurrence(*args)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("impl", ["chunked", "export"])
+@pytest.mark.parametrize("seqlen,delta_shift", [(1, 0.0), (37, 0.0), (300, 0.0), (300, 6.0), (2000, 8.0)])
+def test_scans_match_sequential_reference(impl, seqlen, delta_shift):
+    u, delta, a, b, c, dd, z, bias = _scan_inputs(seqlen=seqlen, delta_shift=delta_shift, d=4 if seqlen > 500 else 6)
+    ref = selective_scan_sequential(u, delta, a, b, c, dd, z, bias, delta_softplus=True)
+    out = selective_scan(u, delta, a, b, c, dd, z, bias, delta_softplus=True, impl=impl)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_large_delta_long_sequence_where_log_space_cumsum_overflows():
+    """|ΣΔA| reaches thousands: exp(-cumsum(ΔA)) is inf in float32, our chunked scan stays exact."""
+    u, delta, a, b, c, dd, z, bias = _scan_inputs(batch=1, d=3, n=4, seqlen=3000, delta_shift=3.0)
+    dt = F.softplus(delta + bias[:, None])
+    log_decay = torch.einsum("bdl,dn->bdln", dt, a).cumsum(2)
+    assert log_decay.min() < -5000  # the regime of the issue
+    assert torch.isinf(torch.exp(-log_decay)).any()  # the naive "cumsum in log space" form would overflow
+    ref = selective_scan_sequential(u, delta, a, b, c, dd, z, bias, delta_softplus=True)
+    for block_elems in (1 << 21, 3 * 4 * 100, 7):  # one block, many blocks, one step per block
+        out = selective_scan_chunked(u, delta, a, b, c, dd, z, bias, delta_softplus=True, block_elems=block_elems)
+        assert torch.isfinite(out).all()
+        assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_chunked_block_boundaries_and_odd_lengths():
+    u, delta, a, b, c, dd, z, bias = _scan_inputs(batch=3, seqlen=173)
+    ref = selective_scan_sequential(u, delta, a, b, c, dd, z, bias, delta_softplus=True)
+    for block_elems in (3 * 6 * 4 * 10, 3 * 6 * 4 * 17, 3 * 6 * 4 * 64):
+        out = selective_scan_chunked(u, delta, a, b, c, dd, z, bias, delta_softplus=True, block_elems=block_elems)
+        assert (out - ref).abs().max().item() <= 1e-5
+    for unroll in (1, 5, 16):
+        out = selective_scan_export(u, delta, a, b, c, dd, z, bias, delta_softplus=True, unroll=unroll)
+        assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_chunked_gradients_match_sequential():
+    args = _scan_inputs(batch=2, d=3, n=4, seqlen=45, delta_shift=1.0)
+    grads = []
+    for fn in (selective_scan_sequential, lambda *a, **k: selective_scan_chunked(*a, **k, block_elems=2 * 3 * 4 * 20)):
+        leaves = [t.clone().requires_grad_(True) for t in args]
+        out = fn(*leaves[:7], delta_bias=leaves[7], delta_softplus=True)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for g_seq, g_chunk in zip(*grads):
+        assert (g_seq - g_chunk).abs().max().item() <= 1e-4 * max(1.0, g_seq.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_scan_runs_in_float32_for_half_inputs(dtype):
+    args = _scan_inputs(seqlen=64, dtype=dtype)
+    out = selective_scan(*args[:7], delta_bias=args[7], delta_softplus=True, impl="chunked")
+    assert out.dtype == dtype
+    ref32 = selective_scan_sequential(*(t.float() for t in args[:7]), delta_bias=args[7], delta_softplus=True)
+    assert torch.equal(out, ref32.to(dtype)) or (out.float() - ref32).abs().max() <= 1e-5 + 2 ** -7 * ref32.abs().max()
+
+
+def test_scan_rejects_bad_shapes_and_impl():
+    u, delta, a, b, c, dd, z, bias = _scan_inputs()
+    with pytest.raises(ValueError, match=r"B must be \(batch, d_state, L\)"):
+        selective_scan(u, delta, a, b[..., :-1], c)
+    with pytest.raises(ValueError, match="unknown selective scan impl 'fast'"):
+        selective_scan(u, delta, a, b, c, impl="fast")
+    with pytest.raises(RuntimeError, match="needs the mamba_ssm package and CUDA tensors"):
+        selective_scan(u, delta, a, b, c, impl="cuda")
+
+
+# --- the layer ---------------------------------------------------------------------------------------------------
+
+def test_mamba_parameter_names_and_shapes_are_mamba_ssm():
+    m = Mamba(d_model=40)  # d_inner 80, dt_rank ceil(40/16)=3, d_state 16, d_conv 4
+    shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert shapes == {
+        "A_log": (80, 16), "D": (80,),
+        "in_proj.weight": (160, 40),
+        "conv1d.weight": (80, 1, 4), "conv1d.bias": (80,),
+        "x_proj.weight": (3 + 32, 80),
+        "dt_proj.weight": (80, 3), "dt_proj.bias": (80,),
+        "out_proj.weight": (40, 80),
+    }
+    assert m.conv1d.groups == 80 and m.conv1d.padding == (3,)
+
+
+def test_mamba_initialisation_is_mamba_ssm():
+    torch.manual_seed(0)
+    m = Mamba(d_model=64, d_state=16)
+    assert torch.equal(m.A_log, torch.log(torch.arange(1, 17, dtype=torch.float32)).repeat(128, 1))
+    assert torch.equal(m.D, torch.ones(128))
+    dt = F.softplus(m.dt_proj.bias)
+    assert dt.min() >= 1e-3 * (1 - 1e-4) and dt.max() <= 0.1 * (1 + 1e-4)
+    # log-uniform: the mean of log(dt) sits half way between log(1e-3) and log(1e-1)
+    assert abs(torch.log(dt).mean().item() - (math.log(1e-3) + math.log(1e-1)) / 2) < 0.5
+    bound = 4 ** -0.5  # dt_rank = 64/16 = 4
+    assert m.dt_proj.weight.abs().max() <= bound and m.dt_proj.weight.abs().max() > 0.8 * bound
+    assert m.A_log._no_weight_decay and m.D._no_weight_decay and m.dt_proj.bias._no_reinit
+    assert m.A_log.dtype == torch.float32 and m.D.dtype == torch.float32
+    # the floor: a dt range below 1e-4 is clamped to 1e-4 before the inverse softplus
+    tiny = Mamba(d_model=16, dt_min=1e-6, dt_max=2e-6)
+    assert torch.allclose(F.softplus(tiny.dt_proj.bias), torch.full((32,), 1e-4), rtol=1e-3)
+
+
+def _mamba_by_hand(m: Mamba, x: torch.Tensor) -> torch.Tensor:
+    """mamba_ssm's reference forward path, step by step, from the layer's weights."""
+    seqlen = x.shape[1]
+    xz = x @ m.in_proj.weight.t()
+    xs, z = xz[..., : m.d_inner], xz[..., m.d_inner:]
+    xs = F.conv1d(xs.transpose(1, 2), m.conv1d.weight, m.conv1d.bias, padding=3, groups=m.d_inner)[..., :seqlen]
+    xs = F.silu(xs)
+    dbl = xs.transpose(1, 2) @ m.x_proj.weight.t()
+    dt, b, c = dbl.split([m.dt_rank, m.d_state, m.d_state], -1)
+    delta = F.softplus(dt @ m.dt_proj.weight.t() + m.dt_proj.bias)  # (B, L, d_inner)
+    a = -torch.exp(m.A_log)
+    h = torch.zeros(x.shape[0], m.d_inner, m.d_state)
+    ys = []
+    for t in range(seqlen):
+        h = torch.exp(delta[:, t, :, None] * a) * h + (delta[:, t] * xs[:, :, t])[..., None] * b[:, t, None, :]
+        ys.append((h * c[:, t, None, :]).sum(-1) + m.D * xs[:, :, t])
+    y = torch.stack(ys, 1) * F.silu(z)
+    return y @ m.out_proj.weight.t()
+
+
+@pytest.mark.parametrize("impl", ["sequential", "chunked", "export"])
+def test_mamba_forward_equals_mamba_ssm_reference_path(impl):
+    torch.manual_seed(0)
+    m = Mamba(d_model=16, scan_impl=impl)
+    with torch.no_grad():
+        m.D.normal_()
+        m.dt_proj.bias.add_(2.0)  # larger steps than at init, so decays matter
+    x = torch.randn(2, 33, 16)
+    with torch.no_grad():
+        assert (m(x) - _mamba_by_hand(m, x)).abs().max().item() <= 1e-5
+
+
+def test_set_scan_impl_switches_every_layer_and_validates():
+    net = torch.nn.Sequential(Mamba(8), Mamba(8))
+    set_scan_impl(net, "sequential")
+    assert [m.scan_impl for m in net] == ["sequential", "sequential"]
+    with pytest.raises(ValueError, match="unknown scan impl 'gpu'"):
+        set_scan_impl(net, "gpu")
+    with pytest.raises(ValueError, match=r"Mamba expects \(batch, L, d_model=8\)"):
+        net[0](torch.randn(2, 5, 9))
