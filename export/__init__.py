@@ -16,7 +16,7 @@ from .metadata import sidecar_path, write_sidecar
 from .mobile import OrtConversion, to_ort
 from .onnx_export import DEFAULT_OPSET, EXPORTERS, OnnxExport, to_onnx
 from .parity import ParityReport, check_parity, make_session
-from .pipeline import ExportResult, export_model, load_model
+from .pipeline import ExportResult, export_model, export_onnx_verified, load_model
 from .quantize import QuantReport, quantize_int8
 from .spec import DEFAULT_ATOL, ExportSpec, build_spec
 
@@ -33,6 +33,7 @@ __all__ = [
     "build_spec",
     "check_parity",
     "export_model",
+    "export_onnx_verified",
     "load_calibration",
     "load_model",
     "make_session",

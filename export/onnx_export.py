@@ -5,8 +5,9 @@ because it is the exporter PyTorch maintains: it handles models the TorchScript 
 LWGANet only exports with it) and yields an optimised graph. It is slow (15-30 s per model on 2 cores, most of it
 decompositions), so ``legacy`` (the TorchScript tracer, ``dynamo=False``; about 1-2 s) stays available. When the
 chosen exporter raises, the other is tried automatically with a printed note, and the exporter actually used is
-recorded in the result and the metadata sidecar. A fallback cannot hide a wrong graph: every export is followed
-by a parity check against PyTorch (:mod:`export.parity`).
+recorded in the result and the metadata sidecar. An exporter can also succeed and write a *wrong* graph (the
+tracer drops in-place writes through views, as in EMOv2's window attention), so
+:func:`export.pipeline.export_onnx_verified` (what the CLI uses) also falls back when the parity check fails.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ EXPORTERS = ("dynamo", "legacy")
 DEFAULT_OPSET = 18
 #: protobuf cannot hold a single file over 2 GiB; above this many weight bytes the weights go to a side file
 EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+class ModelDoesNotRun(ExportError):
+    """The model fails in PyTorch itself on the requested input size; no exporter can help."""
 
 
 @dataclass
@@ -67,7 +72,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _export_dynamo(adapter: nn.Module, args: tuple[torch.Tensor, ...], path: Path, spec: ExportSpec, opset: int,
-                   external: bool) -> None:
+                   external: bool, optimize: bool = True) -> None:
     dynamic_shapes = None
     if spec.dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=4096)
@@ -78,11 +83,11 @@ def _export_dynamo(adapter: nn.Module, args: tuple[torch.Tensor, ...], path: Pat
         warnings.simplefilter("ignore")
         torch.onnx.export(adapter, args, str(path), dynamo=True, opset_version=opset, input_names=spec.input_names,
                           output_names=spec.output_names, dynamic_shapes=dynamic_shapes, external_data=external,
-                          verbose=False, optimize=True, report=False)
+                          verbose=False, optimize=optimize, report=False)
 
 
 def _export_legacy(adapter: nn.Module, args: tuple[torch.Tensor, ...], path: Path, spec: ExportSpec, opset: int,
-                   external: bool) -> None:
+                   external: bool, optimize: bool = True) -> None:
     with warnings.catch_warnings():
         # the deprecation notice and tracer warnings: we chose this exporter on purpose and check parity after
         warnings.simplefilter("ignore")
@@ -127,6 +132,7 @@ def to_onnx(
     fallback: bool = True,
     simplify: bool | None = None,
     in_chans: int = 3,
+    optimize: bool = True,
 ) -> OnnxExport:
     """Export ``model`` (eval mode, float32, CPU) to a self-contained ONNX file at ``path`` and run ``onnx.checker``.
 
@@ -134,7 +140,9 @@ def to_onnx(
     :mod:`export.spec`); the batch axis is ``batch`` (dynamic) with ``dynamic_batch`` and 1 otherwise.
     ``exporter`` picks ``"dynamo"`` (default) or ``"legacy"``; with ``fallback`` the other one is tried when it
     raises (a note is printed and ``OnnxExport.fallback_reason`` says why). ``simplify``: run onnx-simplifier
-    (``None`` = when installed). Weights above ~1.8 GB go to ``<path>.data`` (protobuf's 2 GiB limit).
+    (``None`` = when installed). ``optimize=False`` skips the dynamo exporter's onnxscript graph optimiser (about
+    half its run time; onnxruntime optimises the graph again at load anyway). Weights above ~1.8 GB go to
+    ``<path>.data`` (protobuf's 2 GiB limit).
     Parity is *not* checked here; :func:`export.check_parity` does that and the CLI always calls it.
     """
     if exporter not in EXPORTERS:
@@ -153,7 +161,7 @@ def to_onnx(
         except ExportError:
             raise
         except Exception as e:
-            raise ExportError(f"the model does not run on inputs of size {tuple(args[0].shape)} in PyTorch "
+            raise ModelDoesNotRun(f"the model does not run on inputs of size {tuple(args[0].shape)} in PyTorch "
                               f"({_first_line(e)}); pick another --input-size") from e
     external = model_bytes(model) > EXTERNAL_DATA_BYTES
     order = [exporter] + ([e for e in EXPORTERS if e != exporter] if fallback else [])
@@ -163,7 +171,8 @@ def to_onnx(
             stale.unlink(missing_ok=True)
         try:
             with torch.no_grad():
-                (_export_dynamo if name == "dynamo" else _export_legacy)(adapter, args, path, spec, opset, external)
+                (_export_dynamo if name == "dynamo" else _export_legacy)(adapter, args, path, spec, opset, external,
+                                                                          optimize)
             onnx.checker.check_model(str(path))
         except Exception as e:  # noqa: BLE001 - any exporter failure is reported (and may fall back)
             failures.append(f"{name} exporter: {_first_line(e)}")

@@ -23,7 +23,7 @@ from zoo.errors import ExportError
 from .calib import load_calibration, synthetic_calibration
 from .metadata import io_description, preprocessing, write_sidecar
 from .mobile import OrtConversion, to_ort
-from .onnx_export import DEFAULT_OPSET, OnnxExport, to_onnx
+from .onnx_export import DEFAULT_OPSET, EXPORTERS, ModelDoesNotRun, OnnxExport, to_onnx
 from .parity import Batch, ParityReport, ParitySet, check_parity, compare_files, torch_outputs
 from .quantize import QuantReport, quantize_int8
 from .spec import ExportSpec, build_adapter, normalize_input_size
@@ -144,23 +144,21 @@ def export_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    ex = to_onnx(model, out / f"{name}.onnx", size, task=task, dynamic_batch=dynamic_batch, opset=opset,
-                 exporter=exporter, fallback=fallback, simplify=simplify, in_chans=in_chans)
-    spec = ex.spec
-    result = ExportResult(name, task, ex)
     # detection inputs are [0, 1] images: the detector normalises inside the graph
     norm = (None, None) if task == "detection" else (pre["mean"], pre["std"])
     crop = pre["crop_pct"] if task == "classification" else None
     images: Batch | None = None
     if calib is not None:
-        images = load_calibration(calib, size, len(spec.input_names), *norm, crop_pct=crop, limit=calib_limit)
+        n_inputs = 2 if task == "change_detection" else 1
+        images = load_calibration(calib, size, n_inputs, *norm, crop_pct=crop, limit=calib_limit)
         log(f"calibration images: {len(images[0])} from {calib}")
 
+    ex, parity = export_onnx_verified(model, out / f"{name}.onnx", size, task=task, dynamic_batch=dynamic_batch,
+                                      opset=opset, exporter=exporter, fallback=fallback, simplify=simplify,
+                                      in_chans=in_chans, images=images, n_random=n_random, atol=atol)
+    spec = ex.spec
+    result = ExportResult(name, task, ex, parity=[parity])
     base = _base_fields(model, meta, name, task, spec, pre, ex, _output_shapes(model, spec))
-    parity = check_parity(model, ex.path, spec, images=images, n_random=n_random, atol=atol, raise_on_fail=False)
-    result.parity.append(parity)
-    if not parity.passed:
-        raise _fail(ex.path, f"the exported model does not match PyTorch:\n{parity.summary()}")
     result.files.append(ex.path)
     write_sidecar(ex.path, {**base, "parity": parity.to_dict()})
 
@@ -204,6 +202,61 @@ def export_model(
                 "quantization": result.quant.to_dict(),
                 "int8_ort_vs_int8_onnx": {"max_abs_diff": s.max_abs_diff, "top1_agreement": s.agreement}})
     return result
+
+
+def export_onnx_verified(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: int | Sequence[int],
+    *,
+    task: str = "classification",
+    dynamic_batch: bool = False,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "dynamo",
+    fallback: bool = True,
+    simplify: bool | None = None,
+    in_chans: int = 3,
+    images: Batch | None = None,
+    n_random: int = 4,
+    atol: float | None = None,
+    optimize: bool = True,
+) -> tuple[OnnxExport, ParityReport]:
+    """:func:`export.to_onnx` + :func:`export.check_parity`, falling back to the other exporter on *either* failure.
+
+    An exporter can succeed and still write a wrong graph: the TorchScript tracer (legacy) silently drops in-place
+    writes through views (e.g. ``out.view(...).add_(...)``), which EMOv2's window attention uses. So a parity
+    failure, like an exception, triggers the other exporter (with a printed note) when ``fallback`` is on; the
+    result records why. Raises :class:`ExportError` with every report when no exporter gives a matching graph
+    (the last file is then renamed ``*.parity_failed.onnx``).
+    """
+    order = [exporter] + ([e for e in EXPORTERS if e != exporter] if fallback else [])
+    reasons: list[str] = []
+    for i, name in enumerate(order):
+        last = i == len(order) - 1
+        try:
+            ex = to_onnx(model, path, input_size, task=task, dynamic_batch=dynamic_batch, opset=opset, exporter=name,
+                         fallback=False, simplify=simplify, in_chans=in_chans, optimize=optimize)
+        except ModelDoesNotRun:
+            raise
+        except ExportError as e:
+            reasons.append(str(e))
+            if last:
+                raise ExportError("no exporter produced a graph: " + " | ".join(reasons)) from e
+            print(f"note: {e}; retrying with the {order[i + 1]} exporter", file=sys.stderr)
+            continue
+        parity = check_parity(model, ex.path, ex.spec, images=images, n_random=n_random, atol=atol,
+                              raise_on_fail=False)
+        if parity.passed:
+            ex.requested_exporter = exporter
+            ex.fallback_reason = " | ".join(reasons) or None
+            return ex, parity
+        reasons.append(f"the {name} exporter wrote a graph that does not match PyTorch (max abs diff "
+                       f"{parity.max_abs_diff:.2e}, top-1 agreement {100 * parity.agreement:.2f}%)")
+        if last:
+            raise _fail(ex.path, f"the exported model does not match PyTorch:\n{parity.summary()}\n"
+                                 f"tried: {' | '.join(reasons)}")
+        print(f"note: {reasons[-1]}; retrying with the {order[i + 1]} exporter", file=sys.stderr)
+    raise AssertionError("unreachable: the last exporter either returns or raises")
 
 
 def _output_shapes(model: nn.Module, spec: ExportSpec) -> dict[str, list[Any]]:
