@@ -89,6 +89,15 @@ def test_finished_cells_are_not_retrained(tmp_path: Path, monkeypatch: pytest.Mo
         cli.main([a if a != "1" else "2" for a in args])
 
 
+def test_interrupted_cell_stops_the_run_without_a_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d1 = _image_folder(tmp_path / "d1", 1, 1)
+    out = tmp_path / "out"
+    monkeypatch.setattr(cli, "train_cell", lambda *a, **k: {"interrupted": True})
+    code = cli.main(["--models", "emov2_1m", "--datasets", str(d1), "--epochs", "1", "--img-size", "32",
+                     "--out", str(out), "--no-plots"])
+    assert code == 130 and cli.read_results(out / "results.csv") == [] and not (out / "xscore.json").exists()
+
+
 def test_real_cell_trains_and_resumes_from_engine_state(tmp_path: Path) -> None:
     root = _image_folder(tmp_path / "shades")
     spec = cli.DatasetSpec("shades", str(root))
