@@ -748,3 +748,45 @@ def fit(config: Config | Mapping[str, Any] | str | os.PathLike | None = None,
         return trainer.run()
     finally:
         trainer.close()
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, overrides: Sequence[str] | Mapping[str, Any] = (), *,
+                        split: str | None = None, device: str = "auto", batch_size: int | None = None,
+                        data: DataBundle | None = None) -> dict[str, Any]:
+    """The task's metrics of a LightZoo checkpoint on a dataset's validation split (or ``split``).
+
+    The dataset and preprocessing come from the checkpoint's sidecar (its training config, input size, mean/std),
+    changed by ``overrides`` such as ``data.root=/data/other`` or ``data.dataset=folder``. Returns the metrics
+    dict plus ``num_images``.
+    """
+    meta = zoo.read_metadata(checkpoint)
+    if meta is None:
+        raise CheckpointError(f"{str(checkpoint)!r} has no LightZoo sidecar (.json); `zoo eval` needs one of our "
+                              f"checkpoints (official weights: load them with zoo.create_model(checkpoint_path=))")
+    base = dict(meta.get("config") or {})
+    base.setdefault("task", meta.get("task", "classification"))
+    base.setdefault("model", {})["name"] = meta["model"]
+    cfg = load_config(base, overrides)
+    cfg.model.in_chans = int(meta.get("in_chans", 3))
+    if cfg.data.mean is None and meta.get("mean") is not None:
+        cfg.data.mean, cfg.data.std = list(meta["mean"]), list(meta["std"])
+    if split is not None:
+        cfg.data.val_split = split
+    if batch_size is not None:
+        cfg.data.val_batch_size = batch_size
+    cfg.train.device = device
+    trainer = _Trainer(cfg, None, data, quiet=True)
+    trainer.device = _resolve_device(device, trainer.local_rank)
+    trainer.amp_dtype = None
+    trainer.task = get_task(cfg.task)
+    trainer.data = data or trainer.task.build_data(cfg)
+    if trainer.data.num_classes != meta.get("num_classes"):
+        raise ConfigError(f"the dataset has {trainer.data.num_classes} classes but the checkpoint was trained "
+                          f"with {meta.get('num_classes')}")
+    model = zoo.create_model(checkpoint_path=checkpoint).to(trainer.device)
+    trainer.task.setup(cfg, trainer.data, trainer.device)
+    trainer.val_loader, _ = make_loader(
+        trainer.data.val, cfg.data.val_batch_size or 2 * cfg.data.batch_size, train=False, seed=0, rank=0,
+        world_size=1, workers=cfg.data.workers, collate_fn=trainer.data.collate_fn)
+    metrics = trainer.evaluate(model)
+    return {**metrics, "num_images": len(trainer.data.val)}
