@@ -115,7 +115,9 @@ def test_mobilenetv1_ulsam_params_and_macs_match_paper_row() -> None:
     m = timm.create_model("mobilenetv1_ulsam")
     assert count_params(m) == 3_965_748
     macs = count_macs(m, (3, 224, 224))
-    assert macs == 516_657_664  # 568.7M baseline - one 14x14x512 DS layer (52.3M) + ULSAM's two 1x1 convs
+    # 568.7M baseline - one 14x14x512 DS layer (52.3M) + ULSAM's grouped 1x1 conv to 4 maps (its 1x1 depthwise conv
+    # runs as an elementwise addcmul, which FlopCounterMode does not count)
+    assert macs == 516_557_312
     assert abs(macs / 516.4e6 - 1) < 0.001
     assert isinstance(m.blocks[3][5], ULSAM) and m.blocks[3][5].num_splits == 4
     assert sum(isinstance(b, ULSAM) for s in m.blocks for b in s) == 1
@@ -141,7 +143,7 @@ def test_mobilenetv2_ulsam_param_counts_for_the_paper_rows(positions: tuple[int,
 def test_mobilenetv2_ulsam_macs_within_1pct_of_paper() -> None:
     m = timm.create_model("mobilenetv2_ulsam")
     macs = count_macs(m, (3, 224, 224))
-    assert macs == 262_659_328
+    assert macs == 262_632_672
     assert abs(macs / 261.88e6 - 1) < 0.01
 
 

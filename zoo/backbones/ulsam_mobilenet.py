@@ -17,7 +17,7 @@ Pass ``ulsam_positions=(6,)`` ... ``(9,)`` for another choice.
 ``mobilenetv2_ulsam`` reproduces the row "MobileNet-V2, blocks 12 and 15 replaced by ULSAM (g=4)" (paper: 2.96M
 params, 261.88M MACs, 71.52 top-1): torchvision's MobileNetV2 1.0 (3,504,872 params; same ``features[i]`` indices
 and key names) with the stride-1 residual blocks ``features[12]`` (14x14x96) and ``features[15]`` (7x7x160)
-replaced by ULSAM, giving 3,067,904 params and ~262.7M MACs. The paper's parameter column sits ~0.1M lower in every
+replaced by ULSAM, giving 3,067,904 params and ~262.6M MACs. The paper's parameter column sits ~0.1M lower in every
 row (2.96M here) because its baseline MobileNetV2 is counted as 3.4M rather than torchvision's 3.5M; its MAC
 column agrees within 0.3%. Other rows of the paper: ``ulsam_positions=(12,)`` 3,387,092; ``(15,)`` 3,185,684;
 ``(15, 16)`` 2,866,496; ``(12, 13, 15, 16)`` 2,630,936 params (paper: 2.54M / 223.77M MACs, 69.72 top-1).
@@ -355,6 +355,6 @@ def mobilenetv1_ulsam(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 @register_zoo_model
 def mobilenetv2_ulsam(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Paper row "MobileNet-V2, blocks 12 and 15 replaced by ULSAM (g=4)": 3,067,904 params, ~262.7M MACs."""
+    """Paper row "MobileNet-V2, blocks 12 and 15 replaced by ULSAM (g=4)": 3,067,904 params, ~262.6M MACs."""
     return _create(MobileNetV2ULSAM, "mobilenetv2_ulsam", pretrained, **dict(dict(ulsam_positions=(12, 15),
                                                                                   num_splits=4), **kwargs))
