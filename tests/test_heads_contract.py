@@ -140,3 +140,12 @@ def test_pretrained_backbone_weights_reach_the_feature_extractor(monkeypatch):
     fake_load(ref, "emov2_1m")
     stem = "stage0.0.conv.weight"
     assert torch.equal(m.backbone.body.state_dict()["model." + stem], ref.state_dict()[stem])
+
+
+def test_change_model_supports_semantic_change_classes():
+    m = zoo.create_model(TIMM, task="change_detection", num_classes=4, fpn_channels=16).train()
+    a, b = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    assert torch.isfinite(m(a, b, torch.randint(0, 4, (2, 64, 64)))["loss_change"])
+    assert m.eval()(a, b).shape == (2, 4, 64, 64)
+    with pytest.raises(ConfigError, match="num_classes >= 2"):
+        zoo.create_model(TIMM, task="change_detection", num_classes=1)

@@ -74,7 +74,10 @@ class SemanticFPNDecoder(nn.Module):
 
 
 class DeepLabV3Decoder(nn.Module):
-    """torchvision's ``DeepLabHead`` (ASPP + 3x3 conv + classifier) on the last level."""
+    """torchvision's ``DeepLabHead`` (ASPP + 3x3 conv + classifier) on the last level.
+
+    Its image-pooling branch has a BatchNorm on a 1x1 map, so training needs a batch of at least 2.
+    """
 
     def __init__(self, in_channels: Sequence[int], num_classes: int,
                  atrous_rates: Sequence[int] = (12, 24, 36)) -> None:
