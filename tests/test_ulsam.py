@@ -101,7 +101,10 @@ def test_ulsam_has_no_global_side_effects_and_official_bn_momentum() -> None:
     m = ULSAM(8, 2)
     assert m.bn_dws.momentum == 0.9 and m.bn_point.momentum == 0.9
     assert m.conv_dws.bias is not None and m.conv_point.bias is not None
-    assert (m.maxpool.kernel_size, m.maxpool.stride, m.maxpool.padding) == (3, 1, 1)
+    from zoo.layers.ulsam import _max_pool_3x3_nonneg
+
+    a = torch.relu(torch.randn(2, 3, 5, 7))
+    assert torch.equal(_max_pool_3x3_nonneg(a), F.max_pool2d(a, 3, 1, 1))
 
 
 def test_ulsam_rejects_bad_splits_and_channels() -> None:

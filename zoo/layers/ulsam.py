@@ -72,8 +72,7 @@ class ULSAM(nn.Module):
         self.conv_dws = nn.Conv2d(channels, channels, 1, groups=channels, bias=True)
         self.bn_dws = nn.BatchNorm2d(channels, momentum=bn_momentum)
         self.relu_dws = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)  # the official op; forward uses the
-        # equivalent _max_pool_3x3_nonneg (its input follows a ReLU)
+        # the official nn.MaxPool2d(3, stride=1, padding=1) runs as _max_pool_3x3_nonneg (its input follows a ReLU)
         # each subspace's 1x1 conv to a single map, as one grouped conv (official: SubSpace.conv_point, bias=True)
         self.conv_point = nn.Conv2d(channels, num_splits, 1, groups=num_splits, bias=True)
         self.bn_point = nn.BatchNorm2d(num_splits, momentum=bn_momentum)
