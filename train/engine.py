@@ -541,6 +541,15 @@ class _Trainer:
         cfg = self.cfg
         if self.scheduler is not None:
             self.scheduler.step(self.epoch + 1)
+        if self.world > 1:
+            # BN running statistics are per-rank buffers (DDP only syncs gradients); average them so every rank
+            # validates, saves and continues with the same weights (timm's ``--dist-bn reduce``). Averaging the
+            # EMA copies too is exact, since an EMA is linear in what it averages.
+            from timm.utils import distribute_bn
+
+            distribute_bn(self.model_without_ddp, self.world, reduce=True)
+            if self.ema is not None:
+                distribute_bn(self.ema.module, self.world, reduce=True)
         sums = torch.tensor([self.epoch_loss_sum, float(self.epoch_images)], dtype=torch.float64)
         if self.world > 1:
             sums = sums.to(self.device)
