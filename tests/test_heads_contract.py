@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torchvision.models.detection.image_list import ImageList
 
 import zoo
 import zoo.heads
@@ -42,7 +43,16 @@ def test_ssdlite_reads_strides_16_and_32_plus_four_extra_levels():
     m = zoo.create_model(TIMM, task="detection", head="ssdlite", num_classes=3).eval()
     bb = m.detector.backbone
     assert bb.body.reductions == [16, 32]
-    assert len(bb(torch.randn(1, 3, 320, 320))) == 6
+    x = torch.randn(1, 3, 320, 320)
+    feats = list(bb(x).values())
+    assert [f.shape[-1] for f in feats] == [20, 10, 5, 3, 2, 1]
+    # EMOv2's SSDLite boxes: 48 px square, then sqrt(48 * 100) px, then ratios 2 and 3, centred at stride 16 / 2
+    anchors = m.detector.anchor_generator(ImageList(x, [(320, 320)]), feats)[0]
+    wh = anchors[:6, 2:] - anchors[:6, :2]
+    assert torch.allclose(anchors[0], torch.tensor([-16.0, -16.0, 32.0, 32.0]))
+    assert torch.allclose(wh[1], torch.full((2,), (48 * 100) ** 0.5), atol=1e-3)
+    assert torch.allclose(wh[2], torch.tensor([48 * 2**0.5, 48 / 2**0.5]), atol=1e-3)
+    assert anchors.shape == (6 * (400 + 100 + 25 + 9 + 4 + 1), 4)
     assert m.detector.anchor_generator.num_anchors_per_location() == [6] * 6
     assert m.detector.transform.fixed_size == (320, 320)  # SSDLite's default 320 x 320 input
     assert m.detector.head.classification_head.num_columns == 4  # 3 classes + background, hidden from users

@@ -4,12 +4,15 @@ backbone (timm ``features_only``) -> ``torchvision.ops.FeaturePyramidNetwork`` (
 torchvision ``RetinaNet`` / ``FCOS`` / ``FasterRCNN``; ``SSDLite`` takes the stride-16/32 maps plus SSD's
 extra down-sampling blocks instead of an FPN, as in the SSDLite recipe (MobileNetV2, arXiv 1801.04381).
 
-Settings from the EMOv2 paper (arXiv 2412.06674, official configs in zhangzjn/EMOv2 ``downstreams/det``, which
-are mmdet's ``retinanet_r50_fpn_1x`` and ``ssdlite_mobilenetv2`` with the backbone swapped):
-- RetinaNet: backbone stages 2-4 (strides 8/16/32) into a 256-channel FPN, P6 and P7 made by extra stride-2 convs
-  on the *input* C5 ("add_extra_convs='on_input'"), 9 anchors per location of base size 4 x stride.
-- SSDLite: features at strides 16 and 32 plus four extra blocks (1x1 conv, depthwise 3x3 stride 2, 1x1 conv),
-  6 levels, default boxes with aspect ratios {2, 3}, input 320 x 320.
+Settings from the EMOv2 paper (arXiv 2412.06674; official mmdet configs zhangzjn/EMOv2 @582a96f,
+``downstreams/det/configs/{retinanet,ssd}``):
+- RetinaNet (``retinanet_emo2_*``: mmdet's ``retinanet_r50_fpn`` base, backbone ``out_indices=(1, 2, 3, 4)``, FPN
+  ``start_level=1``): stages 2-4 (strides 8/16/32) into a 256-channel FPN, P6 and P7 made by extra stride-2 convs
+  on the *input* C5 (``add_extra_convs='on_input'``), 9 anchors per location of base size 4 x stride.
+- SSDLite (``ssdlite_emo2_*``: ``out_indices=(3, 4)``, SSDNeck with depthwise extra layers 512/256/256/128, BN
+  eps 1e-3 momentum 0.03, ReLU6): strides 16 and 32 plus four extra blocks (1x1 conv, depthwise 3x3 stride 2,
+  1x1 conv), 6 levels, default boxes with ratios {2, 3} and min sizes 48/100/150/202/253/304 px at 320 x 320.
+  The official runs also freeze BN statistics (``norm_eval=True``); freeze them yourself when fine-tuning.
 
 Contract: ``model(images, targets)`` in ``train()`` returns torchvision's loss dict; ``model(images)`` in
 ``eval()`` returns ``[{"boxes": (K, 4) xyxy in input pixels, "labels": (K,), "scores": (K,)}]``. ``images`` is a
@@ -40,6 +43,8 @@ from ..errors import ConfigError, DataError, InputShapeError
 from ._backbone import FeatureBackbone, create_backbone
 
 DETECTION_HEADS = ("retinanet", "fcos", "ssdlite", "fasterrcnn")
+# default-box sizes of the 6 SSDLite levels at 320 x 320 (EMOv2 ssdlite_emo2_*_coco.py: min_sizes + final max)
+SSDLITE_BOX_SIZES = (48, 100, 150, 202, 253, 304, 320)
 
 
 class FPNBackbone(nn.Module):
@@ -189,7 +194,12 @@ def build_detection_model(
         norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)  # torchvision's SSDLite BN settings
         backbone = SSDLiteBackbone(body, extra_channels, norm)
         n_levels = len(backbone.out_channels)
-        anchors = DefaultBoxGenerator([[2, 3] for _ in range(n_levels)], min_ratio=0.2, max_ratio=0.95)
+        ratios = [[2, 3] for _ in range(n_levels)]
+        if n_levels == len(SSDLITE_BOX_SIZES) - 1:
+            # EMOv2's SSDLite config: min sizes 48..304 px at 320 (max size = next level's min size, last 320)
+            anchors = DefaultBoxGenerator(ratios, scales=[s / 320 for s in SSDLITE_BOX_SIZES])
+        else:
+            anchors = DefaultBoxGenerator(ratios, min_ratio=0.2, max_ratio=0.95)
         ssd_head = SSDLiteHead(backbone.out_channels, anchors.num_anchors_per_location(), num_classes + 1, norm)
         detector: nn.Module = SSD(backbone, anchors, (min_size, max_size), num_classes + 1,
                                   image_mean=list(body.mean), image_std=list(body.std), head=ssd_head, **kwargs)
