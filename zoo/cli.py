@@ -8,6 +8,7 @@ Each handler is ``main(argv: list[str]) -> int`` and parses its own arguments.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from .errors import ZooError
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"zoo {command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `zoo list | head`: the reader left; that is not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
