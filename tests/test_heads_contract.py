@@ -159,3 +159,13 @@ def test_change_model_supports_semantic_change_classes():
     assert m.eval()(a, b).shape == (2, 4, 64, 64)
     with pytest.raises(ConfigError, match="num_classes >= 2"):
         zoo.create_model(TIMM, task="change_detection", num_classes=1)
+
+
+def test_deeplabv3_trains_with_the_auxiliary_head_of_the_emov2_config():
+    m = zoo.create_model("emov2_1m", task="segmentation", head="deeplabv3", num_classes=3).train()
+    assert m.backbone.reductions[-2:] == [16, 32]
+    assert m.aux_head.block[0][0].in_channels == 80  # EMOv2-1M stage 3, as auxiliary_head in_channels=80
+    losses = m(torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64)))
+    assert set(losses) == {"loss_seg", "loss_aux"}
+    no_aux = zoo.create_model("emov2_1m", task="segmentation", head="deeplabv3", num_classes=3, aux=False)
+    assert no_aux.aux_head is None

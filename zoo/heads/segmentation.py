@@ -3,7 +3,8 @@
 - ``fpn``: Semantic FPN (Kirillov et al., "Panoptic Feature Pyramid Networks", arXiv 1901.02446): an FPN on
   strides 4-32, each level brought to 1/4 by (3x3 conv, BN, ReLU, 2x upsample) stages, summed, classified.
   This is the "Semantic FPN" head the EMOv2 paper (arXiv 2412.06674) reports on ADE20K.
-- ``deeplabv3``: ASPP on the last stage (Chen et al., arXiv 1706.05587), torchvision's ``DeepLabHead``.
+- ``deeplabv3``: ASPP on the last stage (Chen et al., arXiv 1706.05587), torchvision's ``DeepLabHead``, plus the
+  auxiliary FCN head on the previous stage (loss weight 0.4) that EMOv2's ``deeplabv3_emo2_*`` configs train with.
 - ``lraspp``: Lite R-ASPP (Howard et al., MobileNetV3, arXiv 1905.02244), torchvision's ``LRASPPHead`` on the
   stride-8 and last levels.
 - ``unet``: a U-Net decoder (Ronneberger et al., arXiv 1505.04597): upsample, concatenate the skip, two
@@ -74,7 +75,8 @@ class SemanticFPNDecoder(nn.Module):
 
 
 class DeepLabV3Decoder(nn.Module):
-    """torchvision's ``DeepLabHead`` (ASPP + 3x3 conv + classifier) on the last level.
+    """torchvision's ``DeepLabHead`` (ASPP + 3x3 conv + classifier) on the last level (EMOv2: stride 32, no
+    dilated backbone, rates 12/24/36).
 
     Its image-pooling branch has a BatchNorm on a 1x1 map, so training needs a batch of at least 2.
     """
@@ -86,6 +88,18 @@ class DeepLabV3Decoder(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return self.head(feats[-1])
+
+
+class FCNAuxHead(nn.Module):
+    """Auxiliary head for training only: 3x3 conv + BN + ReLU, dropout, 1x1 classifier (mmseg's FCNHead, 1 conv)."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.block = nn.Sequential(conv_bn_relu(in_channels, channels), nn.Dropout2d(dropout),
+                                   nn.Conv2d(channels, num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
 
 
 class LRASPPDecoder(nn.Module):
@@ -139,33 +153,41 @@ class SegmentationModel(nn.Module):
     """Backbone + decoder; logits at input resolution, or a loss dict in train mode with targets."""
 
     def __init__(self, backbone: FeatureBackbone, decoder: nn.Module, num_classes: int, head: str,
-                 ignore_index: int = 255) -> None:
+                 ignore_index: int = 255, aux_head: nn.Module | None = None, aux_weight: float = 0.4) -> None:
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder
+        self.aux_head = aux_head  # reads the second-to-last level; used in training only
+        self.aux_weight = aux_weight
         self.num_classes = num_classes
         self.head_name = head
         self.ignore_index = ignore_index
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
-        logits = _up(self.decoder(self.backbone(x)), x.shape[-2:])
-        if self.training and targets is not None:
-            check_mask_targets(targets, x.shape[-2:], self.num_classes, self.ignore_index)
-            return {"loss_seg": F.cross_entropy(logits, targets.long(), ignore_index=self.ignore_index)}
-        return logits
+        feats = self.backbone(x)
+        logits = _up(self.decoder(feats), x.shape[-2:])
+        if not (self.training and targets is not None):
+            return logits
+        check_mask_targets(targets, x.shape[-2:], self.num_classes, self.ignore_index)
+        targets = targets.long()
+        losses = {"loss_seg": F.cross_entropy(logits, targets, ignore_index=self.ignore_index)}
+        if self.aux_head is not None:
+            aux = _up(self.aux_head(feats[-2]), x.shape[-2:])
+            losses["loss_aux"] = self.aux_weight * F.cross_entropy(aux, targets, ignore_index=self.ignore_index)
+        return losses
 
 
 # levels each head reads, by reduction; None = every level the backbone has (at stride >= 2)
 _HEAD_LEVELS: dict[str, tuple[int, ...] | None] = {
-    "fpn": (4, 8, 16, 32), "deeplabv3": (32,), "lraspp": (8, 32), "unet": None,
+    "fpn": (4, 8, 16, 32), "deeplabv3": None, "lraspp": (8, 32), "unet": None,
 }
 
 
 def build_segmentation_model(backbone_name: str, head: str = "fpn", num_classes: int = 150, in_chans: int = 3,
                              pretrained_backbone: bool | str = False, ignore_index: int = 255,
                              out_indices: Sequence[int] | None = None, **kwargs: object) -> SegmentationModel:
-    """Semantic segmentation model; head kwargs: ``fpn_channels``/``channels`` (fpn), ``atrous_rates``
-    (deeplabv3), ``inter_channels`` (lraspp), ``decoder_channels`` (unet)."""
+    """Semantic segmentation model; head kwargs: ``fpn_channels``/``channels`` (fpn), ``atrous_rates``,
+    ``aux`` (default True), ``aux_weight`` (deeplabv3), ``inter_channels`` (lraspp), ``decoder_channels`` (unet)."""
     if head not in SEGMENTATION_HEADS:
         raise ConfigError(f"unknown segmentation head {head!r}; choose one of {', '.join(SEGMENTATION_HEADS)}")
     if num_classes < 2:
@@ -173,6 +195,11 @@ def build_segmentation_model(backbone_name: str, head: str = "fpn", num_classes:
     backbone = make_dense_backbone(backbone_name, _HEAD_LEVELS[head], in_chans, pretrained_backbone, out_indices)
     chans, reds = backbone.channels, backbone.reductions
     head_kw = dict(kwargs)
+    aux_head, aux_weight = None, 0.4
+    if head == "deeplabv3":
+        aux_weight = float(head_kw.pop("aux_weight", 0.4))  # type: ignore[arg-type]
+        if head_kw.pop("aux", True):
+            aux_head = FCNAuxHead(chans[-2], num_classes)
     if head == "fpn":
         decoder: nn.Module = SemanticFPNDecoder(chans, reds, num_classes, **head_kw)
     elif head == "deeplabv3":
@@ -181,7 +208,7 @@ def build_segmentation_model(backbone_name: str, head: str = "fpn", num_classes:
         decoder = LRASPPDecoder(chans, num_classes, **head_kw)
     else:
         decoder = UNetDecoder(chans, num_classes, **head_kw)
-    return SegmentationModel(backbone, decoder, num_classes, head, ignore_index)
+    return SegmentationModel(backbone, decoder, num_classes, head, ignore_index, aux_head, aux_weight)
 
 
 def make_dense_backbone(name: str, reductions: tuple[int, ...] | None, in_chans: int, pretrained: bool | str,
