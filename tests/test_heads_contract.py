@@ -39,6 +39,13 @@ def test_retinanet_on_emov2_uses_strides_8_to_128_with_p6_from_c5():
     assert m.detector.transform.min_size == (64,) and m.detector.transform.max_size == 64
 
 
+def test_norm_eval_freezes_backbone_batchnorm_only():
+    m = zoo.create_model("emov2_1m", task="detection", num_classes=2, fpn_channels=16, norm_eval=True).train()
+    bns = [x for x in m.backbone.modules() if isinstance(x, torch.nn.BatchNorm2d)]
+    assert bns and not any(b.training for b in bns)
+    assert m.detector.head.training  # the head still trains normally
+
+
 def test_ssdlite_reads_strides_16_and_32_plus_four_extra_levels():
     m = zoo.create_model(TIMM, task="detection", head="ssdlite", num_classes=3).eval()
     bb = m.detector.backbone

@@ -35,6 +35,16 @@ class FeatureBackbone(nn.Module):
         self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
 
+    norm_eval = False  # keep BatchNorm statistics frozen while training (mmdet's norm_eval, EMOv2's detectors)
+
+    def train(self, mode: bool = True) -> FeatureBackbone:
+        super().train(mode)
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise InputShapeError(

@@ -176,16 +176,27 @@ def build_detection_model(
     fpn_channels: int = 256,
     out_indices: Sequence[int] | None = None,
     extra_channels: Sequence[int] = (512, 256, 256, 128),
+    norm_eval: bool = False,
     **kwargs: Any,
 ) -> DetectionModel:
     """Detector on ``backbone_name``; remaining ``kwargs`` go to the torchvision model (``score_thresh``,
     ``nms_thresh``, ``detections_per_img``, ...). ``min_size``/``max_size`` default to torchvision's 800/1333
-    (320 x 320 for SSDLite). ``fpn_channels`` is the FPN width (256 in the papers)."""
+    (320 x 320 for SSDLite). ``fpn_channels`` is the FPN width (256 in the papers). ``norm_eval=True`` keeps the
+    backbone's BatchNorm statistics frozen in training, as the official EMOv2 detection runs do."""
     if head not in DETECTION_HEADS:
         raise ConfigError(f"unknown detection head {head!r}; choose one of {', '.join(DETECTION_HEADS)}")
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
     bkw: dict[str, Any] = dict(in_chans=in_chans, pretrained=pretrained_backbone, out_indices=out_indices)
+    model = _build_detector(backbone_name, head, num_classes, in_chans, bkw, min_size, max_size, fpn_channels,
+                            extra_channels, kwargs)
+    model.backbone.norm_eval = norm_eval
+    return model
+
+
+def _build_detector(backbone_name: str, head: str, num_classes: int, in_chans: int, bkw: dict[str, Any],
+                    min_size: int | None, max_size: int | None, fpn_channels: int, extra_channels: Sequence[int],
+                    kwargs: dict[str, Any]) -> DetectionModel:
     min_size = min_size or (320 if head == "ssdlite" else 800)
     max_size = max_size or (min_size if head == "ssdlite" else 1333)
 
