@@ -14,6 +14,7 @@ from zoo.backbones.lwganet import (
     checkpoint_filter_fn,
     max_pool_2x2_with_mask,
     max_unpool_2x2,
+    max_unpool_2x2_masked,
     official_key_to_ours,
     shear_rows,
     unshear_rows,
@@ -206,7 +207,8 @@ def test_maxpool_unpool_equals_torch_including_ties() -> None:
     ref, idx = F.max_pool2d(x, 2, 2, return_indices=True)
     assert torch.equal(pooled, ref)
     y = torch.randn_like(pooled)
-    assert torch.equal(max_unpool_2x2(y, mask), F.max_unpool2d(y, idx, 2, 2))
+    assert torch.equal(max_unpool_2x2_masked(y, mask), F.max_unpool2d(y, idx, 2, 2))
+    assert torch.equal(max_unpool_2x2(y, idx), F.max_unpool2d(y, idx, 2, 2))
 
 
 def test_shear_is_a_diagonal_shift_and_inverts() -> None:

@@ -65,7 +65,7 @@ def max_pool_2x2_with_mask(x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.T
     return m, (take_a, take_b, take_c, take_d)
 
 
-def max_unpool_2x2(y: torch.Tensor, mask: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def max_unpool_2x2_masked(y: torch.Tensor, mask: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Inverse of :func:`max_pool_2x2_with_mask`: put ``y`` where each window's maximum was, zeros elsewhere."""
     zero = y.new_zeros(())
     ya, yb, yc, yd = (torch.where(t, y, zero) for t in mask)
@@ -74,6 +74,25 @@ def max_unpool_2x2(y: torch.Tensor, mask: tuple[torch.Tensor, ...]) -> torch.Ten
     out = torch.stack((top, bottom), dim=-3)  # B, C, h, 2, w, 2
     B, C, h, _, w, _ = out.shape
     return out.reshape(B, C, 2 * h, 2 * w)
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
+def max_pool_2x2(x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """2x2/2 max pool keeping what unpooling needs: ``max_pool2d`` indices in eager mode (two native kernels,
+    fastest), the position masks while tracing (the legacy ONNX exporter cannot export ``max_unpool2d``)."""
+    if _tracing():
+        return max_pool_2x2_with_mask(x)
+    return F.max_pool2d(x, 2, 2, return_indices=True)
+
+
+def max_unpool_2x2(y: torch.Tensor, where: Any) -> torch.Tensor:
+    """Inverse of :func:`max_pool_2x2` (zeros except at each window's first maximum)."""
+    if isinstance(where, tuple):
+        return max_unpool_2x2_masked(y, where)
+    return F.max_unpool2d(y, where, 2, 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -156,13 +175,15 @@ class MediumRangeAttention(nn.Module):
         self.norm = norm_layer(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Same convolutions, in the same order, as the official code. Merging them (e.g. the two strips into one
+        # k x k kernel) is mathematically equal but rounds differently, and the 2x2 max-unpooling downstream is
+        # discontinuous: a 1e-8 change can move a window's maximum and change the logits by ~1e-2.
         t = self.blur(F.max_pool2d(x, 3, 1, 1))
         h, w = t.shape[-2:]
-        tt = t.transpose(-1, -2)
         att = self.h_strip(t) + self.v_strip(t)
         att = att + unshear_rows(self.h_strip_sheared(shear_rows(t)), w)
-        att = att + unshear_rows(self.v_strip_sheared(shear_rows(tt).transpose(-1, -2)).transpose(-1, -2),
-                                 h).transpose(-1, -2)
+        vs = self.v_strip_sheared(shear_rows(t.transpose(-1, -2)).transpose(-1, -2))
+        att = att + unshear_rows(vs.transpose(-1, -2), h).transpose(-1, -2)
         gate = F.interpolate(torch.sigmoid(self.norm(att)), size=x.shape[-2:], mode="nearest")
         return x * gate
 
@@ -227,7 +248,7 @@ class SelectiveGlobalAttention(nn.Module):
         self.norm = norm_layer(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled, where = max_pool_2x2_with_mask(x)
+        pooled, where = max_pool_2x2(x)
         return self.norm(x + max_unpool_2x2(self.attn(pooled), where))
 
 
@@ -240,7 +261,7 @@ class SparseGlobalAttention(nn.Module):
         self.norm = norm_layer(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled, where = max_pool_2x2_with_mask(x)
+        pooled, where = max_pool_2x2(x)
         return x + max_unpool_2x2(self.norm(self.attn(pooled)), where)
 
 
