@@ -8,7 +8,7 @@
 >>> conv = export.to_ort(ex.path)                                  # out/m.ort + m.required_operators.config
 >>> export.export_model("mobilenetv3_small_050", "out", format="ort", int8=True)  # all of it, plus sidecars
 
-Graph interfaces per task are in :mod:`export.spec`; detection post-processing is :func:`export.detection.postprocess`.
+Graph interfaces per task are in :mod:`export.spec`.
 """
 
 from .calib import load_calibration, synthetic_calibration

@@ -86,14 +86,16 @@ def synthetic_calibration(input_size: Sequence[int], n_inputs: int = 1, n: int =
     only indicative; the caller warns.
     """
     rng = np.random.default_rng(seed)
-    c, h, w = input_size
+    c, *spatial = input_size
     out = []
     for _ in range(n_inputs):
-        coarse = rng.random((n, c, -(-h // 8), -(-w // 8)), dtype=np.float32)
-        img = np.repeat(np.repeat(coarse, 8, 2), 8, 3)[:, :, :h, :w]
+        img = rng.random((n, c, *(-(-s // 8) for s in spatial)), dtype=np.float32)
+        for axis, s in enumerate(spatial, start=2):
+            img = np.repeat(img, 8, axis).take(range(s), axis=axis)
         if mean is not None and std is not None:
-            m = np.asarray(list(mean) + [0.0] * (c - len(mean)), np.float32)[:c, None, None]
-            s = np.asarray(list(std) + [1.0] * (c - len(std)), np.float32)[:c, None, None]
-            img = (img - m) / s
+            shape = (c,) + (1,) * len(spatial)
+            m = np.asarray(list(mean) + [0.0] * (c - len(mean)), np.float32)[:c].reshape(shape)
+            sd = np.asarray(list(std) + [1.0] * (c - len(std)), np.float32)[:c].reshape(shape)
+            img = (img - m) / sd
         out.append(np.ascontiguousarray(img, dtype=np.float32))
     return tuple(out)

@@ -17,8 +17,8 @@ def _size(text: str) -> list[int]:
         parts = [int(p) for p in text.replace("x", ",").split(",")]
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"input size {text!r}: use 224, 256x192 or 3,224,224") from e
-    if len(parts) not in (1, 2, 3):
-        raise argparse.ArgumentTypeError(f"input size {text!r}: use 224, 256x192 or 3,224,224")
+    if len(parts) not in (1, 2, 3, 4):
+        raise argparse.ArgumentTypeError(f"input size {text!r}: use 224, 256x192, 3,224,224 or 1,32,128,128 (3D)")
     return parts
 
 
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", help="task head (see zoo info NAME)")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--pretrained", action="store_true", help="load the model's pretrained weights first")
-    p.add_argument("--input-size", type=_size, help="H, HxW or C,H,W (default: the checkpoint's / model's)")
+    p.add_argument("--input-size", type=_size,
+                   help="H, HxW, C,H,W or C,D,H,W for 3D models (default: the checkpoint's / model's)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--dynamic-batch", action="store_true", help="batch axis named 'batch' instead of fixed 1")
     p.add_argument("--exporter", choices=EXPORTERS, default="dynamo",

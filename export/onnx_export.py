@@ -27,7 +27,7 @@ from torch import nn
 
 from zoo.errors import ExportError
 
-from .spec import ExportSpec, as_tuple, build_adapter, build_spec, guess_task, normalize_input_size
+from .spec import ExportSpec, as_tuple, build_adapter, build_spec, infer_task, normalize_input_size
 
 EXPORTERS = ("dynamo", "legacy")
 DEFAULT_OPSET = 18
@@ -150,8 +150,9 @@ def to_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().float().cpu()
-    task = task or guess_task(model)
-    spec = build_spec(task, normalize_input_size(input_size, in_chans), dynamic_batch, model)
+    size = normalize_input_size(input_size, in_chans)
+    task = infer_task(model, size, task)
+    spec = build_spec(task, size, dynamic_batch, model)
     adapter = build_adapter(model, spec)
     # a dynamic batch is exported from batch 2: torch.export specialises sizes 0 and 1
     args = spec.example_inputs(2 if dynamic_batch else 1)

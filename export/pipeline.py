@@ -26,7 +26,7 @@ from .mobile import OrtConversion, to_ort
 from .onnx_export import DEFAULT_OPSET, EXPORTERS, ModelDoesNotRun, OnnxExport, to_onnx
 from .parity import Batch, ParityReport, ParitySet, check_parity, compare_files, torch_outputs
 from .quantize import QuantReport, quantize_int8
-from .spec import ExportSpec, build_adapter, normalize_input_size
+from .spec import ExportSpec, build_adapter, infer_task, normalize_input_size
 
 FORMATS = ("onnx", "ort")
 
@@ -68,23 +68,27 @@ def _looks_like_path(source: str) -> bool:
 
 def load_model(source: str | nn.Module, *, model_name: str | None = None, task: str | None = None,
                head: str | None = None, num_classes: int | None = None, pretrained: bool | str = False,
-               ) -> tuple[nn.Module, dict[str, Any], str, str]:
-    """(model in eval mode, checkpoint metadata, name, task) for a model name, a checkpoint file or a module."""
+               ) -> tuple[nn.Module, dict[str, Any], str, str | None]:
+    """(model in eval mode, checkpoint metadata, name, task) for a model name, a checkpoint file or a module.
+
+    ``task`` stays ``None`` when neither the caller nor the checkpoint names one: the exporter infers it.
+    """
     if isinstance(source, nn.Module):
-        return source.eval(), {}, model_name or type(source).__name__.lower(), task or "classification"
+        return source.eval(), {}, model_name or type(source).__name__.lower(), task
     meta: dict[str, Any] = {}
     if Path(source).is_file():
         meta = zoo.read_metadata(source) or {}
         name = model_name or meta.get("model")
         if not name:
             raise ExportError(f"{source!r} has no LightZoo sidecar naming its model; pass --model NAME")
-        task = task or meta.get("task") or "classification"
-        model = zoo.create_model(name, checkpoint_path=source, task=task, head=head, num_classes=num_classes)
+        task = task or meta.get("task")
+        model = zoo.create_model(name, checkpoint_path=source, task=task or "classification", head=head,
+                                 num_classes=num_classes)
         return model.eval(), meta, f"{name}_{Path(source).stem}", task
     if _looks_like_path(source):
         raise ExportError(f"checkpoint file {source!r} does not exist")
-    task = task or "classification"
-    model = zoo.create_model(source, pretrained=pretrained, task=task, head=head, num_classes=num_classes)
+    model = zoo.create_model(source, pretrained=pretrained, task=task or "classification", head=head,
+                             num_classes=num_classes)
     return model.eval(), meta, source, task
 
 
@@ -140,6 +144,7 @@ def export_model(
     pre = preprocessing(model, meta)
     in_chans = int(meta.get("in_chans") or pre["default_input_size"][0])
     size = normalize_input_size(input_size if input_size is not None else pre["default_input_size"][1:], in_chans)
+    task = infer_task(model, size, task)
     name = name or default_name
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,6 +154,8 @@ def export_model(
     crop = pre["crop_pct"] if task == "classification" else None
     images: Batch | None = None
     if calib is not None:
+        if len(size) != 3:
+            raise ExportError("--calib reads 2D images; volumetric models (input C,D,H,W) calibrate on synthetic data")
         n_inputs = 2 if task == "change_detection" else 1
         images = load_calibration(calib, size, n_inputs, *norm, crop_pct=crop, limit=calib_limit)
         log(f"calibration images: {len(images[0])} from {calib}")
@@ -209,7 +216,7 @@ def export_onnx_verified(
     path: str | os.PathLike,
     input_size: int | Sequence[int],
     *,
-    task: str = "classification",
+    task: str | None = None,
     dynamic_batch: bool = False,
     opset: int = DEFAULT_OPSET,
     exporter: str = "dynamo",
@@ -288,8 +295,4 @@ def _base_fields(model: nn.Module, meta: dict[str, Any], name: str, task: str, s
         "external_data": ex.external_data,
         "source_checkpoint_metrics": meta.get("metrics"),
     }
-    if task == "detection":
-        from .detection import postprocess_metadata
-
-        fields["postprocess"] = postprocess_metadata(model)
     return fields

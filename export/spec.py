@@ -9,11 +9,9 @@ task               inputs (float32, normalised)    outputs
 classification     ``input`` (N, C, H, W)          ``logits`` (N, num_classes)
 segmentation       ``input`` (N, C, H, W)          ``logits`` (N, num_classes, H, W)
 change_detection   ``input_a``, ``input_b``        ``logits`` (N, num_classes, H, W)
-detection          ``input`` (N, 3, H, W)          ``cls_logits`` (N, A, K), ``bbox_regression`` (N, A, 4),
-                                                   ``anchors`` (A, 4) [+ ``bbox_ctrness`` (N, A, 1) for FCOS]
 =================  ==============================  ===================================================
 
-``N`` is 1 unless the export asked for a dynamic batch. Detection is special: see :mod:`export.detection`.
+``N`` is 1 unless the export asked for a dynamic batch. Detection is not exported yet (see ``build_spec``).
 """
 
 from __future__ import annotations
@@ -35,17 +33,19 @@ TASKS = ("classification", "segmentation", "change_detection", "detection")
 DEFAULT_ATOL = {"classification": 1e-4, "segmentation": 1e-3, "change_detection": 1e-3, "detection": 1e-3}
 
 
-def normalize_input_size(input_size: int | Sequence[int], in_chans: int = 3) -> tuple[int, int, int]:
-    """``224`` -> ``(in_chans, 224, 224)``; ``(H, W)`` -> ``(in_chans, H, W)``; ``(C, H, W)`` stays."""
+def normalize_input_size(input_size: int | Sequence[int], in_chans: int = 3) -> tuple[int, ...]:
+    """``224`` -> ``(in_chans, 224, 224)``; ``(H, W)`` -> ``(in_chans, H, W)``; ``(C, H, W)`` stays; volumes
+    (3D models such as ``lightm_unet_3d``) are given in full as ``(C, D, H, W)``."""
     if isinstance(input_size, int):
-        size = (in_chans, input_size, input_size)
+        size: tuple[int, ...] = (in_chans, input_size, input_size)
     else:
         size = tuple(int(s) for s in input_size)
         if len(size) == 2:
             size = (in_chans, *size)
-    if len(size) != 3 or min(size) < 1:
-        raise InputShapeError(f"input size must be H, (H, W) or (C, H, W) with positive values; got {input_size!r}")
-    return size  # type: ignore[return-value]
+    if len(size) not in (3, 4) or min(size) < 1:
+        raise InputShapeError(f"input size must be H, (H, W), (C, H, W) or (C, D, H, W) with positive values; "
+                              f"got {input_size!r}")
+    return size
 
 
 @dataclass
@@ -53,7 +53,7 @@ class ExportSpec:
     """The interface of one exported graph; written into the metadata sidecar so an app knows what to feed."""
 
     task: str
-    input_size: tuple[int, int, int]
+    input_size: tuple[int, ...]
     input_names: list[str]
     output_names: list[str]
     dynamic_batch: bool = False
@@ -121,7 +121,24 @@ def guess_task(model: nn.Module) -> str:
     return task if task in TASKS else "classification"
 
 
-def build_spec(task: str, input_size: tuple[int, int, int], dynamic_batch: bool = False,
+@torch.no_grad()
+def infer_task(model: nn.Module, input_size: tuple[int, ...], task: str | None) -> str:
+    """``task`` when given; else a model whose plain output is a map (rank > 2, e.g. LightM-UNet, which is a
+    complete segmentation network registered as a backbone) is segmentation, anything else classification."""
+    if task is not None:
+        return task
+    guess = guess_task(model)
+    if guess != "classification":
+        return guess
+    try:
+        out = model.eval()(torch.zeros(1, *input_size))
+    except Exception:  # noqa: BLE001 - to_onnx reports a model that cannot run with a clear error
+        return guess
+    out = _primary_tensor(out) if not isinstance(out, torch.Tensor) else out
+    return "segmentation" if out.ndim > 2 else guess
+
+
+def build_spec(task: str, input_size: tuple[int, ...], dynamic_batch: bool = False,
                model: nn.Module | None = None) -> ExportSpec:
     """The graph interface for ``task`` (see the module docstring)."""
     if task not in TASKS:
@@ -132,11 +149,10 @@ def build_spec(task: str, input_size: tuple[int, int, int], dynamic_batch: bool 
         return ExportSpec(task, input_size, ["input"], ["logits"], dynamic_batch)
     if task == "change_detection":
         return ExportSpec(task, input_size, ["input_a", "input_b"], ["logits"], dynamic_batch)
-    from .detection import detection_spec
-
-    if model is None:
-        raise ExportError("a detection export spec needs the model (its head decides the outputs)")
-    return detection_spec(model, input_size, dynamic_batch)
+    raise ExportError(
+        "detection export is not implemented yet: torchvision detectors resize, decode and run NMS in Python "
+        "(data-dependent shapes that do not export cleanly); the planned graph is backbone + FPN + head outputs "
+        "(cls_logits, bbox_regression, anchors) with decoding + NMS as Python post-processing")
 
 
 def build_adapter(model: nn.Module, spec: ExportSpec) -> nn.Module:
@@ -149,9 +165,7 @@ def build_adapter(model: nn.Module, spec: ExportSpec) -> nn.Module:
         return DenseAdapter(model).eval()
     if spec.task == "change_detection":
         return ChangeAdapter(model).eval()
-    from .detection import DetectionAdapter
-
-    return DetectionAdapter(model, spec.input_size).eval()
+    raise ExportError(f"no export adapter for task {spec.task!r}")
 
 
 def as_tuple(out: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
