@@ -164,6 +164,11 @@ def export_model(
                                       opset=opset, exporter=exporter, fallback=fallback, simplify=simplify,
                                       in_chans=in_chans, images=images, n_random=n_random, atol=atol)
     spec = ex.spec
+    scale = max(parity.sets[0].max_abs_ref.values())
+    if scale < 10 * parity.atol:
+        print(f"warning: the model's outputs are tiny (max |output| {scale:.1e}, as in an untrained network), so a "
+              f"tolerance of {parity.atol:.0e} cannot tell a right graph from a wrong one; export trained weights "
+              "(or see export.probe.make_informative)", file=sys.stderr)
     result = ExportResult(name, task, ex, parity=[parity])
     base = _base_fields(model, meta, name, task, spec, pre, ex, _output_shapes(model, spec))
     result.files.append(ex.path)

@@ -10,6 +10,7 @@ ranges computed at run time; no calibration data; mostly helps MatMul/Gemm-heavy
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,8 @@ def quantize_int8(
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=False)
         except Exception as e:  # noqa: BLE001 - symbolic shape inference fails on some graphs; ONNX's is enough
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-            print(f"note: symbolic shape inference failed ({type(e).__name__}); used ONNX shape inference")
+            print(f"note: symbolic shape inference failed ({type(e).__name__}); used ONNX shape inference",
+                  file=sys.stderr)
         try:
             if mode == "static":
                 quantize_static(str(pre), str(out_path), _Reader(calibration, spec.input_names, step),
