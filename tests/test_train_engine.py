@@ -154,3 +154,19 @@ def test_freeze_keeps_the_backbone_fixed(tmp_path: Path, freeze: int) -> None:
         assert any(k.startswith("blocks.1.") for k in changed)
     with pytest.raises(ConfigError, match="feature stages"):
         fit(None, TINY + [f"out_dir={tmp_path}", "model.freeze=9"], quiet=True)
+
+
+@pytest.mark.parametrize("task, metric", [("segmentation", "miou"), ("change_detection", "f1")])
+def test_dense_tasks_train_and_reload(tmp_path: Path, task: str, metric: str) -> None:
+    r = fit(None, ["model.name=test_efficientnet", f"task={task}", "data.dataset=synthetic", "data.img_size=32",
+                   "data.batch_size=4", "data.synth={num_images: 8, num_classes: 2}", "train.epochs=1",
+                   "train.progress=false", f"out_dir={tmp_path}"], quiet=True)
+    assert r["best_metric"] == metric and 0.0 <= r["best"] <= 1.0
+    meta = zoo.read_metadata(r["best_checkpoint"])
+    assert meta["task"] == task and meta["num_classes"] == (3 if task == "segmentation" else 2)
+    model = zoo.create_model(checkpoint_path=r["best_checkpoint"]).eval()
+    r["model"].eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        args = (x,) if task == "segmentation" else (x, x.flip(-1))
+        assert torch.equal(model(*args), r["model"](*args))

@@ -223,3 +223,88 @@ def _synthetic_classification(cfg: Any, in_chans: int | None) -> DataBundle:
                       num_classes=k, class_names=[f"class{i}" for i in range(k)], in_chans=c,
                       mean=(0.0,) * c, std=(1.0,) * c)
 
+
+
+def _synth_root(cfg: Any, task: str) -> Any:
+    """``data.dataset=synthetic`` for the dense tasks: ``zoo data synth`` output, written on first use."""
+    from pathlib import Path
+
+    from zoo.data.synthetic import write_synthetic
+
+    s = dict(cfg.data.synth)
+    n, k, seed = int(s.pop("num_images", 24)), int(s.pop("num_classes", 3)), int(s.pop("seed", 0))
+    size = int(s.pop("size", cfg.data.img_size))
+    if s:
+        raise ConfigError(f"unknown data.synth keys: {sorted(s)} (num_images, num_classes, seed, size)")
+    root = Path(cfg.data.root) if cfg.data.root else cfg.run_dir / "synthetic_data"
+    marker = root / "synthetic.json"
+    if not marker.is_file():
+        write_synthetic(task, root, n=n, size=size, num_classes=k, seed=seed)
+    return root, k
+
+
+def build_dense_data(cfg: Any, task: str) -> DataBundle:
+    """Detection (COCO json), segmentation (image + mask folders) and change detection (LEVIR-CD) data.
+
+    Layouts (``data.root``; ``{split}`` is ``data.train_split`` / ``data.val_split``):
+    - detection, ``coco``: ``annotations/instances_{split}.json`` with images in ``{split}/`` (COCO's own layout,
+      e.g. split ``train2017``) or in ``images/`` (``zoo data synth``);
+    - segmentation, ``seg_folder``: ``{split}/images/*`` and ``{split}/masks/*`` (same stems; ADE20K-style folders);
+    - change detection, ``levir_cd``: ``{split}/A``, ``{split}/B``, ``{split}/label`` (0/255 labels);
+    - ``synthetic``: the ``zoo data synth`` set for the task, generated into ``data.root`` (or the run folder).
+    """
+    from pathlib import Path
+
+    from zoo.data.collate import collate_fn
+    from zoo.data.datasets import ChangeDetectionDataset, CocoDetectionDataset, SegmentationFolderDataset
+    from zoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+
+    d = cfg.data
+    expected = {"detection": "coco", "segmentation": "seg_folder", "change_detection": "levir_cd"}[task]
+    if d.dataset not in (expected, "synthetic"):
+        raise ConfigError(f"data.dataset {d.dataset!r} does not fit task {task}; use {expected} or synthetic")
+    synth_classes = None
+    if d.dataset == "synthetic":
+        root, synth_classes = _synth_root(cfg, task)
+    elif not d.root:
+        raise ConfigError(f"data.root is required for data.dataset={d.dataset}")
+    else:
+        root = Path(d.root)
+    mean = tuple(d.mean) if d.mean else tuple(IMAGENET_MEAN)
+    std = tuple(d.std) if d.std else tuple(IMAGENET_STD)
+    size = d.img_size
+    if task == "detection":
+        tf = {s: build_transforms(task, train=s == "train") for s in ("train", "val")}
+
+        def coco(split: str, train: bool) -> Any:
+            ann = root / "annotations" / f"instances_{split}.json"
+            if not ann.is_file():
+                raise ConfigError(f"no COCO annotation file {ann} (expected root/annotations/instances_{split}.json)")
+            images = root / split if (root / split).is_dir() else root / "images"
+            return CocoDetectionDataset(ann, images, transform=tf["train" if train else "val"],
+                                        num_classes=synth_classes)
+
+        train, val = coco(d.train_split, d.augment), coco(d.val_split, False)
+        # torchvision detectors normalise inside the model: images stay in [0, 1]
+        return DataBundle(train, val, num_classes=train.num_classes, class_names=list(train.classes),
+                          mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), collate_fn=collate_fn(task))
+    tf_train = build_transforms(task, train=d.augment, size=size, mean=mean, std=std)
+    tf_val = build_transforms(task, train=False, size=size, mean=mean, std=std)
+    for split in (d.train_split, d.val_split):
+        if not (root / split).is_dir():
+            raise ConfigError(f"data.root {str(root)!r} has no {split!r} folder")
+    if task == "segmentation":
+        k = synth_classes + 1 if synth_classes else None  # synthetic masks: 0 background + one per shape class
+        train = SegmentationFolderDataset(root / d.train_split, transform=tf_train, num_classes=k)
+        val = SegmentationFolderDataset(root / d.val_split, transform=tf_val, num_classes=k)
+        num = k or cfg.model.num_classes
+        if num is None:
+            raise ConfigError("set model.num_classes for a segmentation folder dataset (classes in the masks)")
+        names = ["background", *(f"class{i}" for i in range(num - 1))] if synth_classes else \
+            [f"class{i}" for i in range(num)]
+    else:
+        train = ChangeDetectionDataset(root / d.train_split, transform=tf_train)
+        val = ChangeDetectionDataset(root / d.val_split, transform=tf_val)
+        num, names = 2, ["unchanged", "changed"]
+    return DataBundle(train, val, num_classes=num, class_names=names, mean=mean, std=std,
+                      collate_fn=collate_fn(task))

@@ -161,7 +161,7 @@ class ClassificationTask(Task):
         return ClassificationAccumulator(data.num_classes)
 
 
-TASKS: dict[str, type[Task]] = {"classification": ClassificationTask}
+TASKS: dict[str, Any] = {"classification": ClassificationTask}
 
 
 def get_task(name: str) -> Task:
@@ -170,3 +170,95 @@ def get_task(name: str) -> Task:
             raise ConfigError(f"task {name!r} needs zoo.heads / zoo.data support that is not installed yet")
         raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(zoo.TASKS)}")
     return TASKS[name]()
+
+
+class DetectionAccumulator(Accumulator):
+    """Predictions and targets kept on the CPU; COCO mAP (pycocotools) over all of them at the end."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.preds: list[dict[str, torch.Tensor]] = []
+        self.targets: list[dict[str, torch.Tensor]] = []
+
+    def update(self, output: Any, batch: Any) -> None:
+        self.preds += [{k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in p.items()}
+                       for p in output]
+        self.targets += [{k: v.cpu() for k, v in t.items() if isinstance(v, torch.Tensor)} for t in batch["targets"]]
+
+    def merge(self, other: Accumulator) -> None:
+        assert isinstance(other, DetectionAccumulator)
+        self.preds += other.preds
+        self.targets += other.targets
+
+    def compute(self) -> dict[str, float]:
+        from zoo.metrics import CocoEvaluator
+
+        ev = CocoEvaluator(self.num_classes)
+        ev.update(self.preds, self.targets)
+        return ev.compute()
+
+
+class ConfusionAccumulator(Accumulator):
+    """A confusion matrix summed over the dataset (``zoo.metrics`` meters): mIoU/Dice, or change F1/IoU."""
+
+    def __init__(self, num_classes: int, change: bool) -> None:
+        from zoo.metrics import ChangeMeter, ConfusionMeter
+
+        self.meter = ChangeMeter(num_classes) if change else ConfusionMeter(num_classes)
+
+    def update(self, output: Any, batch: Any) -> None:
+        self.meter.update(output.detach().float().cpu(), batch["targets"].cpu())
+
+    def merge(self, other: Accumulator) -> None:
+        assert isinstance(other, ConfusionAccumulator)
+        self.meter.cm += other.meter.cm
+
+    def compute(self) -> dict[str, float]:
+        return {k: v for k, v in self.meter.compute().items() if isinstance(v, float)}
+
+
+class DenseTask(Task):
+    """Detection, segmentation and change detection: the task model returns its loss dict in train mode."""
+
+    inputs: tuple[str, ...] = ("images",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.metric = {"detection": "map", "segmentation": "miou", "change_detection": "f1"}[name]
+        self.inputs = ("image_a", "image_b") if name == "change_detection" else ("images",)
+
+    def build_data(self, cfg: Any) -> DataBundle:
+        from .data import build_dense_data
+
+        return build_dense_data(cfg, self.name)
+
+    def to_device(self, batch: Any, device: torch.device, channels_last: bool) -> Any:
+        out = dict(batch)
+        if self.name == "detection":
+            out["images"] = [im.to(device, non_blocking=True) for im in batch["images"]]
+            out["targets"] = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+                              for t in batch["targets"]]
+            return out
+        for k in self.inputs:
+            out[k] = _to(batch[k], device, channels_last)
+        out["targets"] = batch["targets"].to(device, non_blocking=True)
+        return out
+
+    def batch_size(self, batch: Any) -> int:
+        return len(batch[self.inputs[0]])
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        losses = model(*(batch[k] for k in self.inputs), batch["targets"])
+        return sum(losses.values())  # type: ignore[return-value]
+
+    def predict(self, model: nn.Module, batch: Any) -> Any:
+        return model(*(batch[k] for k in self.inputs))
+
+    def accumulator(self, data: DataBundle) -> Accumulator:
+        if self.name == "detection":
+            return DetectionAccumulator(data.num_classes)
+        return ConfusionAccumulator(data.num_classes, change=self.name == "change_detection")
+
+
+for _name in ("detection", "segmentation", "change_detection"):
+    TASKS[_name] = lambda _n=_name: DenseTask(_n)  # type: ignore[assignment,misc]
