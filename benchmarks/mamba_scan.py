@@ -82,7 +82,7 @@ def bench_memory(size: int = 256) -> dict[str, float]:
     return res
 
 
-def bench_onnx(size: int = 256, second: int = 192) -> dict[str, object]:
+def bench_onnx(size: int = 256, second: int = 192, dynamic: bool = False) -> dict[str, object]:
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -97,9 +97,9 @@ def bench_onnx(size: int = 256, second: int = 192) -> dict[str, object]:
         path = os.path.join(tmp, "lightm_unet_2d.onnx")
         set_scan_impl(model, "export")
         t0 = time.perf_counter()
-        dyn = {"x": {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}}
+        kw = {"dynamic_shapes": {"x": {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}}} if dynamic else {}
         torch.onnx.export(model, (x,), path, dynamo=True, input_names=["x"], output_names=["logits"],
-                          dynamic_shapes=dyn, optimize=True)
+                          optimize=True, **kw)
         export_s = time.perf_counter() - t0
         graph = onnx.load(path).graph
         ops = collections.Counter(n.op_type for n in graph.node)
@@ -109,7 +109,7 @@ def bench_onnx(size: int = 256, second: int = 192) -> dict[str, object]:
                                   "loop_nodes": ops.get("Loop", 0)}
         print(f"export {export_s:.0f} s; {len(graph.node)} top-level nodes, {ops.get('Scan', 0)} Scan, "
               f"{ops.get('Loop', 0)} Loop; most common: {ops.most_common(6)}")
-        for s in (size, second):
+        for s in (size, second) if dynamic else (size,):
             xi = torch.randn(1, 3, s, s)
             with torch.inference_mode():
                 t0 = time.perf_counter()
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=("speed", "memory", "onnx"), action="append")
     p.add_argument("--size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the memory/onnx parts")
+    p.add_argument("--dynamic", action="store_true", help="export with dynamic H/W and also run a second size")
     args = p.parse_args(argv)
     parts = args.only or ["speed", "memory", "onnx"]
     results = {}
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in parts:
         results["memory"] = bench_memory(args.size)
     if "onnx" in parts:
-        results["onnx"] = bench_onnx(args.size)
+        torch.set_num_threads(args.threads)
+        results["onnx"] = bench_onnx(args.size, dynamic=args.dynamic)
     print(json.dumps(results, indent=1, default=str))
     return 0
 

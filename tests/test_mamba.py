@@ -204,3 +204,16 @@ def test_set_scan_impl_switches_every_layer_and_validates():
         set_scan_impl(net, "gpu")
     with pytest.raises(ValueError, match=r"Mamba expects \(batch, L, d_model=8\)"):
         net[0](torch.randn(2, 5, 9))
+
+
+@pytest.mark.parametrize("delta_shift", [0.0, 8.0])
+def test_stepwise_path_for_wide_layers_matches_reference(delta_shift):
+    """batch·d_inner·d_state >= STEPWISE_MIN_ELEMS takes the one-step-at-a-time block path: same numbers."""
+    from zoo.layers.selective_scan import STEPWISE_MIN_ELEMS
+
+    u, delta, a, b, c, dd, z, bias = _scan_inputs(batch=1, d=STEPWISE_MIN_ELEMS // 16, n=16, seqlen=90,
+                                                  delta_shift=delta_shift)
+    ref = selective_scan_sequential(u, delta, a, b, c, dd, z, bias, delta_softplus=True)
+    for block_elems in (1 << 21, STEPWISE_MIN_ELEMS * 37):  # one block; three blocks of 37 steps
+        out = selective_scan_chunked(u, delta, a, b, c, dd, z, bias, delta_softplus=True, block_elems=block_elems)
+        assert (out - ref).abs().max().item() <= 1e-5
