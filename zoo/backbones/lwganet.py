@@ -95,6 +95,25 @@ def max_unpool_2x2(y: torch.Tensor, where: Any) -> torch.Tensor:
     return F.max_unpool2d(y, where, 2, 2)
 
 
+def max_pool_3x3(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """``F.max_pool2d(x, 3, stride, padding=1)`` for stride 1 or 2, as maxima of shifted views in eager mode.
+
+    A maximum is exact in any order, so the result is bit-identical; PyTorch's CPU max-pool kernel is several
+    times slower than three ``maximum`` calls per axis on these small maps. Traced graphs keep the pooling op
+    (onnxruntime's MaxPool is fast).
+    """
+    if _tracing() or stride not in (1, 2):
+        return F.max_pool2d(x, 3, stride, 1)
+    H, W = x.shape[-2:]
+    Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+    xp = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+    r = torch.maximum(torch.maximum(xp[..., 0:stride * (Ho - 1) + 1:stride, :],
+                                    xp[..., 1:stride * (Ho - 1) + 2:stride, :]),
+                      xp[..., 2:stride * (Ho - 1) + 3:stride, :])
+    return torch.maximum(torch.maximum(r[..., 0:stride * (Wo - 1) + 1:stride], r[..., 1:stride * (Wo - 1) + 2:stride]),
+                         r[..., 2:stride * (Wo - 1) + 3:stride])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------------------------
@@ -178,7 +197,7 @@ class MediumRangeAttention(nn.Module):
         # Same convolutions, in the same order, as the official code. Merging them (e.g. the two strips into one
         # k x k kernel) is mathematically equal but rounds differently, and the 2x2 max-unpooling downstream is
         # discontinuous: a 1e-8 change can move a window's maximum and change the logits by ~1e-2.
-        t = self.blur(F.max_pool2d(x, 3, 1, 1))
+        t = self.blur(max_pool_3x3(x, 1))
         h, w = t.shape[-2:]
         att = self.h_strip(t) + self.v_strip(t)
         att = att + unshear_rows(self.h_strip_sheared(shear_rows(t)), w)
@@ -319,14 +338,13 @@ class DRFD(nn.Module):
         self.conv_c = nn.Conv2d(out_dim, out_dim, 3, 2, 1, groups=out_dim)
         self.act_c = act_layer()
         self.norm_c = norm_layer(out_dim)
-        self.max_m = nn.MaxPool2d(3, 2, 1)
         self.norm_m = norm_layer(out_dim)
         self.fusion = nn.Conv2d(out_dim * 2, out_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
         c = self.norm_c(self.act_c(self.conv_c(x)))
-        m = self.norm_m(self.max_m(x))
+        m = self.norm_m(max_pool_3x3(x, 2))
         return self.fusion(torch.cat((c, m), dim=1))
 
 
