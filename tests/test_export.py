@@ -111,8 +111,10 @@ def test_wrong_graph_from_an_exporter_triggers_fallback_on_parity(tmp_path: Path
 def test_unknown_exporter_and_bad_size_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="unknown exporter 'onnxscript'"):
         export.to_onnx(tiny_model(), tmp_path / "m.onnx", 64, exporter="onnxscript")
-    with pytest.raises(zoo.InputShapeError):
-        export.to_onnx(tiny_model(), tmp_path / "m.onnx", (3, 64, 64, 1))
+    with pytest.raises(zoo.InputShapeError, match=r"\(C, D, H, W\)"):
+        export.to_onnx(tiny_model(), tmp_path / "m.onnx", (1, 3, 64, 64, 1))
+    with pytest.raises(ExportError, match=r"does not run on inputs of size \(1, 3, 64, 64, 1\).*--input-size"):
+        export.to_onnx(tiny_model(), tmp_path / "m.onnx", (3, 64, 64, 1))  # a volume for a 2D network
 
 
 # --------------------------------------------------------------------------------------------------------- parity
