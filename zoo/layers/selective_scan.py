@@ -19,6 +19,8 @@ Why three forms:
   over the chunk boundaries. It only ever multiplies decays ``exp(Δ A) <= 1`` together: the popular "cumsum in
   log space" form, ``h_t = exp(S_t) Σ_s exp(-S_s) x_s`` with ``S_t = Σ Δ A``, needs ``exp(-S_s)`` which overflows
   float32 as soon as ``|ΣΔA|`` passes ~88 -- at initialisation a 4,096-step sequence already reaches ~1,500.
+  Wide layers (``batch·d_inner·d_state >= STEPWISE_MIN_ELEMS``) instead step through each block with one fused
+  multiply-add per step: each step is then big enough that the chunk bookkeeping costs more than it saves.
 * ``"export"`` -- ``torch._higher_order_ops.scan``: torch.export keeps it as one loop node, which the dynamo ONNX
   exporter turns into one ONNX ``Scan`` per Mamba layer, so the graph does not grow with the sequence length.
   Each loop step handles ``export_unroll`` time steps to cut the per-iteration overhead of the runtime.
