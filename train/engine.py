@@ -768,6 +768,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, overrides: Sequence[str] 
     changed by ``overrides`` such as ``data.root=/data/other`` or ``data.dataset=folder``. Returns the metrics
     dict plus ``num_images``.
     """
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not exist")
     meta = zoo.read_metadata(checkpoint)
     if meta is None:
         raise CheckpointError(f"{str(checkpoint)!r} has no LightZoo sidecar (.json); `zoo eval` needs one of our "

@@ -100,6 +100,8 @@ def predict(checkpoint: str | Path, inputs: str | Path, *, images_b: str | Path 
 
     Change detection needs the second date: ``images_b`` (a file, or a folder with the same file names).
     """
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not exist")
     meta = zoo.read_metadata(checkpoint)
     if meta is None:
         raise CheckpointError(f"{checkpoint}: `zoo predict` needs a LightZoo checkpoint (.safetensors + .json)")
