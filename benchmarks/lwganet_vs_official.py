@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(a.threads)
     sys.path.insert(0, a.official_dir)
+    # the official file tries ``from mmdet.utils import ...`` and falls back on ImportError; an installed mmdet that
+    # is incompatible with the installed mmcv raises AssertionError instead, so make the import fail cleanly
+    sys.modules.setdefault("mmdet", None)
     official = importlib.import_module("models.LWGANet")
     print(f"batch {a.batch}, {a.size}x{a.size}, {a.threads} threads, {a.rounds} interleaved rounds, median ms")
     print(f"{'variant':<12}{'official':>10}{'ours':>10}{'ours/official':>15}{'max|dlogit|':>14}")
