@@ -746,8 +746,7 @@ def fit(config: Config | Mapping[str, Any] | str | os.PathLike | None = None,
     """
     state = None
     if resume:
-        base = None if config is None else load_config(config, overrides)
-        path = resolve_state_path(resume, base)
+        path = resolve_state_path(resume, load_config(config, overrides) if resume in (True, "auto") else None)
         state = load_train_state(path)
         cfg = load_config(state["config"] if config is None else config, overrides)
     else:
