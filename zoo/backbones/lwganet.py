@@ -657,18 +657,18 @@ default_cfgs = generate_default_cfgs({name: _cfg() for name in MODEL_ARGS})
 
 @register_zoo_model
 def lwganet_l0(pretrained: bool = False, **kwargs: Any) -> LWGANet:
-    """LWGANet-L0: C=32, depths (1, 2, 4, 2), GELU. Official weights are NWPU-RESISC45 (45 classes)."""
+    """LWGANet-L0: C=32, depths (1, 2, 4, 2), GELU. Official ImageNet-1k weights: 1000 classes; NWPU-RESISC45: 45."""
     return _create_lwganet("lwganet_l0", pretrained, **kwargs)
 
 
 @register_zoo_model
 def lwganet_l1(pretrained: bool = False, **kwargs: Any) -> LWGANet:
-    """LWGANet-L1: C=64, depths (1, 2, 4, 2), GELU. Official weights are NWPU-RESISC45 (45 classes)."""
+    """LWGANet-L1: C=64, depths (1, 2, 4, 2), GELU. Official ImageNet-1k weights: 1000 classes; NWPU-RESISC45: 45."""
     return _create_lwganet("lwganet_l1", pretrained, **kwargs)
 
 
 @register_zoo_model
 def lwganet_l2(pretrained: bool = False, **kwargs: Any) -> LWGANet:
-    """LWGANet-L2: C=96, depths (1, 4, 4, 2), ReLU. Official weights are NWPU-RESISC45 (45 classes)."""
+    """LWGANet-L2: C=96, depths (1, 4, 4, 2), ReLU. Official ImageNet-1k weights: 1000 classes; NWPU-RESISC45: 45."""
     return _create_lwganet("lwganet_l2", pretrained, **kwargs)
 
