@@ -27,7 +27,9 @@ def info_main(argv: list[str]) -> int:
     parser.add_argument("name", help="model name (LightZoo or timm)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("--no-macs", action="store_true", help="skip the MAC count (faster for big models)")
+    parser.add_argument("--input-size", type=int, nargs="+", metavar="N",
+                        help="count MACs at this size, channels first: 3 512 512, or 1 64 64 64 for a 3D model")
     args = parser.parse_args(argv)
-    info = model_info(args.name, macs=not args.no_macs)
+    info = model_info(args.name, macs=not args.no_macs, input_size=tuple(args.input_size) if args.input_size else None)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0

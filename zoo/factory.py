@@ -20,7 +20,7 @@ def create_model(
     pretrained: bool | str = False,
     checkpoint_path: str | os.PathLike | None = None,
     num_classes: int | None = None,
-    in_chans: int = 3,
+    in_chans: int | None = None,
     task: str = "classification",
     head: str | None = None,
     **kwargs: Any,
@@ -30,7 +30,8 @@ def create_model(
     ``pretrained`` is ``True`` (the default weights tag), a tag such as ``"in1k_kd"``, or ``False``.
     ``checkpoint_path`` loads an official release (through the family's ``checkpoint_filter_fn``) or one of our
     safetensors checkpoints; for the latter ``name`` may be omitted, since the sidecar records the model, task,
-    head and number of classes it was trained with.
+    head and number of classes it was trained with. ``in_chans=None`` keeps the model's own default (3 for image
+    models, 1 for ``lightm_unet_3d``).
     """
     meta = read_metadata(checkpoint_path) if checkpoint_path else None
     if meta:
@@ -49,10 +50,12 @@ def create_model(
     ours = name in _ZOO_MODELS
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    if in_chans is not None and task == "classification":
+        kwargs["in_chans"] = in_chans
     if task == "classification":
         # timm's own hub download is only used for timm's models; ours resolve through weights_manifest.json.
         timm_pretrained = bool(pretrained) and not ours and not checkpoint_path
-        model = timm.create_model(name, pretrained=timm_pretrained, in_chans=in_chans, **kwargs)
+        model = timm.create_model(name, pretrained=timm_pretrained, **kwargs)
         if pretrained and ours and not checkpoint_path:
             from .weights import load_pretrained
 
@@ -60,7 +63,7 @@ def create_model(
     else:
         from .heads import build_task_model
 
-        model = build_task_model(task, name, head=head, in_chans=in_chans,
+        model = build_task_model(task, name, head=head, in_chans=3 if in_chans is None else in_chans,
                                  pretrained_backbone=pretrained and not checkpoint_path, **kwargs)
     if checkpoint_path:
         load_checkpoint(model, checkpoint_path)

@@ -11,13 +11,17 @@ from .manifest import entries_for
 from .registry import check_model_name, model_family
 
 
-def model_info(name: str, macs: bool = True) -> dict[str, Any]:
-    """Facts about a registered model, measured on a freshly built instance (no weights are downloaded)."""
+def model_info(name: str, macs: bool = True, input_size: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Facts about a registered model, measured on a freshly built instance (no weights are downloaded).
+
+    MACs are counted at ``input_size`` (channels first, no batch), else at the model's default input size; a model
+    without one (volumetric models: timm's config only describes 2D images) reports no MACs rather than a guess.
+    """
     check_model_name(name)
     model = timm.create_model(name, pretrained=False)
     model.eval()
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    input_size = tuple(cfg.get("input_size", (3, 224, 224)))
+    input_size = tuple(input_size or cfg.get("input_size") or ())
     feature_info = getattr(model, "feature_info", None) or []
     info: dict[str, Any] = {
         "name": name,
@@ -32,7 +36,7 @@ def model_info(name: str, macs: bool = True) -> dict[str, Any]:
         "feature_reductions": [f["reduction"] for f in feature_info],
         "pretrained_tags": [e.get("tag") for e in entries_for(name)],
     }
-    if macs:
+    if macs and input_size:
         info["macs"] = count_macs(model, input_size)
     try:
         from .heads import supported_heads
@@ -50,12 +54,13 @@ def format_info(info: dict[str, Any]) -> str:
     if "macs" in info:
         size = "x".join(str(s) for s in info["input_size"][1:])
         lines.append(f"  MACs @ {size}:     {info['macs'] / 1e9:.4f} G")
-    lines.append(f"  default input:      {tuple(info['input_size'])}")
+    lines.append(f"  input size:         {tuple(info['input_size']) or 'no default (pass --input-size)'}")
     lines.append(f"  classes / features: {info['num_classes']} / {info['num_features']}")
     lines.append(f"  feature channels:   {info['feature_channels']}")
     lines.append(f"  feature reductions: {info['feature_reductions']}")
     tags = info["pretrained_tags"]
     lines.append(f"  pretrained weights: {', '.join(tags) if tags else 'none known'}")
     if "heads" in info:
-        lines.append("  heads:              " + "; ".join(f"{t}: {', '.join(h)}" for t, h in info["heads"].items()))
+        heads = "; ".join(f"{t}: {', '.join(h)}" for t, h in info["heads"].items())
+        lines.append(f"  heads:              {heads or 'none (the 2D heads do not apply to this model)'}")
     return "\n".join(lines)

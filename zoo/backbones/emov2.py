@@ -201,7 +201,12 @@ class SpanningWindowAttention(nn.Module):
         # Back to (B, Hp, Wp, heads * dv): write the close partition, then add the remote one in place.
         o = o.view(2, B, n_h, n_w, heads, ws_h, ws_w, dv)
         out = o[0].permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, heads * dv)
-        out.view(B, ws_h, n_h, ws_w, n_w, heads, dv).add_(o[1].permute(0, 4, 1, 5, 2, 3, 6))
+        remote = o[1].permute(0, 4, 1, 5, 2, 3, 6)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # The TorchScript tracer drops in-place writes through a view (wrong ONNX graph); trace the plain add.
+            out = out + remote.reshape(B, Hp, Wp, heads * dv)
+        else:
+            out.view(B, ws_h, n_h, ws_w, n_w, heads, dv).add_(remote)
         if pad_b or pad_r:
             out = out[:, :H, :W]
         return out.permute(0, 3, 1, 2)

@@ -89,8 +89,13 @@ def build_task_model(
 
 def supported_heads(backbone_name: str) -> dict[str, list[str]]:
     """Heads that can be built on ``backbone_name``, judged from the strides of its feature pyramid."""
+    import timm
+
     from ._backbone import feature_reductions
 
+    cfg = timm.models.get_pretrained_cfg(backbone_name)
+    if cfg is not None and cfg.input_size is None:  # volumetric models (lightm_unet_3d): every head here is 2D
+        return {}
     have = set(feature_reductions(backbone_name))
     out: dict[str, list[str]] = {}
     for task, heads in _HEAD_NEEDS.items():
