@@ -11,6 +11,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, read_metadata
 from .errors import ZooError
 from .registry import _ZOO_MODELS, check_model_name
+from .validate import install_input_check
 
 TASKS = ("classification", "detection", "segmentation", "change_detection")
 
@@ -67,4 +68,4 @@ def create_model(
                                  pretrained_backbone=pretrained and not checkpoint_path, **kwargs)
     if checkpoint_path:
         load_checkpoint(model, checkpoint_path)
-    return model
+    return install_input_check(model, task)  # uint8/float64/empty/NaN inputs: a clear InputShapeError

@@ -1,0 +1,89 @@
+"""One input check for every model :func:`zoo.create_model` returns.
+
+Why a forward pre-hook at the factory rather than checks in each family: the families already check rank and
+channels (each knows its own layout), but the mistakes every family shares, an ``uint8`` image batch straight from a
+decoder, a ``float64`` array from numpy, an empty batch, NaN/Inf values from a broken preprocessing step, otherwise
+surface as a dtype mismatch deep inside a convolution, a reshape error in an attention window, or silently NaN
+outputs. The hook turns each into an :class:`~zoo.errors.InputShapeError` that names the tensor, its shape and dtype
+and what to do.
+
+What it costs: a few attribute reads plus one pass over the input for the finite-values check (the input is the
+smallest tensor a vision network touches). It does nothing while a model is traced, scripted, compiled or exported,
+so exported graphs are unchanged, and nothing under autocast for the dtype rule (autocast casts inputs itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputShapeError
+
+#: Positional arguments that are images, per task (the others are targets, which the heads check themselves).
+IMAGE_ARGS = {"classification": 1, "segmentation": 1, "detection": 1, "change_detection": 2}
+
+
+def _capturing() -> bool:
+    """True while a graph is being captured (TorchScript, ONNX, dynamo): checks must stay out of the graph."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and (compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)()):
+        return True
+    return bool(getattr(torch.onnx, "is_in_onnx_export", lambda: False)())
+
+
+def _param_dtype(model: nn.Module) -> torch.dtype | None:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+def check_image_tensor(x: Any, what: str, want: torch.dtype | None) -> None:
+    """Raise :class:`InputShapeError` for an image tensor no model can take (dtype, empty batch, NaN/Inf)."""
+    if not isinstance(x, torch.Tensor):  # FX proxies, lists handled by the caller, None: not ours to judge
+        return
+    shape = tuple(x.shape)
+    if not x.is_floating_point():
+        raise InputShapeError(
+            f"{what} has dtype {x.dtype} (shape {shape}); models take floating-point images: convert and normalise "
+            f"first, e.g. (x.float() / 255 - mean) / std, as zoo.data's transforms do")
+    if want is not None and x.dtype != want and not torch.is_autocast_enabled(x.device.type):
+        raise InputShapeError(
+            f"{what} has dtype {x.dtype} (shape {shape}) but the model's weights are {want}; use x.to({want}) "
+            f"(or model.to({x.dtype}) to run the model in {x.dtype})")
+    if x.ndim >= 1 and x.shape[0] == 0:
+        raise InputShapeError(f"{what} is an empty batch (shape {shape}); pass at least one image")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+        raise InputShapeError(
+            f"{what} (shape {shape}) contains {n_nan} NaN and {n_inf} infinite values; the outputs would be NaN. "
+            f"Check the image decoding and normalisation (a std of 0?)")
+
+
+def input_check_hook(model: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook installed by :func:`install_input_check`."""
+    if _capturing():
+        return
+    want = _param_dtype(model)
+    names = ("input", "image_b")
+    for i, a in enumerate(args[: getattr(model, "_zoo_image_args", 1)]):
+        if isinstance(a, Sequence) and not isinstance(a, (str, torch.Tensor)):
+            for j, im in enumerate(a):
+                check_image_tensor(im, f"{names[min(i, 1)]}[{j}]", want)
+        else:
+            check_image_tensor(a, names[min(i, 1)], want)
+
+
+def install_input_check(model: nn.Module, task: str = "classification") -> nn.Module:
+    """Register the input check on ``model`` (once) and return it."""
+    if getattr(model, "_zoo_input_check", False):
+        return model
+    model._zoo_image_args = IMAGE_ARGS.get(task, 1)  # type: ignore[assignment]
+    model._zoo_input_check = True  # type: ignore[assignment]
+    model.register_forward_pre_hook(input_check_hook)
+    return model
