@@ -103,7 +103,8 @@ class TrainConfig:
     save_every: int = 100  # write the resumable training state every N optimizer steps (0: epoch ends only)
     stop_at_step: int | None = None  # stop (resumably) after this optimizer step; the schedule still spans epochs
     log_every: int = 10  # progress-bar refresh, in steps
-    progress: bool = True  # tqdm progress bar on rank 0
+    progress: bool = True  # tqdm progress bar on rank 0 (off: one plain line every log_every steps)
+    nonfinite: str = "stop"  # a NaN/Inf loss: stop (with the step and likely causes) | skip (drop that update)
 
 
 @dataclass
@@ -130,6 +131,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "task": ("classification", "detection", "segmentation", "change_detection"),
     "train.amp": ("off", "bf16", "fp16", "auto"),
     "optim.clip_mode": ("norm", "value", "agc"),
+    "train.nonfinite": ("stop", "skip"),
 }
 
 

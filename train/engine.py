@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -224,6 +225,7 @@ class _Trainer:
         self.is_main = self.rank == 0
         self._own_pg = False
         self._signal: int | None = None
+        self._saved_step: int | None = None
         self._old_handlers: dict[int, Any] = {}
         self._data = data
 
@@ -317,6 +319,7 @@ class _Trainer:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
         self.epoch_loss_sum, self.epoch_images, self.epoch_time = 0.0, 0, 0.0
+        self.skipped = 0  # updates dropped for a NaN/Inf loss in this epoch (train.nonfinite=skip)
         if self.resume_state is not None:
             self._restore(self.resume_state)
         else:
@@ -356,6 +359,8 @@ class _Trainer:
         self.epoch_loss_sum = float(st.get("epoch_loss_sum", 0.0))
         self.epoch_images = int(st.get("epoch_images", 0))
         self.epoch_time = float(st.get("epoch_time", 0.0))
+        self.skipped = int(st.get("skipped", 0))
+        self._saved_step = self.step
         rngs = st["rng"]
         _set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
         self.log(f"resumed at epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
@@ -376,21 +381,31 @@ class _Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rngs, "history": self.history, "best": self.best,
             "epoch_loss_sum": self.epoch_loss_sum, "epoch_images": self.epoch_images, "epoch_time": self.epoch_time,
+            "skipped": self.skipped,
         }
 
     def save_state(self) -> Path:
         state = self._state()  # collective under DDP: every rank takes part
         path = self.run_dir / STATE_FILE
         if self.is_main:
+            # temp file + os.replace: a second Ctrl-C or a kill mid-write leaves the previous state in place
             atomic_write_bytes(path, lambda tmp: torch.save(state, tmp))
+            self._saved_step = self.step
         return path
 
     # ----------------------------------------------------------------------------------------------- signals
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._signal is not None:  # a second Ctrl-C means "now"
+            if self.is_main:
+                saved = (f"the last saved state ({self.run_dir / STATE_FILE}, step {self._saved_step}) is intact"
+                         if self._saved_step is not None else "no training state was saved yet")
+                print(f"\nsecond {signal.Signals(signum).name}: stopping at once without a new state; {saved}",
+                      file=sys.stderr, flush=True)
             raise KeyboardInterrupt
         self._signal = signum
-        self.log(f"\nsignal {signal.Signals(signum).name}: finishing this step, then writing a resumable state")
+        if self.is_main:  # even with --quiet: the user must know the process heard them and is not hung
+            print(f"\n{signal.Signals(signum).name}: finishing this step, then writing a resumable state "
+                  f"(send it again to stop at once)", file=sys.stderr, flush=True)
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -464,7 +479,9 @@ class _Trainer:
             pbar = tqdm(total=n, initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.num_epochs}",
                         dynamic_ncols=True, leave=False)
         loss_acc = torch.zeros((), device=self.device)
-        images = 0
+        group_loss = torch.zeros((), device=self.device)  # the micro-batches of the update being accumulated
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)  # any of them had a NaN/Inf loss
+        images = group_images = 0
         t0 = time.perf_counter()
         tlog, ilog = t0, 0
         it = iter(self.train_loader)
@@ -484,12 +501,23 @@ class _Trainer:
                         self.scaler.scale(scaled).backward()
                     else:
                         scaled.backward()
-                loss_acc += loss.detach().float() * bs
-                images += bs
+                lossf = loss.detach().float()
+                bad |= ~torch.isfinite(lossf)
+                group_loss += lossf * bs
+                group_images += bs
                 self.batch = i + 1
                 if not boundary:
                     continue
-                self._optimizer_step()
+                if self._nonfinite(bad, group_loss):  # the update is dropped (train.nonfinite=skip)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.skipped += 1
+                else:
+                    loss_acc += group_loss
+                    images += group_images
+                    self._optimizer_step()
+                group_loss.zero_()
+                bad.zero_()
+                group_images = 0
                 if pbar is not None:
                     pbar.update(self.batch - pbar.n)
                     if self.step % t.log_every == 0 or self.batch == n:
@@ -498,6 +526,10 @@ class _Trainer:
                         pbar.set_postfix(loss=f"{lv:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                          img_s=f"{(images - ilog) * self.world / max(now - tlog, 1e-9):.0f}")
                         tlog, ilog = now, images
+                elif self.is_main and not self.quiet and self.step % t.log_every == 0:
+                    # no progress bar (logs, pipes): one plain line per log_every steps
+                    print(f"step {self.step}  epoch {self.epoch + 1}/{self.num_epochs}  batch {self.batch}/{n}  "
+                          f"loss {loss.item():.4f}  lr {self.optimizer.param_groups[0]['lr']:.2e}", flush=True)
                 stop = (t.stop_at_step is not None and self.step >= t.stop_at_step) or self._should_stop()
                 if stop or (t.save_every and self.step % t.save_every == 0 and self.batch < n):
                     self._fold(loss_acc, images, time.perf_counter() - t0)
@@ -511,6 +543,34 @@ class _Trainer:
                 pbar.close()
         self._fold(loss_acc, images, time.perf_counter() - t0)
         return True
+
+    def _nonfinite(self, bad: torch.Tensor, group_loss: torch.Tensor) -> bool:
+        """Whether the update about to be applied came from a NaN/Inf loss (on any rank): then skip or stop.
+
+        Checked before the optimizer step, so the weights (and the last saved state) never see a NaN update.
+        One flag per update, so the device synchronises once per step, not per micro-batch.
+        """
+        if self.world > 1:
+            flag = bad.float().reshape(1)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            hit = bool(flag.item())
+        else:
+            hit = bool(bad)
+        if not hit:
+            return False
+        value = float(group_loss)
+        where = f"step {self.step + 1} (epoch {self.epoch + 1}, batch {self.batch}/{self.batches_per_epoch})"
+        if self.cfg.train.nonfinite == "skip":
+            self.log(f"non-finite loss ({value}) at {where}: update skipped (train.nonfinite=skip)")
+            return True
+        amp = (f"an fp16 overflow under train.amp={self.cfg.train.amp} (use bf16 or off); " if self.amp_dtype
+               == torch.float16 else "")
+        saved = (f"the last saved state ({self.run_dir / STATE_FILE}, step {self._saved_step}) is intact; "
+                 if self._saved_step is not None else "")
+        raise ZooError(
+            f"the training loss became {value} at {where}, before the update was applied. Likely causes: "
+            f"a learning rate too high (optim.lr={self.cfg.optim.lr:g}: lower it, or set optim.clip_grad), {amp}"
+            f"or NaN/Inf in the data. {saved}train.nonfinite=skip drops such updates instead of stopping")
 
     def _fold(self, loss_acc: torch.Tensor, images: int, seconds: float) -> None:
         self.epoch_loss_sum += float(loss_acc)
@@ -561,6 +621,8 @@ class _Trainer:
             "train_images_per_s": n_img / max(self.epoch_time, 1e-9) if self.epoch_time else 0.0,
             "train_time_s": self.epoch_time,
         }
+        if self.skipped:
+            row["skipped_steps"] = self.skipped
         if not math.isfinite(row["train_loss"]):
             raise ZooError(f"the training loss became {row['train_loss']} in epoch {self.epoch + 1}; "
                            f"lower optim.lr, set optim.clip_grad, or check the data")
@@ -595,6 +657,7 @@ class _Trainer:
         self.epoch += 1
         self.batch = 0
         self.epoch_loss_sum, self.epoch_images, self.epoch_time = 0.0, 0, 0.0
+        self.skipped = 0
 
     # ----------------------------------------------------------------------------------------------- outputs
     def metadata(self, metrics: Mapping[str, Any], weights: str) -> dict[str, Any]:
@@ -638,11 +701,11 @@ class _Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(_to_yaml(self.cfg.to_dict()))
+        self._install_signals()
         self.log(f"training {self.cfg.model.name} ({self.cfg.task}) on {self.cfg.data.dataset}: "
                  f"{len(self.data.train)} train / {len(self.data.val)} val images, "
                  f"{self.num_epochs} epochs x {self.batches_per_epoch} batches of {self.cfg.data.batch_size}"
                  + (f" x {self.world} processes" if self.world > 1 else "") + f", device {self.device}")
-        self._install_signals()
         interrupted = False
         try:
             while self.epoch < self.num_epochs:
