@@ -7,11 +7,15 @@
 >>> q = export.quantize_int8(ex.path, "out/m.int8.onnx", ex.spec, calibration)   # (N, C, H, W) arrays
 >>> conv = export.to_ort(ex.path)                                  # out/m.ort + m.required_operators.config
 >>> export.export_model("mobilenetv3_small_050", "out", format="ort", int8=True)  # all of it, plus sidecars
+>>> det = export.export_model(zoo.create_model("emov2_1m", task="detection", head="retinanet"), "out",
+...                           task="detection", input_size=320)              # raw head outputs + anchors
+>>> boxes = export.detection_postprocess(session.run(None, {"images": x}), sidecar["postprocess"])
 
 Graph interfaces per task are in :mod:`export.spec`.
 """
 
 from .calib import load_calibration, synthetic_calibration
+from .detection import DetectionAdapter, detection_postprocess
 from .metadata import sidecar_path, write_sidecar
 from .mobile import OrtConversion, to_ort
 from .onnx_export import DEFAULT_OPSET, EXPORTERS, OnnxExport, to_onnx
@@ -23,6 +27,7 @@ from .spec import DEFAULT_ATOL, ExportSpec, build_spec
 __all__ = [
     "DEFAULT_ATOL",
     "DEFAULT_OPSET",
+    "DetectionAdapter",
     "EXPORTERS",
     "ExportResult",
     "ExportSpec",
@@ -32,6 +37,7 @@ __all__ = [
     "QuantReport",
     "build_spec",
     "check_parity",
+    "detection_postprocess",
     "export_model",
     "export_onnx_verified",
     "load_calibration",

@@ -164,7 +164,7 @@ def export_model(
                                       opset=opset, exporter=exporter, fallback=fallback, simplify=simplify,
                                       in_chans=in_chans, images=images, n_random=n_random, atol=atol)
     spec = ex.spec
-    scale = max(parity.sets[0].max_abs_ref.values())
+    scale = parity.sets[0].max_abs_ref[spec.primary_output]  # not detection's anchors (hundreds of pixels)
     if scale < 10 * parity.atol:
         print(f"warning: the model's outputs are tiny (max |output| {scale:.1e}, as in an untrained network), so a "
               f"tolerance of {parity.atol:.0e} cannot tell a right graph from a wrong one; export trained weights "
@@ -300,4 +300,18 @@ def _base_fields(model: nn.Module, meta: dict[str, Any], name: str, task: str, s
         "external_data": ex.external_data,
         "source_checkpoint_metrics": meta.get("metrics"),
     }
+    if task == "detection":
+        from .detection import DetectionAdapter
+
+        # what export.detection_postprocess needs (decode, thresholds, NMS), read from the detector itself
+        fields["postprocess"] = {**DetectionAdapter(model, spec.input_size).params,
+                                 "function": "export.detection_postprocess(outputs, sidecar['postprocess'])"}
+        meaning = {
+            "cls_logits": "raw class logits per anchor (N, A, C); scores per postprocess.score",
+            "bbox_regression": "box deltas per anchor (N, A, 4), decoded against anchors by postprocess.box_coder",
+            "bbox_ctrness": "FCOS centerness logits per anchor (N, A, 1)",
+            "anchors": "anchor boxes (A, 4), xyxy in input pixels, no batch axis; levels in "
+                       "postprocess.num_anchors_per_level",
+        }
+        fields["output_meaning"] = {n: meaning[n] for n in spec.output_names}
     return fields

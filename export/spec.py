@@ -9,9 +9,12 @@ task               inputs (float32, normalised)    outputs
 classification     ``input`` (N, C, H, W)          ``logits`` (N, num_classes)
 segmentation       ``input`` (N, C, H, W)          ``logits`` (N, num_classes, H, W)
 change_detection   ``input_a``, ``input_b``        ``logits`` (N, num_classes, H, W)
+detection          ``images`` (N, 3, H, W) [0, 1]  ``cls_logits`` (N, A, C), ``bbox_regression`` (N, A, 4),
+                                                   [``bbox_ctrness`` (N, A, 1), FCOS], ``anchors`` (A, 4)
 =================  ==============================  ===================================================
 
-``N`` is 1 unless the export asked for a dynamic batch. Detection is not exported yet (see ``build_spec``).
+``N`` is 1 unless the export asked for a dynamic batch. Detection exports the network up to the head's raw
+outputs; decoding and NMS are :func:`export.detection_postprocess` (see :mod:`export.detection`).
 """
 
 from __future__ import annotations
@@ -64,8 +67,11 @@ class ExportSpec:
     batchless_outputs: list[str] = field(default_factory=list)
 
     def example_inputs(self, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-        """Standard-normal inputs (the scale of normalised images), reproducible by ``seed``."""
+        """Standard-normal inputs (the scale of normalised images), reproducible by ``seed``; detection graphs take
+        [0, 1] images (they normalise inside), so they get uniform [0, 1) inputs."""
         g = torch.Generator().manual_seed(seed)
+        if self.task == "detection":
+            return tuple(torch.rand(batch, *self.input_size, generator=g) for _ in self.input_names)
         return tuple(torch.randn(batch, *self.input_size, generator=g) for _ in self.input_names)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -149,10 +155,13 @@ def build_spec(task: str, input_size: tuple[int, ...], dynamic_batch: bool = Fal
         return ExportSpec(task, input_size, ["input"], ["logits"], dynamic_batch)
     if task == "change_detection":
         return ExportSpec(task, input_size, ["input_a", "input_b"], ["logits"], dynamic_batch)
-    raise ExportError(
-        "detection export is not implemented yet: torchvision detectors resize, decode and run NMS in Python "
-        "(data-dependent shapes that do not export cleanly); the planned graph is backbone + FPN + head outputs "
-        "(cls_logits, bbox_regression, anchors) with decoding + NMS as Python post-processing")
+    if model is None:
+        raise ExportError("a detection export spec needs the model (its head decides the outputs)")
+    from .detection import output_names
+
+    # agreement is counted per anchor on the arg-max class of the raw logits
+    return ExportSpec(task, input_size, ["images"], output_names(model), dynamic_batch, primary_output="cls_logits",
+                      class_axis=2, batchless_outputs=["anchors"])
 
 
 def build_adapter(model: nn.Module, spec: ExportSpec) -> nn.Module:
@@ -165,6 +174,10 @@ def build_adapter(model: nn.Module, spec: ExportSpec) -> nn.Module:
         return DenseAdapter(model).eval()
     if spec.task == "change_detection":
         return ChangeAdapter(model).eval()
+    if spec.task == "detection":
+        from .detection import DetectionAdapter
+
+        return DetectionAdapter(model, spec.input_size).eval()
     raise ExportError(f"no export adapter for task {spec.task!r}")
 
 
