@@ -183,3 +183,31 @@ def test_bad_inputs_raise_clear_errors(model_2d):
         model_2d(torch.randn(1, 1, 16, 16))
     with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
         LightMUNet(spatial_dims=1)
+
+
+def test_onnx_export_one_loop_per_mamba_layer_and_a_second_input_size(model_2d, tmp_path):
+    """The whole 2D network through the TorchScript exporter with dynamic H/W (about 15 s of CPU at 32^2): one
+    ONNX Loop per Mamba layer (21), and the same graph runs another input size in onnxruntime.
+
+    The export at 256^2 with the timing and the node count is ``python benchmarks/mamba_scan.py --only onnx``."""
+    import warnings
+
+    import onnx
+    import onnxruntime as ort
+
+    path = tmp_path / "lightm_unet_2d.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
+        torch.onnx.export(model_2d, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}})
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    n_mamba = sum(isinstance(m, RVMLayer) for m in model_2d.modules())
+    assert n_mamba == 21 and ops.count("Loop") == n_mamba and "Scan" not in ops
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in ((1, 3, 32, 32), (2, 3, 24, 40)):  # the export size; another batch and a non-square size
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            ref = model_2d(x)
+        got = torch.from_numpy(sess.run(None, {"x": x.numpy()})[0])
+        assert got.shape == ref.shape == (shape[0], 2, *shape[2:]) and ref.abs().max() > 0.3
+        assert (got - ref).abs().max().item() <= 1e-4

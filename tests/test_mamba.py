@@ -217,3 +217,53 @@ def test_stepwise_path_for_wide_layers_matches_reference(delta_shift):
     for block_elems in (1 << 21, STEPWISE_MIN_ELEMS * 37):  # one block; three blocks of 37 steps
         out = selective_scan_chunked(u, delta, a, b, c, dd, z, bias, delta_softplus=True, block_elems=block_elems)
         assert (out - ref).abs().max().item() <= 1e-5
+
+
+# --- ONNX export (the TorchScript exporter; the LightM-UNet export goes the same way) -----------------------------
+
+def _onnx_nodes(graph) -> list:
+    """Every node of an ONNX graph, including those inside Loop/Scan/If bodies."""
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attr in node.attribute:
+            if attr.g.node:
+                nodes.extend(_onnx_nodes(attr.g))
+            for g in attr.graphs:
+                nodes.extend(_onnx_nodes(g))
+    return nodes
+
+
+def test_mamba_layer_exports_to_one_onnx_loop_that_does_not_grow_with_length(tmp_path):
+    """One ONNX Loop per Mamba layer; exporting at two lengths gives the same graph size (nothing unrolled), and
+    one graph runs any length in onnxruntime (the scan's shapes come from the input, not from constants)."""
+    import warnings
+
+    import onnx
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    m = Mamba(d_model=16).eval()
+    with torch.no_grad():
+        m.dt_proj.bias.add_(2.0)  # steps large enough that the decays matter
+        m.D.normal_()
+    counts = {}
+    for seqlen in (24, 96):
+        path = tmp_path / f"mamba_{seqlen}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
+            torch.onnx.export(m, (torch.randn(2, seqlen, 16),), str(path), dynamo=False, input_names=["x"],
+                              output_names=["y"], dynamic_axes={"x": {0: "batch", 1: "L"}})
+        graph = onnx.load(str(path)).graph
+        ops = [n.op_type for n in graph.node]
+        assert ops.count("Loop") == 1 and "Scan" not in ops
+        counts[seqlen] = (len(graph.node), len(_onnx_nodes(graph)))
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for length in (seqlen, 37, 1):  # the export length, another one (not a multiple of the unroll), a single step
+            x = torch.randn(3, length, 16)
+            with torch.no_grad():
+                ref = m(x)
+            got = torch.from_numpy(sess.run(None, {"x": x.numpy()})[0])
+            assert got.shape == ref.shape and ref.abs().max() > 0.01
+            assert (got - ref).abs().max().item() <= 1e-4
+    assert counts[24] == counts[96]

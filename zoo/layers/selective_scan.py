@@ -257,9 +257,58 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     return _finish(y[:, :seqlen].transpose(1, 2), u, D, z, dtype)
 
 
+def _loop_script_source(k: int) -> str:
+    """TorchScript source of the export loop with ``k`` time steps written out per iteration.
+
+    Written out (not an inner ``for``) because an inner loop would become a nested ONNX ``Loop``: onnxruntime pays
+    its per-iteration overhead once per ``k`` steps only when the steps are straight-line code. All shapes come
+    from the inputs (``size()``), so the exported graph works for any sequence length.
+    """
+    steps = "".join(
+        f"        h = torch.exp(dts[{i}].unsqueeze(-1) * a) * h + dtus[{i}].unsqueeze(-1) * bs[{i}].unsqueeze(1)\n"
+        f"        ys.append((h * cs[{i}].unsqueeze(1)).sum(-1))\n" for i in range(k))
+    return (
+        "def loop(dt: Tensor, dtu: Tensor, b: Tensor, c: Tensor, a: Tensor) -> Tensor:\n"
+        "    # dt, dtu: (L, batch, d); b, c: (L, batch, n); a: (d, n) -> y: (L, batch, d)\n"
+        "    seqlen = dt.size(0)\n"
+        f"    pad = ({k} - seqlen % {k}) % {k}\n"
+        "    dt = torch.cat([dt, dt.new_zeros([pad, dt.size(1), dt.size(2)])], 0)\n"
+        "    dtu = torch.cat([dtu, dtu.new_zeros([pad, dtu.size(1), dtu.size(2)])], 0)\n"
+        "    b = torch.cat([b, b.new_zeros([pad, b.size(1), b.size(2)])], 0)\n"
+        "    c = torch.cat([c, c.new_zeros([pad, c.size(1), c.size(2)])], 0)\n"
+        "    h = torch.zeros([dt.size(1), dt.size(2), a.size(1)], dtype=dt.dtype, device=dt.device)\n"
+        "    ys: List[Tensor] = []\n"
+        f"    for s in range(dt.size(0) // {k}):\n"
+        f"        dts = dt[s * {k}:(s + 1) * {k}]\n"
+        f"        dtus = dtu[s * {k}:(s + 1) * {k}]\n"
+        f"        bs = b[s * {k}:(s + 1) * {k}]\n"
+        f"        cs = c[s * {k}:(s + 1) * {k}]\n"
+        + steps +
+        "    return torch.stack(ys, 0)[:seqlen]\n"
+    )
+
+
+_LOOP_SCRIPTS: dict[int, object] = {}
+
+
+def _loop_script(k: int):
+    """The compiled TorchScript export loop for ``k`` steps per iteration (compiled once, on first export)."""
+    if k not in _LOOP_SCRIPTS:
+        cu = torch.jit.CompilationUnit(_loop_script_source(k))
+        _LOOP_SCRIPTS[k] = cu.loop
+    return _LOOP_SCRIPTS[k]
+
+
 def selective_scan_export(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           unroll: int = DEFAULT_EXPORT_UNROLL):
-    """The scan as ``torch._higher_order_ops.scan``: one loop node in an exported graph, whatever L is.
+    """The scan as one loop: one ONNX ``Loop`` (legacy exporter) or ``Scan`` (dynamo) node per layer, whatever L is.
+
+    * Under the TorchScript tracer (``torch.onnx.export(..., dynamo=False)``, the fast exporter: about a second per
+      Mamba layer) the loop is a scripted function; tracing keeps its ``prim::Loop``, which becomes an ONNX
+      ``Loop`` whose trip count and shapes come from the input, so one graph serves every input size.
+    * Under torch.export / the dynamo exporter it is ``torch._higher_order_ops.scan`` (one ``Scan`` node; that
+      exporter re-traces the loop body several times and takes ~1-2 min per Mamba layer on 2 cores).
+    * Eagerly, the same body runs in a Python loop.
 
     Each loop iteration advances ``unroll`` time steps (the sequence is zero-padded to a multiple: padded steps
     come after the real ones, so they cannot change any real output). The discretisation ``exp(Δ A)`` happens
@@ -269,9 +318,13 @@ def selective_scan_export(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
 
     dtype = u.dtype
     u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    k = max(1, int(unroll))
+    if torch.jit.is_tracing():
+        y = _loop_script(k)(delta.permute(2, 0, 1), (delta * u).permute(2, 0, 1), B.permute(2, 0, 1),
+                            C.permute(2, 0, 1), A)  # (L, b, d)
+        return _finish(y.permute(1, 2, 0), u, D, z, dtype)
     batch, d, seqlen = u.shape
     n = A.shape[1]
-    k = max(1, int(unroll))
     steps = -(-seqlen // k)
     pad = steps * k - seqlen
 
