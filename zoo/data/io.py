@@ -1,4 +1,8 @@
-"""Reading images and masks so that a broken file is a ``DataError`` that names it, not a PIL traceback."""
+"""Reading images and masks so that a broken file is a ``DataError`` that names it, not a PIL traceback.
+
+Pillow's decompression-bomb guard stays on: a file that declares more than ``2 * PIL.Image.MAX_IMAGE_PIXELS``
+pixels (a few KB of PNG can declare gigapixels) is a ``DataError`` before any pixel is decoded.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,11 @@ from ..errors import DataError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def _bomb(path: str | Path, e: Exception) -> DataError:
+    return DataError(f"{path}: refused as a possible decompression bomb ({e}); if the image is genuine, raise "
+                     f"PIL.Image.MAX_IMAGE_PIXELS before loading")
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(width, height)`` from the file header (cheap); ``DataError`` if it is not a readable image."""
     from PIL import Image, UnidentifiedImageError
@@ -18,17 +27,30 @@ def image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.size
+    except Image.DecompressionBombError as e:
+        raise _bomb(path, e) from e
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise DataError(f"{path}: unreadable or corrupt image ({e})") from e
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """RGB ``uint8`` array ``(H, W, 3)``; grey and RGBA images are converted, corrupt ones raise ``DataError``."""
+    """RGB ``uint8`` array ``(H, W, 3)``; corrupt files raise ``DataError``.
+
+    Grey, palette and RGBA images are converted (alpha dropped). 16-bit grey images are scaled to 8 bits
+    (``v / 257``) rather than clipped, which is what Pillow's own ``convert("RGB")`` would do (everything above
+    255 would become white).
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            if im.mode.startswith("I;16") or im.mode == "I":
+                grey = np.asarray(im).astype(np.float64)
+                grey = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=2)
             return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as e:
+        raise _bomb(path, e) from e
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise DataError(f"{path}: unreadable or corrupt image ({e})") from e
 
@@ -40,6 +62,8 @@ def read_mask(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             arr = np.asarray(im).copy()
+    except Image.DecompressionBombError as e:
+        raise _bomb(path, e) from e
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise DataError(f"{path}: unreadable or corrupt mask ({e})") from e
     if arr.ndim == 3:
