@@ -15,13 +15,17 @@ from export.pipeline import export_onnx_verified
 from export.probe import make_informative
 from export.spec import DEFAULT_ATOL
 
-# LightM-UNet's selective scan exports only through the dynamo exporter (a torch.export scan op), which takes
-# minutes per model on 2 CPU cores; its ONNX parity (7.7e-5 at 256^2, 21 Scan nodes) is measured by
-# `python benchmarks/mamba_scan.py --only onnx` instead of on every commit.
-SLOW_EXPORT_FAMILIES = {"lightm_unet": "dynamo export takes minutes per model; see benchmarks/mamba_scan.py"}
-# Measured 2026-11-30: both exporters give max abs diff 2.5e-4 on O(2) logits (they agree with each other, so it
-# is float32 drift through 50 layers with the probe weights, not a wrong graph); above the 1e-4 default.
-KNOWN_DRIFT = {"phc_resnet50": "fp32 drift 2.5e-4 > 1e-4 in both exporters (not a wrong graph); under investigation"}
+# Families whose export is too slow for every commit (none at present: LightM-UNet's scan now exports through the
+# TorchScript exporter as one ONNX Loop per Mamba layer, ~15 s of CPU per model at the smallest input).
+SLOW_EXPORT_FAMILIES: dict[str, str] = {}
+# Input sizes for models whose smallest input is numerically degenerate. phc_resnet50 at 32^2 reaches stage 4 at
+# 1x1, where its 3x3 convolutions see mostly padding and the probe's re-estimated BatchNorm gains reach ~100: there
+# PyTorch's own float32 logits are 1.6e-4 from a float64 run of the same model, so no float32 runtime can agree
+# with it within 1e-4 (onnxruntime: 2.1e-4 from PyTorch, 0.95e-4 from float64). Materialising the Kronecker
+# weights (zoo.layers.materialize_ph_layers) changes nothing: the eager outputs are bit-identical and the ONNX
+# drift the same, so the PH weights are not the cause. At 64^2 (stage 4 at 2x2) PyTorch is 6.2e-5 from float64
+# and onnxruntime 6.7e-5 from PyTorch (ORT graph optimisation on), within the 1e-4 default.
+INPUT_OVERRIDES = {"phc_resnet50": (3, 64, 64)}
 
 
 def _param(name: str):
@@ -29,8 +33,6 @@ def _param(name: str):
     family = zoo.registry.model_family(name)
     if family in SLOW_EXPORT_FAMILIES:
         marks.append(pytest.mark.skip(reason=SLOW_EXPORT_FAMILIES[family]))
-    if name in KNOWN_DRIFT:
-        marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_DRIFT[name], raises=zoo.ExportError))
     return pytest.param(name, marks=marks)
 
 
@@ -55,7 +57,7 @@ def test_backbones_are_registered() -> None:
 @pytest.mark.parametrize("name", BACKBONES)
 def test_backbone_exports_to_onnx_with_logit_parity(name: str, tmp_path) -> None:
     model = zoo.create_model(name, num_classes=8).eval()
-    size = smallest_input(model)
+    size = INPUT_OVERRIDES.get(name) or smallest_input(model)
     make_informative(model, size)
     ex, parity = export_onnx_verified(model, tmp_path / f"{name}.onnx", size, exporter="legacy", n_random=2,
                                       optimize=False)
