@@ -6,7 +6,7 @@ import argparse
 
 from zoo.errors import ExportError
 
-from .onnx_export import DEFAULT_OPSET, EXPORTERS
+from .onnx_export import DEFAULT_OPSET, EXPORTERS, check_opset
 from .pipeline import FORMATS, export_model
 from .quantize import MODES
 from .spec import TASKS
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     size = args.input_size[0] if args.input_size and len(args.input_size) == 1 else args.input_size
     if args.calib_limit < 1:
         raise ExportError("--calib-limit must be at least 1")
+    check_opset(args.opset)  # before loading the model: an impossible opset fails in a second, not after export
     result = export_model(
         args.model, args.out, format=args.format, model_name=args.model_name, name=args.name, task=args.task,
         head=args.head, num_classes=args.num_classes, pretrained=args.pretrained, input_size=size,

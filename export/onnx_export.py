@@ -35,6 +35,26 @@ DEFAULT_OPSET = 18
 EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
+def opset_range() -> tuple[int, int]:
+    """The ONNX opsets torch.onnx can write and the installed ``onnx`` package can check (both ends inclusive)."""
+    from torch.onnx import _constants
+
+    return _constants.ONNX_MIN_OPSET, min(_constants.ONNX_MAX_OPSET, onnx.defs.onnx_opset_version())
+
+
+def check_opset(opset: int) -> None:
+    """An ``ExportError`` before any work for an opset no exporter can write (e.g. 3, or 99)."""
+    lo, hi = opset_range()
+    if not lo <= opset <= hi:
+        raise ExportError(f"opset {opset} is impossible here: torch.onnx writes opsets {lo}..{hi} "
+                          f"(default {DEFAULT_OPSET}); pass --opset in that range")
+
+
+def _written_opset(path: Path) -> int | None:
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 class ModelDoesNotRun(ExportError):
     """The model fails in PyTorch itself on the requested input size; no exporter can help."""
 
@@ -147,6 +167,7 @@ def to_onnx(
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    check_opset(opset)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().float().cpu()
@@ -175,6 +196,9 @@ def to_onnx(
                 (_export_dynamo if name == "dynamo" else _export_legacy)(adapter, args, path, spec, opset, external,
                                                                           optimize)
             onnx.checker.check_model(str(path))
+            written = _written_opset(path)
+            if written != opset:  # the dynamo exporter keeps 18 when it cannot convert down, and says so quietly
+                raise ExportError(f"asked for opset {opset}, the exporter wrote opset {written}")
         except Exception as e:  # noqa: BLE001 - any exporter failure is reported (and may fall back)
             failures.append(f"{name} exporter: {_first_line(e)}")
             if name != order[-1]:
