@@ -191,6 +191,9 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle_errors() as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(f"training state {str(path)!r} contains Python objects that would execute code "
+                                  f"on load; refused (weights_only=True). Detail: {msg}") from e
         raise CheckpointError(f"training state {str(path)!r} is truncated or not a LightZoo training state "
                               f"({msg}); resume from an intact file or start afresh") from e
     if not isinstance(obj, dict) or obj.get("format") != STATE_FORMAT:
