@@ -1,5 +1,8 @@
 """Head structure (the papers' settings), the task-model contract, and the errors users get for wrong input."""
 
+import importlib
+import sys
+
 import pytest
 import torch
 from torchvision.models.detection.image_list import ImageList
@@ -176,3 +179,12 @@ def test_deeplabv3_trains_with_the_auxiliary_head_of_the_emov2_config():
     assert set(losses) == {"loss_seg", "loss_aux"}
     no_aux = zoo.create_model("emov2_1m", task="segmentation", head="deeplabv3", num_classes=3, aux=False)
     assert no_aux.aux_head is None
+
+
+def test_mmdet_integration_without_mmdet_names_the_headless_safe_install(monkeypatch):
+    # as on a machine without the extra: the import error must say how to install without breaking cv2
+    monkeypatch.setitem(sys.modules, "mmdet", None)
+    monkeypatch.setitem(sys.modules, "mmdet.registry", None)
+    monkeypatch.delitem(sys.modules, "zoo.integrations.mmdet", raising=False)
+    with pytest.raises(ImportError, match=r"lightzoo\[mmdet\]' && pip install --no-deps 'mmengine"):
+        importlib.import_module("zoo.integrations.mmdet")

@@ -5,8 +5,9 @@ import importlib.util
 import pytest
 import torch
 
-pytest.importorskip("mmdet.registry", reason="mmdet/mmengine not installed: pip install 'lightzoo[mmdet]'")
-pytest.importorskip("mmengine.model", reason="mmengine not installed: pip install 'lightzoo[mmdet]'")
+# the extra plus `pip install --no-deps mmengine mmcv-lite` (README, tasks section: keeps the headless OpenCV)
+pytest.importorskip("mmdet.registry", reason="mmdet/mmengine not installed (README: the two-step mmdet install)")
+pytest.importorskip("mmengine.model", reason="mmengine not installed (README: the two-step mmdet install)")
 
 from mmdet.registry import MODELS  # noqa: E402
 

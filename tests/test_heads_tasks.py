@@ -4,6 +4,8 @@ one eval pass whose output has the documented keys, shapes, dtypes and value ran
 keep the 30 cases fast (about 1 CPU-second each)."""
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,3 +131,18 @@ def test_train_steps_reduce_loss_and_eval_output_format(backbone, task, head):
         shape = (n, c) if task == "classification" else (n, c, size, size)
         assert isinstance(out, torch.Tensor) and out.shape == shape and out.dtype == torch.float32
         assert bool(torch.isfinite(out).all())
+
+
+def test_readme_task_examples_run():
+    # the README's one-example-per-task block, executed as written: a renamed argument or output key breaks this
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    section = readme.read_text().split("<!-- section: tasks -->")[1].split("<!-- /section: tasks -->")[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    ns: dict = {}
+    exec(compile(code, f"{readme} (tasks section)", "exec"), ns)
+    assert ns["logits"].shape == (2, 3) and math.isfinite(ns["loss"].item())
+    assert isinstance(ns["preds"], list) and len(ns["preds"]) == 2
+    assert all(set(p) == {"boxes", "labels", "scores"} and p["boxes"].shape[-1] == 4 for p in ns["preds"])
+    assert ns["masks"].shape == (2, 96, 96) and ns["masks"].dtype == torch.int64
+    assert ns["change"].shape == (2, 96, 96) and set(ns["change"].unique().tolist()) <= {0, 1}
+    assert set(ns["losses"]) == {"loss_change", "loss_aux"}

@@ -10,14 +10,21 @@ Each returns the tuple of multi-scale ``NCHW`` maps that mmdet necks (FPN, SSDNe
 ``out_indices``. In an mmdet config::
 
     custom_imports = dict(imports=["zoo.integrations.mmdet"], allow_failed_imports=False)
-    model = dict(backbone=dict(type="emov2_1m", out_indices=(2, 3, 4), pretrained=True),  # EMOv2 RetinaNet
+    model = dict(backbone=dict(type="emov2_1m", out_indices=(1, 2, 3), pretrained=True),  # EMOv2 RetinaNet
                  neck=dict(type="FPN", in_channels=[48, 80, 180], out_channels=256, start_level=0,
                            add_extra_convs="on_input", num_outs=5), ...)
 
 A full detector needs mmdet's heads and necks, which import mmcv's compiled ops: install ``mmcv`` (with ops,
 built for your torch) rather than ``mmcv-lite``. With only ``mmdet`` + ``mmengine`` + ``mmcv-lite`` (the
-``lightzoo[mmdet]`` extra), registration and ``MODELS.build`` of the backbone work, and the torchvision-based
-detectors in :mod:`zoo.heads.detection` need no mmcv at all.
+``lightzoo[mmdet]`` extra plus the no-deps step below), registration and ``MODELS.build`` of the backbone work,
+and the torchvision-based detectors in :mod:`zoo.heads.detection` need no mmcv at all.
+
+Installing: mmengine and mmcv(-lite) require the GUI wheel ``opencv-python``; albumentations requires
+``opencv-python-headless``. Both wheels write the same ``cv2`` package, so having both leaves whichever was
+installed last (the GUI one needs libGL) and uninstalling either removes ``cv2`` for both. Hence the two steps::
+
+    pip install "lightzoo[mmdet]"          # mmdet 3.3 and the pure-Python requirements of mmengine/mmcv-lite
+    pip install --no-deps "mmengine>=0.10,<0.11" "mmcv-lite>=2.0.0rc4,<2.2.0"
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ try:  # mmdet's registry and mmengine's BaseModule import without mmcv's compile
     from mmdet.registry import MODELS
     from mmengine.model import BaseModule
 except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("zoo.integrations.mmdet needs mmdet>=3 and mmengine: pip install 'lightzoo[mmdet]' "
-                      f"(import failed: {e})") from e
+    raise ImportError("zoo.integrations.mmdet needs mmdet>=3 and mmengine: pip install 'lightzoo[mmdet]' && "
+                      "pip install --no-deps 'mmengine>=0.10,<0.11' 'mmcv-lite>=2.0.0rc4,<2.2.0' (--no-deps keeps "
+                      f"albumentations' headless OpenCV; see the README's tasks section) (import failed: {e})") from e
 
 from ..registry import list_models
 
