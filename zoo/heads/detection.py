@@ -15,7 +15,8 @@ Settings from the EMOv2 paper (arXiv 2412.06674; official mmdet configs zhangzjn
   The official runs also freeze BN statistics (``norm_eval=True``); freeze them yourself when fine-tuning.
 
 Contract: ``model(images, targets)`` in ``train()`` returns torchvision's loss dict; ``model(images)`` in
-``eval()`` returns ``[{"boxes": (K, 4) xyxy in input pixels, "labels": (K,), "scores": (K,)}]``. ``images`` is a
+``eval()`` returns ``[{"boxes": (K, 4) xyxy in input pixels, "labels": (K,), "scores": (K,)}]``, best score first
+(at most ``detections_per_img``, or ``box_detections_per_img`` for Faster R-CNN). ``images`` is a
 list of ``(3, H, W)`` tensors in ``[0, 1]`` or one ``(N, 3, H, W)`` batch; normalisation with the backbone's
 mean/std and resizing to ``min_size``/``max_size`` happen inside (torchvision's ``GeneralizedRCNNTransform``).
 Labels are ``0 .. num_classes - 1`` for every head; Faster R-CNN's and SSD's background class 0 is hidden.
