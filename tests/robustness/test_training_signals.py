@@ -161,6 +161,7 @@ def test_five_random_kills_resume_to_the_uninterrupted_weights(tmp_path: Path) -
         assert state["step"] < TOTAL_STEPS, f"{how} at step {at} came too late to interrupt the run"
         stopped_at.append(state["step"])
         prev = state
+    print(f"{kinds} at steps {points}: states at steps {stopped_at}")
     assert len(stopped_at) == 5 and stopped_at == sorted(stopped_at)
 
     pid, out_f, err_f = _zoo(["--resume", str(run), "-q"])
