@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,13 @@ def test_cli_on_a_truncated_checkpoint_is_one_line(saved: Path, tmp_path: Path, 
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1, err
     assert err.startswith(f"zoo export: error: checkpoint '{cut}' is not a readable safetensors file")
+
+
+def test_building_and_loading_never_touch_the_network(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    zoo.create_model("emov2_1m")  # SECURITY.md: no network at model construction
+    zoo.create_model(checkpoint_path=saved)
