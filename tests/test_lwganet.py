@@ -18,12 +18,17 @@ from zoo.backbones.lwganet import (
     MultiHeadSelfAttention,
     SelectiveGlobalAttention,
     SparseGlobalAttention,
+    add_max_unpool_2x2,
     checkpoint_filter_fn,
+    max_pool_2x2,
     max_pool_2x2_with_mask,
     max_unpool_2x2,
     max_unpool_2x2_masked,
+    mul_nearest_upsampled,
     official_key_to_ours,
+    shear_cols,
     shear_rows,
+    unshear_cols,
     unshear_rows,
 )
 from zoo.bench import count_macs, count_params
@@ -283,6 +288,34 @@ def test_shear_is_a_diagonal_shift_and_inverts() -> None:
     assert torch.equal(unshear_rows(s, 4), x)
     tall = torch.randn(1, 2, 7, 3)  # more rows than columns: the official shear would wrap rows around
     assert torch.equal(unshear_rows(shear_rows(tall), 3), tall)
+
+
+def test_column_shear_is_the_transposed_row_shear_and_inverts() -> None:
+    x = torch.randn(2, 3, 4, 6)
+    s = shear_cols(x)
+    assert s.shape == (2, 3, 9, 6) and s.is_contiguous()
+    assert torch.equal(s, shear_rows(x.transpose(-1, -2)).transpose(-1, -2))
+    assert torch.equal(unshear_cols(s, 4), x)
+    assert torch.equal(unshear_rows(shear_rows(x), 6), x)
+
+
+def test_eager_fast_paths_equal_the_plain_ops_bit_for_bit() -> None:
+    """The eager shortcuts (strided shears, scatter-add unpooling, repeated gate) must not change a single bit,
+    ties included: a different window maximum would move values by O(1) downstream."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 10, 12, generator=g)
+    x[0, 0] = 0.5  # flat map: every 2x2 window ties
+    x[1, 2, :2, :2] = torch.tensor([[0.0, 3.0], [3.0, 3.0]])
+    pooled, where = max_pool_2x2(x)
+    ref_pooled, ref_idx = F.max_pool2d(x, 2, 2, return_indices=True)
+    assert torch.equal(pooled, ref_pooled) and torch.equal(where, ref_idx)
+    y = torch.randn(pooled.shape, generator=g)
+    assert torch.equal(add_max_unpool_2x2(x, y, where), x + F.max_unpool2d(y, ref_idx, 2, 2))
+    for H, W in ((56, 56), (28, 20), (14, 14), (7, 9), (40, 40)):
+        small = torch.rand(1, 3, -(-H // 3), -(-W // 3), generator=g)
+        big = torch.randn(1, 3, H, W, generator=g)
+        assert torch.equal(mul_nearest_upsampled(big, small),
+                           big * F.interpolate(small, size=(H, W), mode="nearest")), (H, W)
 
 
 def test_shear_matches_official_on_square_maps() -> None:

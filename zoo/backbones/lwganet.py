@@ -19,10 +19,17 @@ Differences from the official code, none of which changes a result the official 
 - Max-unpooling is written with comparisons and selects (first maximum of each 2x2 window, as ``max_pool2d``
   picks it), which is exactly ``max_unpool2d`` for non-overlapping windows but also exports with the legacy
   TorchScript-based ONNX exporter, where the official ``MaxUnpool2d`` fails its output-shape check.
+- Eager mode uses faster forms of the pure data-movement and max operations (3x3 max pools as maxima of shifted
+  views, 2x2 max pool in channels-last, ``x + unpool(y)`` as one scatter-add, shears as strided copies/views,
+  the nearest-upsampled gate as an expanded repeat). Every convolution, norm and activation is the same call on
+  the same values as in the official code, so logits are bit-identical: this matters because the 2x2
+  max-pool/unpool pairs turn any rounding difference into a possibly different window maximum. Graph capture
+  (tracing, ``torch.export``, ``torch.compile``) keeps the plain operators.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -80,12 +87,24 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
+def _graph_capture() -> bool:
+    """Tracing, scripting, torch.compile or torch.export: keep plain ops that every exporter knows (no as_strided)."""
+    return _tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def max_pool_2x2(x: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """2x2/2 max pool keeping what unpooling needs: ``max_pool2d`` indices in eager mode (two native kernels,
     fastest), the position masks while tracing (the legacy ONNX exporter cannot export ``max_unpool2d``)."""
     if _tracing():
         return max_pool_2x2_with_mask(x)
-    return F.max_pool2d(x, 2, 2, return_indices=True)
+    if _graph_capture():
+        return F.max_pool2d(x, 2, 2, return_indices=True)
+    # PyTorch's channels-last CPU kernel is vectorised over channels and several times faster than the NCHW one,
+    # enough to pay for the layout copy; it scans each window in the same order and keeps the first maximum, so
+    # values and indices are identical (the pooled map goes back to NCHW so the convolutions after it see the
+    # same layout as in the official code).
+    pooled, idx = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2, 2, return_indices=True)
+    return pooled.contiguous(), idx
 
 
 def max_unpool_2x2(y: torch.Tensor, where: Any) -> torch.Tensor:
@@ -93,6 +112,20 @@ def max_unpool_2x2(y: torch.Tensor, where: Any) -> torch.Tensor:
     if isinstance(where, tuple):
         return max_unpool_2x2_masked(y, where)
     return F.max_unpool2d(y, where, 2, 2)
+
+
+def add_max_unpool_2x2(x: torch.Tensor, y: torch.Tensor, where: Any) -> torch.Tensor:
+    """``x + max_unpool_2x2(y, where)`` for ``x`` of the pooled map's size.
+
+    In eager mode one ``scatter_add`` into a copy of ``x``: it adds ``y`` at each window's maximum and leaves the
+    other positions as they are, which is bit-identical to adding the zero-filled unpooled map (``v + 0 == v``), and
+    saves the zero fill, the unpool and a full-size add.
+    """
+    if isinstance(where, tuple):
+        return x + max_unpool_2x2_masked(y, where)
+    B, C, H, W = x.shape
+    out = x.reshape(B, C, H * W).clone(memory_format=torch.contiguous_format)
+    return out.scatter_add_(2, where.reshape(B, C, -1), y.reshape(B, C, -1)).view(B, C, H, W)
 
 
 def max_pool_3x3(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
@@ -160,19 +193,76 @@ class LocalAttention(nn.Module):
 def shear_rows(x: torch.Tensor) -> torch.Tensor:
     """Shift row ``i`` right by ``i`` (zeros fill in): ``(B, C, H, W) -> (B, C, H, W + H - 1)``.
 
-    Done by padding each row with ``H`` zeros and re-reading the flat buffer with rows one shorter. The official
-    code pads with ``W`` zeros, which is the same on the square maps it supports.
+    The official code pads each row with ``W`` zeros and re-reads the flat buffer with rows one shorter, which is
+    this operation on the square maps it supports. In eager mode the map is copied once into a zero buffer through
+    a strided view (row stride ``W + H``); under graph capture the pad-and-reshape form is kept.
     """
     B, C, H, W = x.shape
-    x = F.pad(x, (0, H)).reshape(B, C, H * (W + H))[..., : H * (W + H) - H]
-    return x.reshape(B, C, H, W + H - 1)
+    Ws = W + H - 1
+    if _graph_capture():
+        x = F.pad(x, (0, H)).reshape(B, C, H * (W + H))[..., : H * Ws]
+        return x.reshape(B, C, H, Ws)
+    out = x.new_zeros(B, C, H, Ws)
+    out.as_strided((B, C, H, W), (C * H * Ws, H * Ws, Ws + 1, 1)).copy_(x)
+    return out
 
 
 def unshear_rows(y: torch.Tensor, width: int) -> torch.Tensor:
-    """Inverse of :func:`shear_rows`: ``(B, C, H, W + H - 1) -> (B, C, H, W)``."""
+    """Inverse of :func:`shear_rows`: ``(B, C, H, W + H - 1) -> (B, C, H, W)`` (a strided view in eager mode)."""
     B, C, H, Ws = y.shape
-    y = F.pad(y.reshape(B, C, H * Ws), (0, H))
-    return y.reshape(B, C, H, Ws + 1)[..., :width]
+    if _graph_capture():
+        y = F.pad(y.reshape(B, C, H * Ws), (0, H))
+        return y.reshape(B, C, H, Ws + 1)[..., :width]
+    y = y.contiguous()
+    return y.as_strided((B, C, H, width), (C * H * Ws, H * Ws, Ws + 1, 1))
+
+
+def shear_cols(x: torch.Tensor) -> torch.Tensor:
+    """Shift column ``j`` down by ``j``: ``(B, C, H, W) -> (B, C, H + W - 1, W)``, i.e. the row shear of the
+    transposed map, transposed back (the official ``v_transform``), built contiguous in eager mode so the strip
+    convolution reads it without a layout copy."""
+    B, C, H, W = x.shape
+    Hs = H + W - 1
+    if _graph_capture():
+        return shear_rows(x.transpose(-1, -2)).transpose(-1, -2)
+    out = x.new_zeros(B, C, Hs, W)
+    out.as_strided((B, C, H, W), (C * Hs * W, Hs * W, W, W + 1)).copy_(x)
+    return out
+
+
+def unshear_cols(y: torch.Tensor, height: int) -> torch.Tensor:
+    """Inverse of :func:`shear_cols`: ``(B, C, H + W - 1, W) -> (B, C, H, W)`` (a strided view in eager mode)."""
+    B, C, Hs, W = y.shape
+    if _graph_capture():
+        return unshear_rows(y.transpose(-1, -2), height).transpose(-1, -2)
+    y = y.contiguous()
+    return y.as_strided((B, C, height, W), (C * Hs * W, Hs * W, W, W + 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _nearest_is_block_repeat(n_in: int, n_out: int, k: int) -> bool:
+    """Whether nearest interpolation from ``n_in`` to ``n_out`` samples reads source ``i // k`` for output ``i``
+    (asked of ``F.interpolate`` itself, so the shortcut can never disagree with it)."""
+    src = F.interpolate(torch.arange(n_in, dtype=torch.float32, device="cpu").view(1, 1, n_in, 1),
+                        size=(n_out, 1), mode="nearest").view(-1)
+    return n_in * k >= n_out and torch.equal(src, torch.div(torch.arange(n_out, device="cpu"), k,
+                                                                    rounding_mode="floor").float())
+
+
+def mul_nearest_upsampled(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x * F.interpolate(gate, size=x.shape[-2:], mode="nearest")``, bit-identical.
+
+    PyTorch's CPU nearest upsampling is slow on these maps; when its index map is a plain ``k``-fold repeat
+    (always the case for the stride-3 blur pool's ``ceil(n / 3)`` maps) the gate is repeated by an expand and one
+    copy instead. Other sizes and graph capture use ``F.interpolate``.
+    """
+    (H, W), (h, w) = x.shape[-2:], gate.shape[-2:]
+    kh, kw = -(-H // h), -(-W // w)
+    if _graph_capture() or not (_nearest_is_block_repeat(h, H, kh) and _nearest_is_block_repeat(w, W, kw)):
+        return x * F.interpolate(gate, size=(H, W), mode="nearest")
+    B, C = gate.shape[:2]
+    up = gate[:, :, :, None, :, None].expand(B, C, h, kh, w, kw).reshape(B, C, h * kh, w * kw)
+    return x * up[:, :, :H, :W]
 
 
 class MediumRangeAttention(nn.Module):
@@ -197,14 +287,14 @@ class MediumRangeAttention(nn.Module):
         # Same convolutions, in the same order, as the official code. Merging them (e.g. the two strips into one
         # k x k kernel) is mathematically equal but rounds differently, and the 2x2 max-unpooling downstream is
         # discontinuous: a 1e-8 change can move a window's maximum and change the logits by ~1e-2.
+        # The sums run in the official order, ((h + v) + h_sheared) + v_sheared, accumulated in place.
         t = self.blur(max_pool_3x3(x, 1))
         h, w = t.shape[-2:]
-        att = self.h_strip(t) + self.v_strip(t)
-        att = att + unshear_rows(self.h_strip_sheared(shear_rows(t)), w)
-        vs = self.v_strip_sheared(shear_rows(t.transpose(-1, -2)).transpose(-1, -2))
-        att = att + unshear_rows(vs.transpose(-1, -2), h).transpose(-1, -2)
-        gate = F.interpolate(torch.sigmoid(self.norm(att)), size=x.shape[-2:], mode="nearest")
-        return x * gate
+        att = self.h_strip(t)
+        att += self.v_strip(t)
+        att += unshear_rows(self.h_strip_sheared(shear_rows(t)), w)
+        att += unshear_cols(self.v_strip_sheared(shear_cols(t)), h)
+        return mul_nearest_upsampled(x, torch.sigmoid(self.norm(att)))
 
 
 class LargeSelectiveKernel(nn.Module):
@@ -268,7 +358,7 @@ class SelectiveGlobalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled, where = max_pool_2x2(x)
-        return self.norm(x + max_unpool_2x2(self.attn(pooled), where))
+        return self.norm(add_max_unpool_2x2(x, self.attn(pooled), where))
 
 
 class SparseGlobalAttention(nn.Module):
@@ -281,7 +371,7 @@ class SparseGlobalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled, where = max_pool_2x2(x)
-        return x + max_unpool_2x2(self.norm(self.attn(pooled)), where)
+        return add_max_unpool_2x2(x, self.norm(self.attn(pooled)), where)
 
 
 class DenseGlobalAttention(nn.Module):
