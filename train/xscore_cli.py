@@ -6,10 +6,24 @@
 
 Every (model, dataset) cell is trained by the training engine (``train.engine.fit``) with the same recipe: the
 engine's defaults (AdamW, lr 3e-3, weight decay 0.05, cosine schedule, label smoothing 0.1, no EMA or mixup) plus
-the epochs, image size, batch size and seed given here; one warm-up epoch when there are at least three epochs,
-none otherwise. The accuracy in the table is the validation top-1 after the *last* epoch (the validation split is
-also the test split here, so picking the best epoch on it would flatter every model); the best epoch is recorded
-too. Image-folder datasets (``DIR/train/<class>/*``, ``DIR/val/<class>/*``) are read by the engine's own folder
+the epochs, batch size, seed and training-image cap given here; one warm-up epoch when there are at least three
+epochs, none otherwise. The accuracy in the table is the validation top-1 after the *last* epoch, and the
+validation split is evaluated only then (it is also the test split here, so picking the best epoch on it would
+flatter every model, and evaluating every epoch would cost time that no number in the table uses).
+
+Input size (``--img-size``): ``auto`` (default) trains each model at the smallest of :data:`AUTO_SIZES` it
+accepts: 32x32 for most models, which holds every embedded image at its native size or larger (8, 28, 25, 32
+pixels), so no model is handed less information than another; models that cannot run that small (LWGANet needs
+96x96) see the same images upsampled, which adds compute but no information. ``common`` trains every model at the
+largest of those minimums (one size for all; a CIFAR-style ResNet then costs ~8x more at 96x96 than at 32x32);
+a number sets it for all. Each row of the table records the size its model used.
+
+Training-image cap (``--max-train N``): each dataset's training split is cut to a fixed, class-stratified subset
+of N images (:func:`zoo.data.embedded.stratified_subset`, seed 0: the same images for every model and run); the
+validation split stays whole. Defaults for ``--suite embedded``: 300 images per dataset in batches of 16, so the
+README's 4-model, 3-epoch comparison fits 20 minutes on 2 CPU cores and still takes 57 optimizer steps per
+dataset (at batch 64 the models stayed at chance level); for ``--datasets``: no cap, batches of 64.
+Image-folder datasets (``DIR/train/<class>/*``, ``DIR/val/<class>/*``) are read by the engine's own folder
 loader, the embedded suite by :mod:`zoo.data.embedded`.
 
 Resumable: each finished cell is appended to ``OUT/results.csv`` (rewritten atomically) and skipped when the same
@@ -39,27 +53,52 @@ from zoo.errors import ConfigError, DataError
 from zoo.xscore import XScoreReport, compute_xscore, few_dataset_estimate, read_table_csv, table_from_records
 
 AUTO_SIZES = (32, 64, 96, 128, 160, 192, 224)
+# The embedded suite's time-boxed defaults (see the module docstring): at most 300 training images per dataset, in
+# batches of 16 (57 optimizer steps per dataset in 3 epochs; at batch 64 the models stayed at chance level).
+EMBEDDED_MAX_TRAIN = 300
+EMBEDDED_BATCH_SIZE = 16
 RESULT_FIELDS = ["model", "dataset", "accuracy", "best_accuracy", "best_epoch", "epochs", "img_size", "batch_size",
-                 "lr", "seed", "params", "train_images", "val_images", "seconds"]
+                 "lr", "seed", "params", "train_images", "val_images", "seconds", "cpu_seconds"]
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """The one training recipe every cell shares; stored next to the results so a table never mixes budgets."""
+    """The one training recipe every cell shares; stored next to the results so a table never mixes budgets.
+
+    ``img_size``: ``"auto"`` (each model at the smallest of :data:`AUTO_SIZES` it accepts) or a number as text
+    (every model at that size). ``max_train``: training images kept per dataset (0: all).
+    """
 
     epochs: int
-    img_size: int
+    img_size: str
     batch_size: int
     lr: float
     seed: int
     augment: bool
+    max_train: int = 0
 
-    def overrides(self) -> dict[str, Any]:
+    def size_for(self, model: str) -> int:
+        """The input size ``model`` trains at under this recipe."""
+        return smallest_size(model) if self.img_size == "auto" else int(self.img_size)
+
+    def overrides(self, img_size: int) -> dict[str, Any]:
         return {
-            "data.img_size": self.img_size, "data.batch_size": self.batch_size, "data.augment": self.augment,
+            "data.img_size": img_size, "data.batch_size": self.batch_size, "data.augment": self.augment,
             "data.workers": 0, "optim.lr": self.lr, "train.epochs": self.epochs, "train.seed": self.seed,
             "sched.warmup_epochs": 1 if self.epochs >= 3 else 0, "train.progress": False,
+            "train.val_every": self.epochs,  # validate once, after the last epoch: the table's number
         }
+
+    def describe(self) -> dict[str, Any]:
+        """The recipe in words and numbers, for the report: what every cell shared."""
+        return {**asdict(self), "optimizer": "AdamW (engine default), weight decay 0.05",
+                "schedule": f"cosine, {1 if self.epochs >= 3 else 0} warm-up epoch(s)", "label_smoothing": 0.1,
+                "validation": "whole validation split, once after the last epoch (the table's accuracy)",
+                "train_subset": ("all training images" if not self.max_train else
+                                 f"at most {self.max_train} training images per dataset: a fixed class-stratified "
+                                 "subset (seed 0), the same for every model"),
+                "input_size": ("each model at the smallest of " + ", ".join(map(str, AUTO_SIZES)) + " it accepts"
+                               if self.img_size == "auto" else f"{self.img_size}x{self.img_size} for every model")}
 
 
 @dataclass(frozen=True)
@@ -84,10 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--table", metavar="CSV", help="recompute the report from this results table, no training")
     p.add_argument("--only", nargs="+", metavar="NAME", help="with --suite: use only these embedded datasets")
     p.add_argument("--epochs", type=int, default=3, help="epochs per cell (default 3)")
-    p.add_argument("--img-size", default="auto", metavar="N|auto",
-                   help="square input size for every cell; auto (default): the smallest of "
-                        f"{', '.join(map(str, AUTO_SIZES))} that every model accepts")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--img-size", default="auto", metavar="auto|common|N",
+                   help="square input size; auto (default): each model at the smallest of "
+                        f"{', '.join(map(str, AUTO_SIZES))} it accepts; common: one size for all, the smallest "
+                        "that every model accepts; N: every model at N")
+    p.add_argument("--max-train", type=int, default=None, metavar="N",
+                   help="training images kept per dataset (fixed class-stratified subset, the same for every "
+                        f"model; 0: all). Default {EMBEDDED_MAX_TRAIN} with --suite embedded, all with --datasets")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"default {EMBEDDED_BATCH_SIZE} with --suite embedded, 64 with --datasets")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true", help="switch off the datasets' training augmentation")
@@ -167,29 +211,39 @@ def imagenet_top1(models: Sequence[str], extra: Mapping[str, float]) -> dict[str
     return out
 
 
-def smallest_common_size(models: Sequence[str], sizes: Sequence[int] = AUTO_SIZES) -> int:
-    """The smallest candidate size every model runs at (one forward pass each, batch 1, no gradients).
+_SMALLEST: dict[tuple[str, tuple[int, ...]], int] = {}
+
+
+def smallest_size(model: str, sizes: Sequence[int] = AUTO_SIZES) -> int:
+    """The smallest candidate size ``model`` runs at (one forward pass per size tried, batch 1, no gradients).
 
     Models differ: EMOv2 and the CIFAR-style PHC-ResNets take 32x32, LWGANet needs at least 96x96 (its stride-3 blur
-    pool). One recipe means one size for all, so the comparison uses the largest of the models' minimums.
+    pool). Cached per process, since every cell of a model asks.
     """
-    import torch
+    key = (model, tuple(sizes))
+    if key not in _SMALLEST:
+        import torch
 
-    import zoo
+        import zoo
 
-    size_i = 0
-    for m in models:
-        net = zoo.create_model(m, num_classes=2).eval()
-        while True:
-            if size_i >= len(sizes):
-                raise ConfigError(f"{m} runs at none of the sizes {list(sizes)}; pass --img-size N")
+        net = zoo.create_model(model, num_classes=2).eval()
+        for s in sizes:
             try:
                 with torch.no_grad():
-                    net(torch.zeros(1, 3, sizes[size_i], sizes[size_i]))
-                break
+                    net(torch.zeros(1, 3, s, s))
             except (ValueError, RuntimeError):
-                size_i += 1
-    return sizes[size_i]
+                continue
+            _SMALLEST[key] = s
+            break
+        else:
+            raise ConfigError(f"{model} runs at none of the sizes {list(sizes)}; pass --img-size N")
+    return _SMALLEST[key]
+
+
+def smallest_common_size(models: Sequence[str], sizes: Sequence[int] = AUTO_SIZES) -> int:
+    """The smallest candidate size every model runs at: the largest of the models' minimums (``--img-size
+    common``). Assumes a model that runs at a size also runs at the larger candidates, true of the zoo's models."""
+    return max(smallest_size(m, sizes) for m in models)
 
 
 # ------------------------------------------------------------------------------------------------ results file
@@ -230,31 +284,58 @@ def _check_recipe(out: Path, recipe: Recipe) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ training
-def _bundle(spec: DatasetSpec, recipe: Recipe) -> Any:
-    """A DataBundle for an embedded dataset; None for a folder (the engine builds those from the config)."""
-    if spec.root is not None:
-        return None
+def _cell_config(model: str, spec: DatasetSpec, run_dir: Path) -> dict[str, Any]:
+    return {"task": "classification", "out_dir": str(run_dir), "model": {"name": model},
+            "data": {"dataset": spec.name if spec.root is None else "folder", "root": spec.root}}
+
+
+def _bundle(spec: DatasetSpec, recipe: Recipe, img_size: int | None = None) -> Any:
+    """The DataBundle of one dataset at ``img_size`` with the recipe's training-image cap.
+
+    None for an uncapped image folder: the engine builds that from the config itself.
+    """
     from train.data import DataBundle
+
+    size = int(recipe.img_size) if img_size is None else img_size
+    cap = recipe.max_train or None
+    if spec.root is not None:
+        if cap is None:
+            return None
+        from torch.utils.data import Subset
+
+        from train.config import load_config
+        from train.data import build_classification_data
+        from zoo.data.embedded import stratified_subset
+
+        cfg = load_config(_cell_config("x", spec, Path(".")), recipe.overrides(size))
+        full = build_classification_data(cfg, None)
+        if cap >= len(full.train):
+            return full
+        keep = stratified_subset(full.train.targets, cap).tolist()  # ImageFolder's labels, read without decoding
+        full.train = Subset(full.train, keep)
+        return full
     from zoo.data.embedded import embedded_splits
 
-    train, val = embedded_splits(spec.name, img_size=recipe.img_size, in_chans=3, augment=recipe.augment)
+    train, val = embedded_splits(spec.name, img_size=size, in_chans=3, augment=recipe.augment, max_train=cap)
     return DataBundle(train, val, num_classes=len(train.classes), class_names=list(train.classes), in_chans=3,
                       mean=train.mean, std=train.std, color="gray")
 
 
-def train_cell(model: str, spec: DatasetSpec, recipe: Recipe, run_dir: Path, data: Any = None) -> dict[str, Any]:
+def train_cell(model: str, spec: DatasetSpec, recipe: Recipe, run_dir: Path, data: Any = None,
+               img_size: int | None = None) -> dict[str, Any]:
     """Train ``model`` on one dataset with the recipe; continue from the cell's engine state if one exists.
 
+    ``img_size``: the model's size under the recipe (``recipe.size_for(model)`` when not given).
     Returns the results row, or ``{"interrupted": True}`` when a signal stopped the engine (its state is saved).
     """
     from train.engine import STATE_FILE, fit
     from zoo.bench import count_params
     from zoo.errors import CheckpointError
 
-    config: dict[str, Any] = {"task": "classification", "out_dir": str(run_dir), "model": {"name": model},
-                              "data": {"dataset": spec.name if spec.root is None else "folder", "root": spec.root}}
-    overrides = recipe.overrides()
-    t0 = time.perf_counter()
+    size = recipe.size_for(model) if img_size is None else img_size
+    config = _cell_config(model, spec, run_dir)
+    overrides = recipe.overrides(size)
+    t0, c0 = time.perf_counter(), time.process_time()
     state = run_dir / STATE_FILE
     result = None
     if state.is_file():
@@ -276,22 +357,29 @@ def train_cell(model: str, spec: DatasetSpec, recipe: Recipe, run_dir: Path, dat
     return {
         "model": model, "dataset": spec.name, "accuracy": float(last["val_top1"]),
         "best_accuracy": float(result["best"]) if result.get("best") is not None else "",
-        "best_epoch": result.get("best_epoch") or "", "epochs": recipe.epochs, "img_size": recipe.img_size,
+        "best_epoch": result.get("best_epoch") or "", "epochs": recipe.epochs, "img_size": size,
         "batch_size": recipe.batch_size, "lr": recipe.lr, "seed": recipe.seed,
         "params": count_params(net) if net is not None else "", "train_images": n_train, "val_images": n_val,
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 2),
     }
 
 
 # ------------------------------------------------------------------------------------------------ report
-def write_report(report: XScoreReport, out: Path, k: int, top1: Mapping[str, float], plots: bool) -> list[Path]:
-    """xscore.json, xscore.txt, table.csv and the plots; returns the paths written."""
+def write_report(report: XScoreReport, out: Path, k: int, top1: Mapping[str, float], plots: bool,
+                 recipe: Mapping[str, Any] | None = None) -> list[Path]:
+    """xscore.json, xscore.txt, table.csv and the plots; returns the paths written.
+
+    ``recipe``: how the table was trained (:meth:`Recipe.describe` plus per-model sizes and per-dataset image
+    counts), copied into xscore.json so the numbers never travel without their budget. Plots are skipped, with a
+    message, when matplotlib is missing.
+    """
     out.mkdir(parents=True, exist_ok=True)
     k_eff = min(k, len(report.datasets))
     few = few_dataset_estimate(report.accuracy, report.datasets, k=k_eff, weight=report.weight)
     payload = report.to_dict()
     payload["few_dataset_estimate"] = few.to_dict()
     payload["imagenet_top1"] = {m: top1[m] for m in report.models if m in top1}
+    payload["recipe"] = dict(recipe) if recipe else None
     written = [out / "xscore.json", out / "xscore.txt", out / "table.csv"]
     (out / "xscore.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [report.format(), "", f"Few-dataset estimate: best {k_eff} of {len(report.datasets)} datasets "
@@ -300,14 +388,22 @@ def write_report(report: XScoreReport, out: Path, k: int, top1: Mapping[str, flo
     for a in few.per_k:
         lines.append(f"{a.k:>3} {a.best_rho:>9.3f} {a.mean_rho:>9.3f} {a.worst_rho:>9.3f} {a.n_subsets:>8}  "
                      f"{', '.join(a.best_subset)}{'' if a.exhaustive else ' (sampled)'}")
-    (out / "xscore.txt").write_text("\n".join(lines) + "\n")
     with (out / "table.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", *report.datasets])
         for m, row in zip(report.models, report.accuracy.tolist()):
             w.writerow([m, *row])
+    if recipe:
+        lines += ["", "Recipe: " + json.dumps(dict(recipe))]
+    (out / "xscore.txt").write_text("\n".join(lines) + "\n")
     if plots:
-        written += make_plots(report, few, top1, out)
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("plots skipped: matplotlib is not installed (pip install matplotlib); the tables are written",
+                  file=sys.stderr)
+        else:
+            written += make_plots(report, few, top1, out)
     return written
 
 
@@ -381,15 +477,36 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _finish(report: XScoreReport, out: Path, args: argparse.Namespace) -> int:
+def _finish(report: XScoreReport, out: Path, args: argparse.Namespace,
+            recipe: Mapping[str, Any] | None = None) -> int:
     top1 = imagenet_top1(report.models, args.top1)
-    paths = write_report(report, out, args.k, top1, plots=not args.no_plots)
+    paths = write_report(report, out, args.k, top1, plots=not args.no_plots, recipe=recipe)
     print(report.format())
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
     return 0
 
 
 # ------------------------------------------------------------------------------------------------ main
+def _report_recipe(recipe: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The recipe as saved, plus what each cell actually used: the input size per model and the number of
+    training / validation images per dataset (from the results rows), and the summed training time."""
+    if recipe is None:
+        return None
+    out = dict(recipe)
+    sizes = {r["model"]: int(r["img_size"]) for r in rows if str(r.get("img_size", "")).strip()}
+    images = {r["dataset"]: {"train": int(r["train_images"]), "val": int(r["val_images"])}
+              for r in rows if str(r.get("train_images", "")).strip() and str(r.get("val_images", "")).strip()}
+    secs = [float(r["seconds"]) for r in rows if str(r.get("seconds", "")).strip()]
+    out.update({"input_size_per_model": sizes, "images_per_dataset": images,
+                "training_seconds_total": round(sum(secs), 1) if secs else None})
+    return out
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.weight <= 1.0:
@@ -400,14 +517,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         table, models, datasets = read_table_csv(args.table)
         out = Path(args.out) if args.out else Path(args.table).resolve().parent
-        return _finish(compute_xscore(table, models, datasets, weight=args.weight), out, args)
+        saved = Path(args.table).resolve().parent / "recipe.json"  # a runner's folder: keep its recipe
+        recipe_meta = None
+        if saved.is_file():
+            stored = json.loads(saved.read_text())
+            try:
+                described = Recipe(**stored).describe()
+            except TypeError:  # a recipe.json of another version: report it as it is
+                described = stored
+            recipe_meta = _report_recipe(described, read_results(Path(args.table)))
+        return _finish(compute_xscore(table, models, datasets, weight=args.weight), out, args, recipe_meta)
 
     if not args.models:
         raise ConfigError("give --models NAME ... (or --table CSV to recompute a finished table)")
     if not (args.suite or args.datasets):
         raise ConfigError("give --suite embedded or --datasets DIR ... (image folders with train/ and val/)")
-    if args.epochs < 1 or args.batch_size < 1:
+    batch_size = args.batch_size if args.batch_size is not None else (EMBEDDED_BATCH_SIZE if args.suite else 64)
+    if args.epochs < 1 or batch_size < 1:
         raise ConfigError("--epochs and --batch-size must be positive")
+    max_train = args.max_train if args.max_train is not None else (EMBEDDED_MAX_TRAIN if args.suite else 0)
+    if max_train < 0:
+        raise ConfigError(f"--max-train must be 0 (all images) or positive, got {max_train}")
     from zoo.registry import check_model_name
 
     models = list(dict.fromkeys(args.models))
@@ -419,16 +549,25 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     if args.img_size == "auto":
-        img_size = smallest_common_size(models)
-        print(f"input size {img_size}x{img_size}: the smallest of {list(AUTO_SIZES)} that every model accepts")
+        policy = "auto"
+        sizes = {m: smallest_size(m) for m in models}
+        print("input sizes (each model's smallest of " + ", ".join(map(str, AUTO_SIZES)) + "): "
+              + ", ".join(f"{m} {s}x{s}" for m, s in sizes.items()))
     else:
-        try:
-            img_size = int(args.img_size)
-        except ValueError:
-            raise ConfigError(f"--img-size must be a number or 'auto', got {args.img_size!r}") from None
-        if img_size < 8:
-            raise ConfigError(f"--img-size must be at least 8, got {img_size}")
-    recipe = Recipe(args.epochs, img_size, args.batch_size, args.lr, args.seed, not args.no_augment)
+        if args.img_size == "common":
+            img_size = smallest_common_size(models)
+            print(f"input size {img_size}x{img_size} for every model: the smallest of {list(AUTO_SIZES)} "
+                  f"that every model accepts")
+        else:
+            try:
+                img_size = int(args.img_size)
+            except ValueError:
+                raise ConfigError(f"--img-size must be auto, common or a number, got {args.img_size!r}") from None
+            if img_size < 8:
+                raise ConfigError(f"--img-size must be at least 8, got {img_size}")
+        policy = str(img_size)
+        sizes = {m: img_size for m in models}
+    recipe = Recipe(args.epochs, policy, batch_size, args.lr, args.seed, not args.no_augment, max_train)
     out = Path(args.out or "runs/xscore")
     _check_recipe(out, recipe)
 
@@ -441,19 +580,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{total - len(todo)} of {total} cells already in {results_path}; training the other {len(todo)}")
     t_start = time.perf_counter()
     for n, (m, spec) in enumerate(todo, start=1):
-        data = _bundle(spec, recipe)  # rebuilt per cell: cheap (cached arrays), and no state leaks between cells
-        print(f"[{n}/{len(todo)}] {m} on {spec.name} ...", flush=True)
-        row = train_cell(m, spec, recipe, out / "runs" / f"{m}__{spec.name}", data)
+        data = _bundle(spec, recipe, sizes[m])  # per cell: cheap (cached arrays), and no state leaks between cells
+        imgs = f", {len(data.train)} train / {len(data.val)} val images" if data is not None else ""
+        print(f"[{n}/{len(todo)}] {m} on {spec.name} ({sizes[m]}x{sizes[m]}{imgs}) ...", flush=True)
+        row = train_cell(m, spec, recipe, out / "runs" / f"{m}__{spec.name}", data, img_size=sizes[m])
         if row.get("interrupted"):
-            print(f"interrupted during {m} on {spec.name}; its state is saved: run the same command to continue",
-                  file=sys.stderr)
+            print(f"interrupted during {m} on {spec.name} after {_clock(time.perf_counter() - t_start)}; its state "
+                  f"is saved: run the same command to continue", file=sys.stderr)
             return 130
         rows.append(row)
         write_results(results_path, rows)
-        print(f"    top-1 {row['accuracy']:.4f} (best {row['best_accuracy']:.4f} at epoch {row['best_epoch']}), "
-              f"{row['seconds']:.1f} s", flush=True)
+        print(f"    top-1 {row['accuracy']:.4f}, {row['seconds']:.1f} s (cpu {row.get('cpu_seconds', 0):.1f} s); "
+              f"elapsed {_clock(time.perf_counter() - t_start)}", flush=True)
     if todo:
-        print(f"trained {len(todo)} cells in {time.perf_counter() - t_start:.1f} s")
+        print(f"trained {len(todo)} cells in {_clock(time.perf_counter() - t_start)}")
 
     # the table in the order asked for, whatever order earlier runs appended their cells in
     order = {(m, s.name): (j, i) for i, m in enumerate(models) for j, s in enumerate(specs)}
@@ -461,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
                   key=lambda r: order[r["model"], r["dataset"]])
     table, t_models, t_datasets = table_from_records(mine)
     report = compute_xscore(table, t_models, t_datasets, weight=args.weight)
-    return _finish(report, out, args)
+    return _finish(report, out, args, _report_recipe(recipe.describe(), mine))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,10 @@ standard deviation of the *training* split's pixels (one grey value, repeated pe
 split never informs preprocessing. ``augment=True`` applies one dataset-agnostic augmentation (a random shift of up
 to ``img_size // 8`` pixels with zero padding; no flips, which would change a digit's meaning), so one training
 recipe fits every dataset of the suite.
+
+``max_train`` caps a training split at a fixed, class-stratified subset (:func:`stratified_subset`: the same images
+whatever the run's seed or model), so a time-boxed comparison trains every model on the same images; the statistics
+are then those of the subset, the validation split is never cut.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ __all__ = [
     "EmbeddedInfo",
     "embedded_splits",
     "load_embedded",
+    "stratified_subset",
     "texture_patches",
 ]
 
@@ -228,6 +233,33 @@ def _prepared(name: str, img_size: int) -> tuple[torch.Tensor, torch.Tensor, tor
     return x[tr].contiguous(), y[tr], x[va].contiguous(), y[va]
 
 
+def stratified_subset(labels: Sequence[int] | np.ndarray | torch.Tensor, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of exactly ``min(n, len(labels))`` items, each class in its share of the whole.
+
+    Class c keeps ``floor(n * count_c / N)`` items; the items still missing to reach ``n`` go one each to the
+    classes with the largest fractional remainders (ties: lower class first). Within a class the items come from a
+    permutation with ``seed`` (a ``numpy.random.RandomState``), independent of any training seed, so every model
+    and every run of a time-boxed comparison sees the same images.
+    """
+    y = np.asarray(labels.tolist() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64)
+    if n < 1:
+        raise DataError(f"a training-image cap must be at least 1, got {n}")
+    if n >= len(y):
+        return np.arange(len(y))
+    classes, counts = np.unique(y, return_counts=True)
+    share = n * counts.astype(np.int64)  # integer arithmetic, so equal remainders tie exactly
+    keep, remainder = share // len(y), share % len(y)
+    order = sorted(range(len(classes)), key=lambda i: (-int(remainder[i]), i))
+    for i in order[: n - int(keep.sum())]:
+        keep[i] += 1
+    rng = np.random.RandomState(seed)
+    picked = []
+    for c, k in zip(classes, keep):
+        members = np.flatnonzero(y == c)
+        picked.append(members[rng.permutation(len(members))[:k]])
+    return np.sort(np.concatenate(picked))
+
+
 def _check_name(name: str) -> str:
     if name not in EMBEDDED_SUITE:
         import difflib
@@ -238,13 +270,19 @@ def _check_name(name: str) -> str:
     return name
 
 
-def embedded_splits(name: str, img_size: int = 32, in_chans: int = 3, augment: bool = True
-                    ) -> tuple[ArrayImageDataset, ArrayImageDataset]:
-    """(train, val) of one embedded dataset; ``augment`` applies to train only; both use train's statistics."""
+def embedded_splits(name: str, img_size: int = 32, in_chans: int = 3, augment: bool = True,
+                    max_train: int | None = None) -> tuple[ArrayImageDataset, ArrayImageDataset]:
+    """(train, val) of one embedded dataset; ``augment`` applies to train only; both use train's statistics.
+
+    ``max_train``: keep at most this many training images (:func:`stratified_subset`, seed 0); validation is whole.
+    """
     _check_name(name)
     if not 8 <= img_size <= 512:
         raise DataError(f"img_size must be between 8 and 512 for the embedded suite, got {img_size}")
     x_tr, y_tr, x_va, y_va = _prepared(name, int(img_size))
+    if max_train is not None and max_train < len(y_tr):
+        keep = torch.from_numpy(stratified_subset(y_tr, max_train))
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
     mean, std = float(x_tr.mean()), float(x_tr.std())
     classes = _CLASSES[name]
     train = ArrayImageDataset(x_tr, y_tr, classes, mean, std, in_chans, augment=augment, name=name)
