@@ -65,6 +65,11 @@ def test_nan_and_inf_are_counted_and_named(emo: torch.nn.Module) -> None:
     _raises(emo, x, match="contains 0 NaN and 1 infinite values")
 
 
+def test_huge_but_finite_values_are_not_called_nan(emo: torch.nn.Module) -> None:
+    with torch.no_grad():  # their sum overflows to inf (the check's fast path); the exact count finds none
+        emo(torch.full((1, 3, 8, 8), 3e38))
+
+
 def test_a_model_moved_to_float64_takes_float64(emo: torch.nn.Module) -> None:
     m = zoo.create_model("emov2_1m", num_classes=5).double().eval()  # the rule follows the weights, not float32
     with torch.no_grad():
