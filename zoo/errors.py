@@ -20,7 +20,8 @@ class UnknownModelError(ZooError, KeyError):
 
 
 class InputShapeError(ZooError, ValueError):
-    """An input tensor or image whose rank, channels, dtype or size the model cannot take."""
+    """An input tensor or image whose rank, channels, dtype or size the model cannot take, an empty batch, or one
+    holding NaN/Inf values (``zoo.validate`` checks the last three for every model ``create_model`` returns)."""
 
 
 class CheckpointError(ZooError, ValueError):
