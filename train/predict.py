@@ -50,7 +50,9 @@ class Preprocess:
         try:
             with Image.open(path) as im:
                 return im.convert("L" if self.gray else "RGB")
-        except OSError as e:
+        except Image.DecompressionBombError as e:  # not an OSError: it would escape as a traceback
+            raise DataError(f"{path}: refused as a possible decompression bomb ({e})") from e
+        except (OSError, ValueError) as e:
             raise DataError(f"{path}: not a readable image ({e})") from e
 
     def __call__(self, image: Any) -> torch.Tensor:
