@@ -318,6 +318,24 @@ def test_eager_fast_paths_equal_the_plain_ops_bit_for_bit() -> None:
                            big * F.interpolate(small, size=(H, W), mode="nearest")), (H, W)
 
 
+def test_stage4_medium_range_linear_form_equals_the_convolutions() -> None:
+    """Stage 4's MRA runs blur + strip convs as one composed matrix (no max-pool/unpool follows, so its ~1e-7
+    rounding is harmless); it must equal the convolutional form, also on rectangular and odd maps."""
+    torch.manual_seed(0)
+    for C, H, W in ((64, 7, 7), (8, 12, 9), (4, 3, 5)):
+        mra = MediumRangeAttention(C, 11, torch.nn.BatchNorm2d).eval()
+        _randomise_norms(mra)
+        x = torch.randn(2, C, H, W)
+        with torch.no_grad():
+            conv_form = mra(x)
+            mra.linear_form = True
+            linear_form = mra(x)
+        torch.testing.assert_close(linear_form, conv_form, atol=2e-6, rtol=0)
+        assert not torch.equal(linear_form, torch.zeros_like(linear_form))
+    blocks = zoo.create_model("lwganet_l0").stages
+    assert [b.medium_attn.linear_form for s in blocks for b in s.blocks] == [False] * 7 + [True] * 2
+
+
 def test_shear_matches_official_on_square_maps() -> None:
     # official h_transform pads by W and re-reads rows of 2W - 1
     x = torch.randn(1, 2, 5, 5)

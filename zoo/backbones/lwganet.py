@@ -42,7 +42,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..errors import InputShapeError
-from ..layers.blurpool import BlurPool2dAsym
+from ..layers.blurpool import BlurPool2dAsym, binomial_filter
 from ..registry import register_zoo_model
 
 __all__ = ["LWGANet", "LWGABlock", "DRFD", "MediumRangeAttention", "checkpoint_filter_fn"]
@@ -151,6 +151,18 @@ def max_pool_3x3(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
 # Building blocks
 # ---------------------------------------------------------------------------------------------------------------
 
+def _inplace_act(act_layer: LayerFn) -> nn.Module:
+    """The activation, in place where the layer supports it (ReLU does; GELU ignores it).
+
+    Every activation here reads a fresh conv/norm output that nothing else uses, so overwriting it is safe and
+    saves a full-size allocation per call (ReLU in LWGANet-L2); the values are the same.
+    """
+    try:
+        return act_layer(inplace=True)
+    except TypeError:
+        return act_layer()
+
+
 class ConvMlp(nn.Module):
     """1x1 conv -> norm -> act -> 1x1 conv, both convs bias-free (the block MLP and the point-attention gate)."""
 
@@ -159,7 +171,7 @@ class ConvMlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden_dim, 1, bias=False)
         self.norm = norm_layer(hidden_dim)
-        self.act = act_layer()
+        self.act = _inplace_act(act_layer)
         self.fc2 = nn.Conv2d(hidden_dim, out_dim or dim, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,7 +196,7 @@ class LocalAttention(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(dim, dim, 3, 1, 1, bias=False)
         self.norm = norm_layer(dim)
-        self.act = act_layer()
+        self.act = _inplace_act(act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(x)))
@@ -273,7 +285,7 @@ class MediumRangeAttention(nn.Module):
     summed, normalised and turned into the gate.
     """
 
-    def __init__(self, dim: int, kernel_size: int, norm_layer: LayerFn) -> None:
+    def __init__(self, dim: int, kernel_size: int, norm_layer: LayerFn, linear_form: bool = False) -> None:
         super().__init__()
         k, p = kernel_size, kernel_size // 2
         self.blur = BlurPool2dAsym(dim, filt_size=4, stride=3)
@@ -282,8 +294,12 @@ class MediumRangeAttention(nn.Module):
         self.h_strip_sheared = nn.Conv2d(dim, dim, (k, 3), 1, (p, 1), groups=dim, bias=False)
         self.v_strip_sheared = nn.Conv2d(dim, dim, (3, k), 1, (1, p), groups=dim, bias=False)
         self.norm = norm_layer(dim)
+        # Only for blocks whose output reaches no later 2x2 max-pool (stage 4): see forward.
+        self.linear_form = linear_form
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.linear_form and not _graph_capture():
+            return mul_nearest_upsampled(x, torch.sigmoid(self.norm(self._linear_att(max_pool_3x3(x, 1)))))
         # Same convolutions, in the same order, as the official code. Merging them (e.g. the two strips into one
         # k x k kernel) is mathematically equal but rounds differently, and the 2x2 max-unpooling downstream is
         # discontinuous: a 1e-8 change can move a window's maximum and change the logits by ~1e-2.
@@ -296,6 +312,57 @@ class MediumRangeAttention(nn.Module):
         att += unshear_cols(self.v_strip_sheared(shear_cols(t)), h)
         return mul_nearest_upsampled(x, torch.sigmoid(self.norm(att)))
 
+    def _linear_att(self, m: torch.Tensor) -> torch.Tensor:
+        """Blur pool + four (sheared) strip convs + sum as one per-channel matrix, ``(h*w) x (H*W)``.
+
+        On stage 4's 7x7 maps the five depthwise convolutions work on 3x3 maps and cost far more in call overhead
+        than in arithmetic; the composed operator is built from the conv weights with two small matrix products.
+        It rounds differently (~1e-7), which is harmless here because no 2x2 max-pool follows stage 4.
+        """
+        Bn, C, H, W = m.shape
+        strips = (self.h_strip, self.v_strip, self.h_strip_sheared, self.v_strip_sheared)
+        basis, blur = _mra_linear_operators(H, W, self.h_strip.kernel_size[0], self.blur.stride,
+                                            self.blur.padding, self.blur.pad_mode)
+        basis, blur = basis.to(m), blur.to(m)
+        hw = blur.shape[0]
+        weights = torch.cat([c.weight.reshape(C, -1) for c in strips], dim=1)  # C, taps
+        op = (weights @ basis).view(C, hw, hw) @ blur  # C, h*w, H*W
+        att = torch.matmul(op, m.reshape(Bn, C, H * W, 1))
+        h, w = -(-H // self.blur.stride), -(-W // self.blur.stride)
+        return att.view(Bn, C, h, w)
+
+
+@functools.lru_cache(maxsize=16)
+def _mra_linear_operators(H: int, W: int, k: int, stride: int, padding: tuple[int, ...], pad_mode: str
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(strip basis ``(4 * 3k, hw * hw)``, blur matrix ``(hw, H * W)``) for :meth:`MediumRangeAttention._linear_att`.
+
+    Both are obtained by running the very operations of the convolutional form (reflect-padded blur, strip
+    convs with one-hot kernels, the shears) on one-hot images, so they cannot drift from it.
+    """
+    with torch.inference_mode():
+        eye = torch.eye(H * W, device="cpu").view(H * W, 1, H, W)
+        filt = binomial_filter(4)[None, None]
+        blur = F.conv2d(F.pad(eye, padding, mode=pad_mode), filt, stride=stride)  # HW, 1, h, w
+        h, w = blur.shape[-2:]
+        blur = blur.reshape(H * W, h * w).t().contiguous()
+        img = torch.eye(h * w).view(h * w, 1, h, w)
+        p = k // 2
+        parts = []
+        for kernel, pad, shear, unshear, size in (((k, 3), (p, 1), None, None, None),
+                                                  ((3, k), (1, p), None, None, None),
+                                                  ((k, 3), (p, 1), shear_rows, unshear_rows, w),
+                                                  ((3, k), (1, p), shear_cols, unshear_cols, h)):
+            taps = kernel[0] * kernel[1]
+            onehot = torch.eye(taps).view(taps, 1, *kernel)
+            src = img if shear is None else shear(img)
+            out = F.conv2d(src, onehot, padding=pad)  # (h*w inputs, taps, ...)
+            if unshear is not None:
+                out = unshear(out, size)
+            parts.append(out.reshape(h * w, taps, h * w).permute(1, 2, 0))  # taps, out position, in position
+        basis = torch.cat(parts, dim=0).reshape(-1, h * w * h * w).contiguous()
+    return basis, blur
+
 
 class LargeSelectiveKernel(nn.Module):
     """LSK-style spatial selection between a 5x5 and a dilated 7x7 depthwise branch (official ``GA12`` core)."""
@@ -303,7 +370,7 @@ class LargeSelectiveKernel(nn.Module):
     def __init__(self, dim: int, act_layer: LayerFn) -> None:
         super().__init__()
         self.proj_1 = nn.Conv2d(dim, dim, 1)
-        self.act = act_layer()
+        self.act = _inplace_act(act_layer)
         self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
         self.conv_spatial = nn.Conv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
         self.conv1 = nn.Conv2d(dim, dim // 2, 1)
@@ -401,7 +468,7 @@ class LWGABlock(nn.Module):
         self.split = dim // 4
         self.point_attn = PointAttention(self.split, norm_layer, act_layer)
         self.local_attn = LocalAttention(self.split, norm_layer, act_layer)
-        self.medium_attn = MediumRangeAttention(self.split, kernel_size, norm_layer)
+        self.medium_attn = MediumRangeAttention(self.split, kernel_size, norm_layer, linear_form=stage_idx == 3)
         self.global_attn = GLOBAL_ATTENTION[stage_idx](self.split, norm_layer, act_layer)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio), norm_layer, act_layer)
         # the official block normalises the MLP output *after* drop path, before the residual add
@@ -426,7 +493,7 @@ class DRFD(nn.Module):
         out_dim = dim * 2
         self.conv = nn.Conv2d(dim, out_dim, 3, 1, 1, groups=dim)
         self.conv_c = nn.Conv2d(out_dim, out_dim, 3, 2, 1, groups=out_dim)
-        self.act_c = act_layer()
+        self.act_c = _inplace_act(act_layer)
         self.norm_c = norm_layer(out_dim)
         self.norm_m = norm_layer(out_dim)
         self.fusion = nn.Conv2d(out_dim * 2, out_dim, 1)
@@ -522,7 +589,7 @@ class LWGANet(nn.Module):
         self.head_hidden_size = head_hidden_size
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
         self.conv_head = nn.Conv2d(self.num_features, head_hidden_size, 1, bias=False)
-        self.head_act = act_layer()
+        self.head_act = _inplace_act(act_layer)
         self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
         self.classifier = nn.Linear(head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
