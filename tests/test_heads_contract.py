@@ -140,9 +140,16 @@ def test_supported_heads_follow_the_feature_strides():
 
 
 def test_zoo_info_lists_heads():
+    from zoo.info import format_info
+
     info = zoo.model_info("emov2_1m", macs=False)
     assert info["heads"]["detection"] == ["retinanet", "fcos", "ssdlite", "fasterrcnn"]
     assert info["heads"]["change_detection"] == ["siamese_fpn"]
+    # the line `zoo info emov2_1m` prints
+    line = ("  heads:              classification: linear; detection: retinanet, fcos, ssdlite, fasterrcnn; "
+            "segmentation: fpn, deeplabv3, lraspp, unet; change_detection: siamese_fpn")
+    assert line in format_info(info).splitlines()
+    assert zoo.model_info("lwganet_l0", macs=False)["heads"] == {k: list(v) for k, v in zoo.heads.TASK_HEADS.items()}
 
 
 def test_pretrained_backbone_weights_reach_the_feature_extractor(monkeypatch):
