@@ -49,6 +49,10 @@ def test_table_mode_writes_report_and_plots(tmp_path: Path) -> None:
     for name in ("accuracy_heatmap.png", "ranks.png", "xscore_vs_imagenet.png", "few_datasets.png"):
         assert (out / name).read_bytes()[:8] == PNG
     assert "Few-dataset estimate" in (out / "xscore.txt").read_text()
+    md = (out / "xscore.md").read_text().splitlines()
+    assert md[0] == "| # | model | cifar10 | flowers | pets | chest | mean | worst | stability | xScore |"
+    top = ref.scores[0]
+    assert md[2].startswith(f"| 1 | `{top.model}` | ") and md[2].endswith(f"| {top.xscore:.3f} |")
     with (out / "table.csv").open() as f:
         assert next(csv.reader(f)) == ["model", "cifar10", "flowers", "pets", "chest"]
 

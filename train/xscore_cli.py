@@ -380,7 +380,7 @@ def write_report(report: XScoreReport, out: Path, k: int, top1: Mapping[str, flo
     payload["few_dataset_estimate"] = few.to_dict()
     payload["imagenet_top1"] = {m: top1[m] for m in report.models if m in top1}
     payload["recipe"] = dict(recipe) if recipe else None
-    written = [out / "xscore.json", out / "xscore.txt", out / "table.csv"]
+    written = [out / "xscore.json", out / "xscore.txt", out / "xscore.md", out / "table.csv"]
     (out / "xscore.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [report.format(), "", f"Few-dataset estimate: best {k_eff} of {len(report.datasets)} datasets "
              f"{', '.join(few.best_subset)} (Spearman rho {few.best_rho:.3f} with the full ranking)", "",
@@ -396,6 +396,7 @@ def write_report(report: XScoreReport, out: Path, k: int, top1: Mapping[str, flo
     if recipe:
         lines += ["", "Recipe: " + json.dumps(dict(recipe))]
     (out / "xscore.txt").write_text("\n".join(lines) + "\n")
+    (out / "xscore.md").write_text(markdown_table(report))
     if plots:
         try:
             import matplotlib  # noqa: F401
@@ -405,6 +406,21 @@ def write_report(report: XScoreReport, out: Path, k: int, top1: Mapping[str, flo
         else:
             written += make_plots(report, few, top1, out)
     return written
+
+
+def markdown_table(report: XScoreReport) -> str:
+    """The ranking with every accuracy as a Markdown table (what a README pastes), best model first."""
+    idx = {m: i for i, m in enumerate(report.models)}
+    lines = ["| # | model | " + " | ".join(report.datasets) + " | mean | worst | stability | xScore |",
+             "|---|---|" + "---|" * (len(report.datasets) + 4)]
+    for s in report.scores:
+        accs = " | ".join(f"{a:.3f}" for a in report.accuracy[idx[s.model]].tolist())
+        lines.append(f"| {s.position} | `{s.model}` | {accs} | {s.mean_accuracy:.3f} | {s.worst_accuracy:.3f} | "
+                     f"{s.rank_stability:.3f} | {s.xscore:.3f} |")
+    w = "n/a" if math.isnan(report.kendalls_w) else f"{report.kendalls_w:.3f}"
+    lines.append("")
+    lines.append(f"Kendall's W over {len(report.datasets)} datasets: {w} (xScore weight w = {report.weight}).")
+    return "\n".join(lines) + "\n"
 
 
 def make_plots(report: XScoreReport, few: Any, top1: Mapping[str, float], out: Path) -> list[Path]:
