@@ -19,11 +19,16 @@ Why three forms:
   over the chunk boundaries. It only ever multiplies decays ``exp(Δ A) <= 1`` together: the popular "cumsum in
   log space" form, ``h_t = exp(S_t) Σ_s exp(-S_s) x_s`` with ``S_t = Σ Δ A``, needs ``exp(-S_s)`` which overflows
   float32 as soon as ``|ΣΔA|`` passes ~88 -- at initialisation a 4,096-step sequence already reaches ~1,500.
-  Wide layers (``batch·d_inner·d_state >= STEPWISE_MIN_ELEMS``) instead step through each block with one fused
-  multiply-add per step: each step is then big enough that the chunk bookkeeping costs more than it saves.
-* ``"export"`` -- ``torch._higher_order_ops.scan``: torch.export keeps it as one loop node, which the dynamo ONNX
-  exporter turns into one ONNX ``Scan`` per Mamba layer, so the graph does not grow with the sequence length.
-  Each loop step handles ``export_unroll`` time steps to cut the per-iteration overhead of the runtime.
+  Wide layers (``batch·d_inner·d_state >= STEPWISE_MIN_ELEMS``) instead step through each (L2-cache-sized) block
+  with one fused multiply-add per step: each step is then big enough that the chunk bookkeeping costs more than it
+  saves. Without autograd the whole path works in place in preallocated buffers (on CPU a fresh 8 MB temporary
+  costs more in page faults than the arithmetic that fills it) and computes the decays with ``exp2``.
+* ``"export"`` -- one loop node per Mamba layer, so the graph does not grow with the sequence length. Under the
+  TorchScript ONNX exporter (``torch.onnx.export(..., dynamo=False)``: ~1 s per layer) it is a scripted loop that
+  becomes one ONNX ``Loop`` whose trip count and shapes come from the input (one graph for every input size);
+  under torch.export / the dynamo exporter it is ``torch._higher_order_ops.scan`` (one ONNX ``Scan``; that
+  exporter needs minutes per layer on 2 CPU cores). Each loop step handles ``export_unroll`` time steps to cut the
+  per-iteration overhead of the runtime.
 * ``"cuda"`` -- ``mamba_ssm``'s fused kernel, used by ``"auto"`` when that package imports and the tensors are on
   a CUDA device.
 """
