@@ -138,6 +138,8 @@ def max_pool_3x3(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
     if _tracing() or stride not in (1, 2):
         return F.max_pool2d(x, 3, stride, 1)
     H, W = x.shape[-2:]
+    if stride == 2 and H % 2 == 0 and W % 2 == 0 and not (torch.is_grad_enabled() and x.requires_grad):
+        return _max_pool_3x3_s2_even(_max_pool_3x3_s2_even(x, -2), -1)
     Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
     xp = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
     r = torch.maximum(torch.maximum(xp[..., 0:stride * (Ho - 1) + 1:stride, :],
@@ -145,6 +147,19 @@ def max_pool_3x3(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
                       xp[..., 2:stride * (Ho - 1) + 3:stride, :])
     return torch.maximum(torch.maximum(r[..., 0:stride * (Wo - 1) + 1:stride], r[..., 1:stride * (Wo - 1) + 2:stride]),
                          r[..., 2:stride * (Wo - 1) + 3:stride])
+
+
+def _max_pool_3x3_s2_even(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """One axis of the 3-wide, stride-2, pad-1 max pool on an even-length axis, without padding: output ``i`` is
+    ``max(x[2i], x[2i+1], x[2i-1])`` (the last term absent for ``i = 0``), two ``maximum`` calls, the second one
+    in place."""
+    even = x[..., 0::2, :] if dim == -2 else x[..., 0::2]
+    odd = x[..., 1::2, :] if dim == -2 else x[..., 1::2]
+    r = torch.maximum(even, odd)
+    n = r.shape[dim]
+    tail = r.narrow(dim, 1, n - 1)
+    torch.maximum(tail, odd.narrow(dim, 0, n - 1), out=tail)
+    return r
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -186,7 +201,10 @@ class PointAttention(nn.Module):
         self.mlp = ConvMlp(dim, dim * 4, norm_layer, act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + x * torch.sigmoid(self.mlp(x))
+        gate = torch.sigmoid(self.mlp(x))
+        if torch.is_grad_enabled():
+            return x + x * gate
+        return gate.mul_(x).add_(x)  # same values, no temporaries (x * g == g * x and a + b == b + a exactly)
 
 
 class LocalAttention(nn.Module):
@@ -478,7 +496,8 @@ class LWGABlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2, x3, x4 = torch.split(x, self.split, dim=1)
         y = torch.cat((self.point_attn(x1), self.local_attn(x2), self.medium_attn(x3), self.global_attn(x4)), dim=1)
-        return x + self.mlp_norm(self.drop_path(self.mlp(y)))
+        out = self.mlp_norm(self.drop_path(self.mlp(y)))
+        return out.add_(x)  # x + out, in the fresh norm output (the norm's backward does not read its output)
 
 
 class DRFD(nn.Module):
