@@ -334,6 +334,12 @@ def test_stage4_medium_range_linear_form_equals_the_convolutions() -> None:
         assert not torch.equal(linear_form, torch.zeros_like(linear_form))
     blocks = zoo.create_model("lwganet_l0").stages
     assert [b.medium_attn.linear_form for s in blocks for b in s.blocks] == [False] * 7 + [True] * 2
+    # the cached operators, first built under inference_mode, must still serve training
+    mra = MediumRangeAttention(4, 11, torch.nn.BatchNorm2d, linear_form=True)
+    with torch.inference_mode():
+        mra(torch.randn(1, 4, 9, 9))
+    mra(torch.randn(1, 4, 9, 9)).sum().backward()
+    assert mra.h_strip_sheared.weight.grad.abs().sum() > 0
 
 
 def test_shear_matches_official_on_square_maps() -> None:

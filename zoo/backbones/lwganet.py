@@ -358,7 +358,8 @@ def _mra_linear_operators(H: int, W: int, k: int, stride: int, padding: tuple[in
     Both are obtained by running the very operations of the convolutional form (reflect-padded blur, strip
     convs with one-hot kernels, the shears) on one-hot images, so they cannot drift from it.
     """
-    with torch.inference_mode():
+    # plain tensors even when first called under inference_mode, so training can use the cached operators later
+    with torch.inference_mode(False), torch.no_grad():
         eye = torch.eye(H * W, device="cpu").view(H * W, 1, H, W)
         filt = binomial_filter(4)[None, None]
         blur = F.conv2d(F.pad(eye, padding, mode=pad_mode), filt, stride=stride)  # HW, 1, h, w
