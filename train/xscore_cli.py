@@ -446,8 +446,9 @@ def make_plots(report: XScoreReport, few: Any, top1: Mapping[str, float], out: P
     paths.append(_save(fig, out / "accuracy_heatmap.png"))
     # 2. ranks per dataset
     fig, ax = plt.subplots(figsize=(1.8 + 1.2 * len(datasets), 3.6))
-    for i, m in enumerate(models):
-        ax.plot(range(len(datasets)), report.ranks[i], marker="o", label=m)
+    for i, m in enumerate(models):  # a small horizontal offset per model keeps tied ranks visible
+        dx = 0.08 * (i - (len(models) - 1) / 2) / max(len(models) - 1, 1)
+        ax.plot([j + dx for j in range(len(datasets))], report.ranks[i], marker="o", label=m)
     ax.set_xticks(range(len(datasets)), datasets, rotation=30, ha="right")
     ax.set_ylim(len(models) + 0.5, 0.5)
     ax.set_yticks(range(1, len(models) + 1))
