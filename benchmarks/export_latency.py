@@ -1,26 +1,36 @@
-"""Eager PyTorch vs onnxruntime fp32 vs onnxruntime int8 (static QDQ): median latency and size on disk.
+"""Eager PyTorch vs onnxruntime fp32 vs onnxruntime int8: median latency, ratios and size on disk, one table.
 
-Batch 1, ``--threads`` threads for both runtimes, the three measured in alternation in one process
+Batch 1, ``--threads`` threads for both runtimes (2 by default), the three measured in alternation in one process
 (``zoo.bench.interleaved_latency``) so a busy machine slows them alike. 224x224 (LightM-UNet: 256x256); 3D models
 are skipped. Every ONNX file is parity-checked against PyTorch before it is timed (on weights made informative by
-``export.probe``; the exporter falls back to the other one when its graph does not match). int8 is calibrated on
-synthetic images (no dataset needed), which affects its accuracy, not its speed.
+``export.probe``; the exporter falls back to the other one when its graph does not match). int8 is static QDQ
+calibrated on synthetic images (no dataset needed; this affects its accuracy, not its speed), with the
+``--int8-*`` options of ``export.quantize_int8``.
 
-    python benchmarks/export_latency.py                      # every registered backbone
-    python benchmarks/export_latency.py --models 'emov2_1m' 'lwganet_l0' --peers mobilenetv3_large_100
+Resumable: each model's row is cached as JSON in ``--cache`` (keyed by model, size, threads, rounds, int8 options
+and library versions); a rerun prints cached rows at once and measures only what is missing (``--refresh``
+re-measures). The whole registry takes about 10 minutes on a quiet 2-core machine:
+
+    python benchmarks/export_latency.py --markdown-out /tmp/export_latency.md        # every registered backbone
+    python benchmarks/export_latency.py --models emov2_1m lwganet_l0 --peers           # two models, no peers
+    python benchmarks/export_latency.py --skip 'lightm_unet*'                          # without the slow one
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
+import json
 import os
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
 
 import zoo
@@ -33,64 +43,105 @@ from export.quantize import file_size, quantize_int8
 from zoo.bench import interleaved_latency
 
 SIZE_OVERRIDES = {"lightm_unet": 256}  # family -> input size (LightM-UNet's nnU-Net patch size)
+HEADER = ("| model | input | exporter | eager ms | ORT fp32 ms | ORT int8 ms | eager / fp32 | fp32 / int8 | "
+          "fp32 MB | int8 MB | int8 top-1 agree (synthetic) |")
 
 
-def bench_one(name: str, size: int, threads: int, rounds: int, exporter: str, tmp: Path) -> dict[str, object]:
+def bench_one(name: str, size: int, threads: int, rounds: int, exporter: str, int8_opts: dict[str, object],
+              tmp: Path) -> dict[str, object]:
     torch.set_num_threads(threads)
     model = zoo.create_model(name).eval()
     pre = preprocessing(model)
     c = pre["default_input_size"][0]
     make_informative(model, (c, size, size))  # untrained weights: make parity meaningful (export.probe)
+    t0 = time.perf_counter()
     ex, parity = export_onnx_verified(model, tmp / f"{name}.onnx", (c, size, size), exporter=exporter, n_random=2)
+    t_export = time.perf_counter() - t0
     calib = synthetic_calibration(ex.spec.input_size, 1, 16, pre["mean"], pre["std"])
     q = quantize_int8(ex.path, tmp / f"{name}.int8.onnx", ex.spec, calib, calibration_source="synthetic",
-                      threads=threads, latency_rounds=0)
+                      threads=threads, latency_rounds=0, **int8_opts)  # type: ignore[arg-type]
     fp32, int8 = make_session(ex.path, threads), make_session(q.path, threads)
     x = np.random.default_rng(0).standard_normal((1, c, size, size)).astype(np.float32)
     xt = torch.from_numpy(x)
-    times = interleaved_latency({"eager": lambda: model(xt), "fp32": lambda: fp32.run(None, {"input": x}),
-                                 "int8": lambda: int8.run(None, {"input": x})}, warmup=5, rounds=rounds)
+    with torch.no_grad():
+        times = interleaved_latency({"eager": lambda: model(xt), "fp32": lambda: fp32.run(None, {"input": x}),
+                                     "int8": lambda: int8.run(None, {"input": x})}, warmup=5, rounds=rounds)
     return {"model": name, "size": size, "exporter": ex.exporter, "parity": parity.max_abs_diff,
             "eager": times["eager"], "fp32": times["fp32"], "int8": times["int8"],
-            "mb_fp32": file_size(ex.path) / 1e6, "mb_int8": file_size(q.path) / 1e6, "agree": q.agreement}
+            "mb_fp32": file_size(ex.path) / 1e6, "mb_int8": file_size(q.path) / 1e6, "agree": q.agreement,
+            "export_s": t_export, "int8_options": int8_opts}
+
+
+def row(r: dict[str, object]) -> str:
+    return (f"| {r['model']} | {r['size']}² | {r['exporter']} | {r['eager']:.1f} | {r['fp32']:.1f} | "
+            f"{r['int8']:.1f} | {r['eager'] / r['fp32']:.2f}x | {r['fp32'] / r['int8']:.2f}x | "
+            f"{r['mb_fp32']:.1f} | {r['mb_int8']:.1f} | {100 * r['agree']:.0f}% |")
+
+
+def cache_key(name: str, size: int, args: argparse.Namespace, int8_opts: dict[str, object]) -> str:
+    versions = (torch.__version__, onnxruntime.__version__, zoo.__version__)
+    text = json.dumps([name, size, args.threads, args.rounds, args.exporter, int8_opts, versions], sort_keys=True)
+    return f"{name}_{size}_{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", default=["*"], help="zoo model names or patterns (default: all)")
-    p.add_argument("--peers", nargs="*", default=["mobilenetv3_large_100"], help="timm models for reference")
+    p.add_argument("--skip", nargs="*", default=[], help="model names or patterns to leave out")
+    p.add_argument("--peers", nargs="*", default=["mobilenetv3_large_100"], help="timm models for reference "
+                                                                                 "(--peers alone: none)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--exporter", choices=("dynamo", "legacy"), default="legacy",
                    help="exporter tried first (legacy: fast; falls back to dynamo when its graph is wrong)")
+    p.add_argument("--int8-format", choices=("qdq", "qoperator"), default="qdq")
+    p.add_argument("--int8-reduce-range", action="store_true")
+    p.add_argument("--int8-exclude-depthwise", action="store_true")
+    p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lightzoo_export_latency"),
+                   help="folder of per-model result rows (resume)")
+    p.add_argument("--refresh", action="store_true", help="re-measure models that have a cached row")
+    p.add_argument("--markdown-out", help="also write the table to this file")
     args = p.parse_args(argv)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     warnings.simplefilter("ignore")
+    int8_opts: dict[str, object] = {"quant_format": args.int8_format, "reduce_range": args.int8_reduce_range,
+                                    "exclude_depthwise": args.int8_exclude_depthwise}
     names = [n for n in zoo.list_models() if any(fnmatch.fnmatch(n, pat) for pat in args.models)]
+    names = [n for n in names + list(args.peers) if not any(fnmatch.fnmatch(n, pat) for pat in args.skip)]
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    lines = [HEADER, "|" + "---|" * 11]
+    print("\n".join(lines), flush=True)
     rows = []
-    header = ("| model | input | exporter | eager ms | ORT fp32 ms | ORT int8 ms | fp32 / eager | int8 / fp32 | "
-              "fp32 MB | int8 MB | int8 top-1 agree (synthetic) |")
-    print(header + "\n|" + "---|" * 11, flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in names + list(args.peers):
-            model_family = zoo.registry._ZOO_MODELS.get(name, "timm")
-            if getattr(zoo.create_model(name), "spatial_dims", 2) == 3:
-                print(f"| {name} | 3D model: skipped (2D benchmark) |", flush=True)
-                continue
-            size = SIZE_OVERRIDES.get(model_family, args.size)
+    for name in names:
+        family = zoo.registry._ZOO_MODELS.get(name, "timm")
+        if getattr(zoo.create_model(name), "spatial_dims", 2) == 3:
+            print(f"3D model {name}: skipped (2D benchmark)", file=sys.stderr)
+            continue
+        size = SIZE_OVERRIDES.get(family, args.size)
+        cached = cache / cache_key(name, size, args, int8_opts)
+        if cached.exists() and not args.refresh:
+            r = json.loads(cached.read_text())
+        else:
             try:
-                r = bench_one(name, size, args.threads, args.rounds, args.exporter, Path(tmp))
+                with tempfile.TemporaryDirectory() as tmp:
+                    r = bench_one(name, size, args.threads, args.rounds, args.exporter, int8_opts, Path(tmp))
             except Exception as e:  # noqa: BLE001 - report the row and go on with the other models
-                print(f"| {name} | {size} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} |", flush=True)
+                line = f"| {name} | {size}² | failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} |"
+                print(line, flush=True)
+                lines.append(line)
                 continue
-            rows.append(r)
-            print(f"| {r['model']} | {size}² | {r['exporter']} | {r['eager']:.1f} | {r['fp32']:.1f} | {r['int8']:.1f} "
-                  f"| {r['eager'] / r['fp32']:.2f}x | {r['fp32'] / r['int8']:.2f}x | {r['mb_fp32']:.1f} | "
-                  f"{r['mb_int8']:.1f} | {100 * r['agree']:.0f}% |", flush=True)
+            cached.write_text(json.dumps(r, indent=1))
+        rows.append(r)
+        lines.append(row(r))
+        print(lines[-1], flush=True)
+    if args.markdown_out:
+        Path(args.markdown_out).write_text("\n".join(lines) + "\n")
     missed = [r["model"] for r in rows if r["eager"] / r["fp32"] < 2.0]
     slow8 = [r["model"] for r in rows if r["fp32"] / r["int8"] < 1.5]
-    print(f"\nORT fp32 >= 2x eager: {'all' if not missed else 'not met for ' + ', '.join(missed)}", file=sys.stderr)
+    print(f"\n{args.threads} threads, batch 1, int8 options {int8_opts}; cache {cache}", file=sys.stderr)
+    print(f"ORT fp32 >= 2x eager: {'all' if not missed else 'not met for ' + ', '.join(missed)}", file=sys.stderr)
     print(f"ORT int8 >= 1.5x fp32: {'all' if not slow8 else 'not met for ' + ', '.join(slow8)}", file=sys.stderr)
     return 0
 

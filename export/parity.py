@@ -23,6 +23,10 @@ from zoo.errors import ExportError
 from .spec import DEFAULT_ATOL, ExportSpec, as_tuple, build_adapter
 
 Batch = tuple[np.ndarray, ...]  # one array per graph input, batch first
+#: when the fixed tolerance fails, the file still passes if its diff is within this many times PyTorch's own
+#: float32 error (against a float64 run): two float32 computations that each err by e can differ by 2e, and the
+#: max over many outputs is noisier still; a wrong graph is off by orders of magnitude more (EMOv2's legacy bug: ~2)
+NOISE_FLOOR_FACTOR = 3.0
 
 
 def make_session(path: str | os.PathLike, threads: int | None = None, optimize: bool = True):  # -> InferenceSession
@@ -116,6 +120,13 @@ class ParityReport:
     min_agreement: float
     primary_output: str
     sets: list[ParitySet] = field(default_factory=list)
+    #: max |PyTorch float32 - PyTorch float64| over the same inputs, measured only when ``atol`` alone fails
+    noise_floor: float | None = None
+
+    @property
+    def effective_atol(self) -> float:
+        """``atol``, or ``NOISE_FLOOR_FACTOR`` x the float32 noise floor when that is larger (see check_parity)."""
+        return max(self.atol, NOISE_FLOOR_FACTOR * self.noise_floor) if self.noise_floor is not None else self.atol
 
     @property
     def max_abs_diff(self) -> float:
@@ -129,7 +140,7 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_diff <= self.atol and self.agreement >= self.min_agreement
+        return self.max_abs_diff <= self.effective_atol and self.agreement >= self.min_agreement
 
     def summary(self) -> str:
         lines = [f"parity {self.label} ({Path(self.path).name}): {'OK' if self.passed else 'FAILED'}"]
@@ -138,12 +149,17 @@ class ParityReport:
             lines.append(f"  {s.source} inputs, {s.samples} samples: max abs diff {diffs}; tolerance {self.atol:.0e}")
             lines.append(f"  {s.source} inputs: top-1 agreement on {self.primary_output} {100 * s.agreement:.2f}% "
                          f"({s.agree}/{s.total}); required {100 * self.min_agreement:.2f}%")
+        if self.noise_floor is not None:
+            lines.append(f"  PyTorch float32 is {self.noise_floor:.2e} from PyTorch float64 on these inputs (its own "
+                         f"rounding noise); tolerance raised to {NOISE_FLOOR_FACTOR:g} x that = "
+                         f"{self.effective_atol:.2e}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "label": self.label, "passed": self.passed, "atol": self.atol, "min_agreement": self.min_agreement,
             "max_abs_diff": self.max_abs_diff, "top1_agreement": self.agreement,
+            "float32_noise_floor": self.noise_floor, "effective_atol": self.effective_atol,
             "sets": [{"source": s.source, "samples": s.samples, "max_abs_diff": s.max_abs_diff,
                       "top1_agreement": s.agreement} for s in self.sets],
         }
@@ -193,6 +209,7 @@ def check_parity(
     threads: int | None = None,
     label: str = "fp32",
     raise_on_fail: bool = True,
+    noise_floor: bool = True,
 ) -> ParityReport:
     """Run ``path`` (``.onnx`` or ``.ort``) in onnxruntime and ``model`` in PyTorch on the same inputs and compare.
 
@@ -200,6 +217,11 @@ def check_parity(
     preprocessed calibration images; one array per graph input) when given. Fails with :class:`ExportError`
     carrying the full report when any max abs diff exceeds ``atol`` (per task default: ``DEFAULT_ATOL``) or the
     agreement falls below ``min_agreement`` (100% by default).
+
+    Deep float32 networks can be less exact than ``atol`` by themselves (phc_resnet50 at 32x32: PyTorch's float32
+    logits are 1.6e-4 from float64, so no float32 runtime can match them within 1e-4). So when ``atol`` fails and
+    ``noise_floor`` is on, PyTorch is rerun in float64 on the same inputs, and the file passes if its diff is within
+    ``NOISE_FLOOR_FACTOR`` times PyTorch's own float32 error; the report prints that floor and the raised tolerance.
     """
     atol = DEFAULT_ATOL[spec.task] if atol is None else atol
     adapter = build_adapter(model.eval().float().cpu(), spec)
@@ -208,13 +230,48 @@ def check_parity(
     inputs: list[tuple[str, Batch]] = [("random", random_batch(spec, n_random, seed))]
     if images is not None and len(images[0]):
         inputs.append(("images", images))
+    runs = []
     for source, batch in inputs:
         ref = torch_outputs(adapter, batch, batchless=batchless_indices(spec))
         got = run_session(session, batch, spec.input_names, batchless_indices(spec))
+        runs.append((source, batch, ref, got))
         report.sets.append(compare_outputs(source, len(batch[0]), ref, got, spec, atol))
+    if noise_floor and report.max_abs_diff > atol:
+        report.noise_floor = float64_noise_floor(adapter, runs, spec)
+        if report.noise_floor is not None:  # agreement's tie rule uses the raised tolerance too
+            report.sets = [compare_outputs(src, len(b[0]), r, g, spec, report.effective_atol)
+                           for src, b, r, g in runs]
     if raise_on_fail and not report.passed:
         raise ExportError(f"the exported model does not match PyTorch:\n{report.summary()}")
     return report
+
+
+@torch.no_grad()
+def float64_noise_floor(adapter: nn.Module, runs: Sequence[tuple[str, Batch, list[np.ndarray], list[np.ndarray]]],
+                        spec: ExportSpec) -> float | None:
+    """max |PyTorch float32 - PyTorch float64| over the runs' outputs; ``None`` when the model cannot run in
+    float64 (an op without a float64 kernel, a hard-coded float32 cast)."""
+    import copy
+
+    try:
+        double = copy.deepcopy(adapter).double()
+        worst = 0.0
+        for _, batch, ref, _ in runs:
+            exact = torch_outputs_dtype(double, batch, torch.float64, batchless_indices(spec))
+            worst = max(worst, *(float(np.max(np.abs(e - r))) if r.size else 0.0 for e, r in zip(exact, ref)))
+        return worst
+    except Exception:  # noqa: BLE001 - no floor: the fixed tolerance decides
+        return None
+
+
+def torch_outputs_dtype(adapter: nn.Module, batch: Batch, dtype: torch.dtype, batchless: Sequence[int] = (),
+                        chunk: int = 8) -> list[np.ndarray]:
+    n = batch[0].shape[0]
+    chunks = []
+    for i in range(0, n, chunk):
+        outs = as_tuple(adapter(*(torch.from_numpy(np.ascontiguousarray(a[i:i + chunk])).to(dtype) for a in batch)))
+        chunks.append([o.detach().double().numpy() for o in outs])
+    return _concat(chunks, batchless)
 
 
 def compare_files(reference_path: str | os.PathLike, path: str | os.PathLike, spec: ExportSpec, batch: Batch,

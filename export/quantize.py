@@ -24,6 +24,7 @@ from .parity import Batch, agreement, batchless_indices, make_session, run_sessi
 from .spec import ExportSpec
 
 MODES = ("static", "dynamic")
+FORMATS = ("qdq", "qoperator")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class QuantReport:
     agree: int
     total: int
     max_abs_diff: float
+    options: dict[str, object] | None = None
 
     @property
     def agreement(self) -> float:
@@ -59,7 +61,8 @@ class QuantReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, object]:
-        return {"mode": self.mode, "calibration": self.calibration, "calibration_samples": self.calibration_samples,
+        return {"mode": self.mode, "options": self.options, "calibration": self.calibration,
+                "calibration_samples": self.calibration_samples,
                 "size_fp32_bytes": self.size_fp32, "size_int8_bytes": self.size_int8,
                 "latency_fp32_ms": self.latency_fp32_ms, "latency_int8_ms": self.latency_int8_ms,
                 "top1_agreement_with_fp32": self.agreement, "max_abs_diff_vs_fp32": self.max_abs_diff}
@@ -90,6 +93,15 @@ def file_size(path: str | os.PathLike) -> int:
     return path.stat().st_size + (side.stat().st_size if side.exists() else 0)
 
 
+def depthwise_convs(path: str | os.PathLike) -> list[str]:
+    """Names of the grouped (depthwise) Conv nodes in an ONNX file."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [n.name for n in graph.node
+            if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
 def quantize_int8(
     onnx_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -99,11 +111,19 @@ def quantize_int8(
     mode: str = "static",
     calibration_source: str = "images",
     per_channel: bool = True,
+    quant_format: str = "qdq",
+    reduce_range: bool = False,
+    exclude_depthwise: bool = False,
     threads: int = 2,
     latency_rounds: int = 20,
 ) -> QuantReport:
     """Quantize ``onnx_path`` to ``out_path`` and compare the two on ``calibration`` (one array per graph input).
 
+    Static-mode knobs (for speed experiments; the defaults are the portable choice): ``quant_format`` ``"qdq"``
+    (QuantizeLinear/DequantizeLinear pairs around float ops: what onnxruntime mobile, NNAPI and XNNPACK consume) or
+    ``"qoperator"`` (QLinearConv/QLinearMatMul/... ops; desktop onnxruntime only); ``reduce_range`` (7-bit weights,
+    which avoids the int16 saturation of the AVX2 u8s8 kernels on CPUs without VNNI); ``exclude_depthwise``
+    (keep depthwise convolutions in float: they are memory-bound, so quantizing them mostly adds Q/DQ work).
     ``latency_rounds=0`` skips the latency measurement (tests; the figures are then ``None``).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -111,6 +131,8 @@ def quantize_int8(
 
     if mode not in MODES:
         raise ExportError(f"unknown int8 mode {mode!r}; choose one of {', '.join(MODES)}")
+    if quant_format not in FORMATS:
+        raise ExportError(f"unknown int8 format {quant_format!r}; choose one of {', '.join(FORMATS)}")
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     fp32 = make_session(onnx_path, threads=threads)
     step = session_batch(fp32) or min(len(calibration[0]), 8)
@@ -124,10 +146,12 @@ def quantize_int8(
                   file=sys.stderr)
         try:
             if mode == "static":
+                fmt = QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator
                 quantize_static(str(pre), str(out_path), _Reader(calibration, spec.input_names, step),
-                                quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                                quant_format=fmt, per_channel=per_channel, reduce_range=reduce_range,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=CalibrationMethod.MinMax,
+                                nodes_to_exclude=depthwise_convs(pre) if exclude_depthwise else None,
                                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
             else:
                 quantize_dynamic(str(pre), str(out_path), per_channel=per_channel, weight_type=QuantType.QInt8)
@@ -149,4 +173,7 @@ def quantize_int8(
         lat_fp32, lat_int8 = times["fp32"], times["int8"]
     return QuantReport(out_path, mode, calibration_source if mode == "static" else "none (dynamic)",
                        len(calibration[0]), file_size(onnx_path), file_size(out_path), lat_fp32, lat_int8,
-                       agree, total, max_diff)
+                       agree, total, max_diff,
+                       {"format": quant_format, "per_channel": per_channel, "reduce_range": reduce_range,
+                        "exclude_depthwise": exclude_depthwise} if mode == "static" else
+                       {"per_channel": per_channel})

@@ -229,3 +229,27 @@ def test_cli_errors_are_reported_by_the_dispatcher(tmp_path: Path, capsys) -> No
     assert "does not exist" in capsys.readouterr().err
     assert main(["export", "mobilenetv3_smal_050", "--out", str(tmp_path)]) == 1
     assert "did you mean" in capsys.readouterr().err
+
+
+def test_hypercomplex_layers_export_as_plain_weights_and_quantize(tmp_path: Path) -> None:
+    # a PH conv rebuilds its weight from kron(A_i, F_i) every forward; exported as is, its weight would not be an
+    # initializer (both exporters keep the MatMul), so int8 could not quantize it. The export materializes a copy;
+    # the caller's model is untouched.
+    from zoo.layers.hypercomplex import PHConv2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(PHConv2d(4, 16, 3, n=4, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 3)).eval()
+    ex, parity = export_onnx_verified(model, tmp_path / "ph.onnx", (4, 8, 8), exporter="legacy", fallback=False,
+                                      n_random=2, optimize=False)
+    assert parity.passed and isinstance(model[0], PHConv2d)
+    graph = onnx.load(str(ex.path)).graph
+    conv = next(n for n in graph.node if n.op_type == "Conv")
+    weights = {i.name: i for i in graph.initializer}
+    assert conv.input[1] in weights and list(weights[conv.input[1]].dims) == [16, 4, 3, 3]
+    assert not [n.op_type for n in graph.node if n.op_type in ("MatMul", "Einsum")]  # no run-time Kronecker
+    calib = (np.random.default_rng(0).standard_normal((4, 4, 8, 8)).astype(np.float32),)
+    q = export.quantize_int8(ex.path, tmp_path / "ph.int8.onnx", ex.spec, calib, latency_rounds=0)
+    assert q.options == {"format": "qdq", "per_channel": True, "reduce_range": False, "exclude_depthwise": False}
+    int8_graph = onnx.load(str(q.path)).graph
+    assert any(i.data_type == onnx.TensorProto.INT8 and list(i.dims) == [16, 4, 3, 3] for i in int8_graph.initializer)

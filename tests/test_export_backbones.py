@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import zoo
+from export.parity import NOISE_FLOOR_FACTOR
 from export.pipeline import export_onnx_verified
 from export.probe import make_informative
 from export.spec import DEFAULT_ATOL
@@ -18,14 +19,14 @@ from export.spec import DEFAULT_ATOL
 # Families whose export is too slow for every commit (none at present: LightM-UNet's scan now exports through the
 # TorchScript exporter as one ONNX Loop per Mamba layer, ~15 s of CPU per model at the smallest input).
 SLOW_EXPORT_FAMILIES: dict[str, str] = {}
-# Input sizes for models whose smallest input is numerically degenerate. phc_resnet50 at 32^2 reaches stage 4 at
-# 1x1, where its 3x3 convolutions see mostly padding and the probe's re-estimated BatchNorm gains reach ~100: there
-# PyTorch's own float32 logits are 1.6e-4 from a float64 run of the same model, so no float32 runtime can agree
-# with it within 1e-4 (onnxruntime: 2.1e-4 from PyTorch, 0.95e-4 from float64). Materialising the Kronecker
-# weights (zoo.layers.materialize_ph_layers) changes nothing: the eager outputs are bit-identical and the ONNX
-# drift the same, so the PH weights are not the cause. At 64^2 (stage 4 at 2x2) PyTorch is 6.2e-5 from float64
-# and onnxruntime 6.7e-5 from PyTorch (ORT graph optimisation on), within the 1e-4 default.
-INPUT_OVERRIDES = {"phc_resnet50": (3, 64, 64)}
+# Models whose float32 logits are, in PyTorch itself, further than 1e-4 from exact arithmetic at the test input.
+# phc_resnet50 at 32^2 reaches stage 4 at 1x1, where its 3x3 convolutions see mostly padding and the probe's
+# re-estimated BatchNorm gains reach ~100: PyTorch float32 is 1.6e-4 from a float64 run of the same model, so no
+# float32 runtime can match it within 1e-4 (onnxruntime: 2.1e-4 from PyTorch, 0.95e-4 from float64). The PH
+# weights are not the cause: materialised (zoo.layers.materialize_ph_layers, as the export now does) the eager
+# outputs are bit-identical and the drift the same. Even at 64^2 the diff was 0.7-1.1e-4 depending on the init.
+# For these the parity check's float64 noise floor applies (export.parity.NOISE_FLOOR_FACTOR x PyTorch's own error).
+FLOAT32_NOISY = {"phc_resnet50"}
 
 
 def _param(name: str):
@@ -57,13 +58,17 @@ def test_backbones_are_registered() -> None:
 @pytest.mark.parametrize("name", BACKBONES)
 def test_backbone_exports_to_onnx_with_logit_parity(name: str, tmp_path) -> None:
     model = zoo.create_model(name, num_classes=8).eval()
-    size = INPUT_OVERRIDES.get(name) or smallest_input(model)
+    size = smallest_input(model)
     make_informative(model, size)
     ex, parity = export_onnx_verified(model, tmp_path / f"{name}.onnx", size, exporter="legacy", n_random=2,
                                       optimize=False)
     assert parity.passed and parity.agreement == 1.0
     assert ex.spec.input_names == ["input"] and ex.spec.output_names == ["logits"]
-    if ex.spec.task == "classification":
+    if name in FLOAT32_NOISY:  # passes on the float64 noise floor, which the report carries
+        assert parity.noise_floor is not None and parity.noise_floor > 1e-4 / NOISE_FLOOR_FACTOR
+        assert DEFAULT_ATOL["classification"] < parity.max_abs_diff <= NOISE_FLOOR_FACTOR * parity.noise_floor
+    elif ex.spec.task == "classification":
+        assert parity.noise_floor is None  # the fixed tolerance held
         assert parity.max_abs_diff <= DEFAULT_ATOL["classification"] == 1e-4
     else:  # LightM-UNet is a whole segmentation network: per-pixel logits, the dense tolerance
         assert ex.spec.task == "segmentation" and parity.max_abs_diff <= DEFAULT_ATOL["segmentation"]
