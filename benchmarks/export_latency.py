@@ -60,7 +60,9 @@ def bench_one(name: str, size: int, threads: int, rounds: int, exporter: str, in
     calib = synthetic_calibration(ex.spec.input_size, 1, 16, pre["mean"], pre["std"])
     q = quantize_int8(ex.path, tmp / f"{name}.int8.onnx", ex.spec, calib, calibration_source="synthetic",
                       threads=threads, latency_rounds=0, **int8_opts)  # type: ignore[arg-type]
-    fp32, int8 = make_session(ex.path, threads), make_session(q.path, threads)
+    # no busy-waiting onnxruntime threads: timed in alternation, they would steal PyTorch's cores (measured on the
+    # loaded 2-core machine: eager emov2_1m 7.7 s per image next to spinning sessions, 0.13 s alone)
+    fp32, int8 = make_session(ex.path, threads, spin=False), make_session(q.path, threads, spin=False)
     x = np.random.default_rng(0).standard_normal((1, c, size, size)).astype(np.float32)
     xt = torch.from_numpy(x)
     with torch.no_grad():
@@ -80,7 +82,8 @@ def row(r: dict[str, object]) -> str:
 
 def cache_key(name: str, size: int, args: argparse.Namespace, int8_opts: dict[str, object]) -> str:
     versions = (torch.__version__, onnxruntime.__version__, zoo.__version__)
-    text = json.dumps([name, size, args.threads, args.rounds, args.exporter, int8_opts, versions], sort_keys=True)
+    text = json.dumps([name, size, args.threads, args.rounds, args.exporter, int8_opts, versions, "nospin"],
+                      sort_keys=True)
     return f"{name}_{size}_{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
 
 

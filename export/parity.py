@@ -29,11 +29,18 @@ Batch = tuple[np.ndarray, ...]  # one array per graph input, batch first
 NOISE_FLOOR_FACTOR = 3.0
 
 
-def make_session(path: str | os.PathLike, threads: int | None = None, optimize: bool = True):  # -> InferenceSession
-    """An onnxruntime CPU session for an ``.onnx`` or ``.ort`` file (onnxruntime reads the format from the suffix)."""
+def make_session(path: str | os.PathLike, threads: int | None = None, optimize: bool = True,
+                 spin: bool = True):  # -> InferenceSession
+    """An onnxruntime CPU session for an ``.onnx`` or ``.ort`` file (onnxruntime reads the format from the suffix).
+
+    ``spin=False`` stops the intra-op threads from busy-waiting after each run: needed when PyTorch and
+    onnxruntime are timed in alternation, where the spinning threads otherwise steal the cores PyTorch runs on.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
