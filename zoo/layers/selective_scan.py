@@ -336,7 +336,11 @@ def _loop_script_source(k: int) -> str:
     """
     steps = "".join(
         f"        h = torch.exp(dts[{i}].unsqueeze(-1) * a) * h + dtus[{i}].unsqueeze(-1) * bs[{i}].unsqueeze(1)\n"
-        f"        ys.append((h * cs[{i}].unsqueeze(1)).sum(-1))\n" for i in range(k))
+        f"        y{i} = (h * cs[{i}].unsqueeze(1)).sum(-1)\n" for i in range(k))
+    # one append per iteration: the exporter then turns the list into the Loop's scan output (one tensor written
+    # per iteration); several appends would stay an ONNX sequence, which onnxruntime copies on every insert
+    # (quadratic in the number of iterations)
+    steps += f"        ys.append(torch.stack([{', '.join(f'y{i}' for i in range(k))}], 0))\n"
     return (
         "def loop(dt: Tensor, dtu: Tensor, b: Tensor, c: Tensor, a: Tensor) -> Tensor:\n"
         "    # dt, dtu: (L, batch, d); b, c: (L, batch, n); a: (d, n) -> y: (L, batch, d)\n"
@@ -354,7 +358,7 @@ def _loop_script_source(k: int) -> str:
         f"        bs = b[s * {k}:(s + 1) * {k}]\n"
         f"        cs = c[s * {k}:(s + 1) * {k}]\n"
         + steps +
-        "    return torch.stack(ys, 0)[:seqlen]\n"
+        "    return torch.cat(ys, 0)[:seqlen]\n"
     )
 
 
