@@ -1,7 +1,7 @@
 """Every task and every head on each of LightZoo's ``emov2_1m`` and ``lwganet_l0`` and on a small timm model:
 a few training steps on a fixed synthetic batch (finite losses that decrease, gradients reaching the backbone) and
 one eval pass whose output has the documented keys, shapes, dtypes and value ranges. Tiny inputs and narrow heads
-keep the 30 cases fast (about 1 CPU-second each)."""
+keep the 30 cases at about 40 CPU-seconds in all (1 thread)."""
 
 import math
 import re
