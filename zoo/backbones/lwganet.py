@@ -40,6 +40,7 @@ from timm.layers import DropPath, SelectAdaptivePool2d, get_act_layer, trunc_nor
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ..errors import InputShapeError
 from ..layers.blurpool import BlurPool2dAsym, binomial_filter
@@ -316,7 +317,9 @@ class MediumRangeAttention(nn.Module):
         self.linear_form = linear_form
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.linear_form and not _graph_capture():
+        if self.linear_form and not _graph_capture() and not x.is_meta and not is_in_torch_dispatch_mode():
+            # (FlopCounterMode and other dispatch modes see the convolutional form, so counted MACs stay those
+            # of the architecture)
             return mul_nearest_upsampled(x, torch.sigmoid(self.norm(self._linear_att(max_pool_3x3(x, 1)))))
         # Same convolutions, in the same order, as the official code. Merging them (e.g. the two strips into one
         # k x k kernel) is mathematically equal but rounds differently, and the 2x2 max-unpooling downstream is
@@ -359,7 +362,7 @@ def _mra_linear_operators(H: int, W: int, k: int, stride: int, padding: tuple[in
     convs with one-hot kernels, the shears) on one-hot images, so they cannot drift from it.
     """
     # plain tensors even when first called under inference_mode, so training can use the cached operators later
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), torch.device("cpu"):
         eye = torch.eye(H * W, device="cpu").view(H * W, 1, H, W)
         filt = binomial_filter(4)[None, None]
         blur = F.conv2d(F.pad(eye, padding, mode=pad_mode), filt, stride=stride)  # HW, 1, h, w
