@@ -19,7 +19,6 @@ outputs; decoding and NMS are :func:`export.detection_postprocess` (see :mod:`ex
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -165,27 +164,10 @@ def build_spec(task: str, input_size: tuple[int, ...], dynamic_batch: bool = Fal
                       class_axis=2, batchless_outputs=["anchors"])
 
 
-def deployable(model: nn.Module) -> nn.Module:
-    """``model``, or a copy with its parameterized-hypercomplex layers materialized into plain Conv2d / Linear.
-
-    A PH layer builds its weight ``sum_i kron(A_i, F_i)`` in every forward; exported as is, the graph recomputes
-    it on every run and its convolution weights are not initializers, so int8 quantization cannot convert them
-    (the int8 file of PHC-ResNet18 was no smaller than fp32). The materialized copy computes bit-identical
-    outputs in PyTorch (the same weight tensor reaches the same conv2d call), so parity is still against the
-    model as given.
-    """
-    from zoo.layers.hypercomplex import PHConv2d, PHMLinear, materialize_ph_layers
-
-    if not any(isinstance(m, (PHConv2d, PHMLinear)) for m in model.modules()):
-        return model
-    return materialize_ph_layers(copy.deepcopy(model)).eval()
-
-
 def build_adapter(model: nn.Module, spec: ExportSpec) -> nn.Module:
     """Wrap ``model`` so its forward takes the spec's inputs and returns its outputs as a tuple or tensor."""
     if isinstance(model, (ClassificationAdapter, ChangeAdapter)) or getattr(model, "is_export_adapter", False):
         return model
-    model = deployable(model)
     if spec.task == "classification":
         return ClassificationAdapter(model).eval()
     if spec.task == "segmentation":
