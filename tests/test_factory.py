@@ -131,3 +131,11 @@ def test_import_zoo_does_not_import_train_or_export() -> None:
             "print(any(m.split('.')[0] in ('train', 'export') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_input_check_lets_shape_only_meta_runs_through() -> None:
+    """The factory's input check must not read values of meta tensors (shape probes, MAC counting)."""
+    with torch.device("meta"):
+        model = zoo.create_model("lwganet_l0").eval()
+    out = model(torch.zeros(1, 3, 96, 96, device="meta"))
+    assert out.shape == (1, 1000) and out.is_meta

@@ -49,6 +49,8 @@ def check_image_tensor(x: Any, what: str, want: torch.dtype | None) -> None:
     """Raise :class:`InputShapeError` for an image tensor no model can take (dtype, empty batch, NaN/Inf)."""
     if not isinstance(x, torch.Tensor):  # FX proxies, lists handled by the caller, None: not ours to judge
         return
+    if x.is_meta:  # shape-only runs (MAC counting, size probes) have no values to check
+        return
     shape = tuple(x.shape)
     if not x.is_floating_point():
         raise InputShapeError(
@@ -62,7 +64,7 @@ def check_image_tensor(x: Any, what: str, want: torch.dtype | None) -> None:
         raise InputShapeError(f"{what} is an empty batch (shape {shape}); pass at least one image")
     # fast path: one reduction (a NaN or Inf anywhere makes the sum non-finite); the exact count only on failure,
     # where a sum that merely overflowed (values near float max) is let through
-    if x.numel() and not bool(torch.isfinite(x.sum())):
+    if x.numel() and not x.is_meta and not bool(torch.isfinite(x.sum())):  # meta: shape-only runs have no values
         n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
         if not n_nan and not n_inf:
             return
