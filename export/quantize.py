@@ -9,9 +9,11 @@ ranges computed at run time; no calibration data; mostly helps MatMul/Gemm-heavy
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +104,19 @@ def depthwise_convs(path: str | os.PathLike) -> list[str]:
             if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
 
 
+@contextlib.contextmanager
+def _working_directory(path: str | os.PathLike) -> Iterator[None]:
+    """Run a block in ``path``: onnxruntime's symbolic shape inference writes its debugging dump
+    (``sym_shape_infer_temp.onnx`` and a uuid-named ``.data`` file) into the current directory when it gives up,
+    which would litter the user's folder with a copy of the weights."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def quantize_int8(
     onnx_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -133,13 +148,14 @@ def quantize_int8(
         raise ExportError(f"unknown int8 mode {mode!r}; choose one of {', '.join(MODES)}")
     if quant_format not in FORMATS:
         raise ExportError(f"unknown int8 format {quant_format!r}; choose one of {', '.join(FORMATS)}")
-    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    onnx_path, out_path = Path(onnx_path).resolve(), Path(out_path).resolve()
     fp32 = make_session(onnx_path, threads=threads)
     step = session_batch(fp32) or min(len(calibration[0]), 8)
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         try:
-            quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=False)
+            with _working_directory(tmp):  # on failure it dumps sym_shape_infer_temp.onnx + data into the cwd
+                quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=False)
         except Exception as e:  # noqa: BLE001 - symbolic shape inference fails on some graphs; ONNX's is enough
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
             print(f"note: symbolic shape inference failed ({type(e).__name__}); used ONNX shape inference",

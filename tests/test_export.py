@@ -251,3 +251,25 @@ def test_hypercomplex_layers_keep_their_factors_in_fp32_and_quantize_in_int8(tmp
     assert q.options == {"format": "qdq", "per_channel": True, "reduce_range": False, "exclude_depthwise": False}
     int8_graph = onnx.load(str(q.path)).graph
     assert any(i.data_type == onnx.TensorProto.INT8 and list(i.dims) == [16, 4, 3, 3] for i in int8_graph.initializer)
+
+
+def test_int8_leaves_nothing_in_the_working_directory_when_symbolic_shapes_fail(tmp_path: Path, monkeypatch) -> None:
+    # onnxruntime's symbolic shape inference dumps sym_shape_infer_temp.onnx + a uuid-named copy of the weights into
+    # the current directory when it gives up (seen on EMOv2 and LWGANet graphs); quantize_int8 must keep the user's
+    # folder clean and still quantize through ONNX's own shape inference
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    def give_up(model, *args, **kwargs):
+        Path("sym_shape_infer_temp.onnx").write_bytes(b"dump")  # what onnxruntime does, relative to the cwd
+        raise Exception("Incomplete symbolic shape inference")
+
+    monkeypatch.setattr(SymbolicShapeInference, "infer_shapes", staticmethod(give_up))
+    user_dir = tmp_path / "user"
+    user_dir.mkdir()
+    monkeypatch.chdir(user_dir)
+    ex, _ = export_onnx_verified(tiny_model(), Path("m.onnx"), (3, 32, 32), exporter="legacy", fallback=False,
+                                 n_random=1)
+    calib = (np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32),)
+    q = export.quantize_int8(ex.path, Path("m.int8.onnx"), ex.spec, calib, latency_rounds=0)
+    assert sorted(p.name for p in user_dir.iterdir()) == ["m.int8.onnx", "m.onnx"]
+    assert q.path.exists()
