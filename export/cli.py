@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="H, HxW, C,H,W or C,D,H,W for 3D models (default: the checkpoint's / model's)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--dynamic-batch", action="store_true", help="batch axis named 'batch' instead of fixed 1")
-    p.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
-                   help="torch.onnx exporter (the other one is tried automatically if it fails)")
+    p.add_argument("--exporter", choices=EXPORTERS, default=None,
+                   help="torch.onnx exporter (default: dynamo; legacy for LightM-UNet, whose scans it exports in "
+                        "seconds); the other one is tried automatically if it fails")
     p.add_argument("--no-fallback", action="store_true", help="fail instead of trying the other exporter")
     p.add_argument("--simplify", action=argparse.BooleanOptionalAction, default=None,
                    help="run onnx-simplifier (default: when installed)")

@@ -108,6 +108,13 @@ def _fail(path: Path, report: str) -> ExportError:
     return ExportError(f"{report}\nthe file was moved to {bad} so that nothing loads it by mistake")
 
 
+def preferred_exporter(model: nn.Module) -> str:
+    """The exporter ``export_model`` uses when none is given: the model's ``preferred_onnx_exporter`` (LightM-UNet:
+    legacy, whose scan export takes seconds instead of minutes) or the dynamo exporter for everything else."""
+    choice = getattr(model, "preferred_onnx_exporter", "dynamo")
+    return choice if choice in EXPORTERS else "dynamo"
+
+
 def export_model(
     source: str | nn.Module,
     out_dir: str | os.PathLike,
@@ -122,7 +129,7 @@ def export_model(
     input_size: int | Sequence[int] | None = None,
     opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = False,
-    exporter: str = "dynamo",
+    exporter: str | None = None,
     fallback: bool = True,
     simplify: bool | None = None,
     atol: float | None = None,
@@ -145,6 +152,7 @@ def export_model(
     in_chans = int(meta.get("in_chans") or pre["default_input_size"][0])
     size = normalize_input_size(input_size if input_size is not None else pre["default_input_size"][1:], in_chans)
     task = infer_task(model, size, task)
+    exporter = exporter or preferred_exporter(model)
     name = name or default_name
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -273,3 +273,23 @@ def test_int8_leaves_nothing_in_the_working_directory_when_symbolic_shapes_fail(
     q = export.quantize_int8(ex.path, Path("m.int8.onnx"), ex.spec, calib, latency_rounds=0)
     assert sorted(p.name for p in user_dir.iterdir()) == ["m.int8.onnx", "m.onnx"]
     assert q.path.exists()
+
+
+def test_export_model_defaults_to_the_models_preferred_exporter(tmp_path: Path, monkeypatch) -> None:
+    # LightM-UNet's scans export in seconds with the TorchScript exporter and in minutes with dynamo: without an
+    # explicit choice zoo export must pick legacy for it and keep dynamo for everything else
+    from export import pipeline
+
+    seen = []
+
+    def record(model, path, size, **kwargs):
+        seen.append(kwargs["exporter"])
+        raise ExportError("recorded")
+
+    monkeypatch.setattr(pipeline, "export_onnx_verified", record)
+    for name in ("lightm_unet_2d", TINY):
+        with pytest.raises(ExportError, match="recorded"):
+            pipeline.export_model(name, tmp_path / name, input_size=32)
+    with pytest.raises(ExportError, match="recorded"):
+        pipeline.export_model("lightm_unet_2d", tmp_path / "explicit", input_size=32, exporter="dynamo")
+    assert seen == ["legacy", "dynamo", "dynamo"]

@@ -156,6 +156,10 @@ class LightMUNet(nn.Module):
     Every spatial size must be a multiple of 8 (three max-pools whose outputs are added back after upsampling).
     """
 
+    # `zoo export`'s default for this model: the TorchScript exporter turns each Mamba scan into one ONNX Loop in
+    # seconds with dynamic H/W; the dynamo exporter takes minutes re-tracing the scans and fixes the spatial size
+    preferred_onnx_exporter = "legacy"
+
     def __init__(
         self,
         spatial_dims: int = 2,
