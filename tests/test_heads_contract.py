@@ -16,14 +16,6 @@ from zoo.heads import build_task_model, supported_heads
 TIMM = "mobilenetv3_small_050"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_retinanet_on_emov2_uses_strides_8_to_128_with_p6_from_c5():
     m = zoo.create_model("emov2_1m", task="detection", num_classes=5, min_size=64, max_size=64)
     assert m.head_name == "retinanet"  # the default head

@@ -55,15 +55,6 @@ ALL = [(t, h) for t, heads in TASK_HEADS.items() for h in heads]
 CASES = [(b, t, h) for b in BACKBONES for t, h in ALL]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors gain nothing from intra-op threads, and two threads thrash badly on a shared, busy CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _build(backbone: str, task: str, head: str) -> torch.nn.Module:
     kw = dict(HEAD_KW.get((task, head), {}))
     if task == "detection":

@@ -42,16 +42,6 @@ OFFICIAL_KEY_SAMPLES_2D = {  # a readable excerpt of the same layout (2D, 3 -> 2
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The scans issue many small ops; on a shared 2-core box OpenMP threads spinning against other processes make
-    them 10-20x slower, so these tests run single-threaded (results do not depend on the thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_2d() -> LightMUNet:
     torch.manual_seed(0)

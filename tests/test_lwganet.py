@@ -38,15 +38,6 @@ from zoo.layers.blurpool import BlurPool2dAsym
 SMALL = 96  # smallest input LWGANet accepts
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, busy machine two threads spin-wait on each other and run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def l0() -> torch.nn.Module:
     torch.manual_seed(0)

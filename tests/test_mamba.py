@@ -22,16 +22,6 @@ from zoo.layers.selective_scan import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The scans issue many small ops; on a shared 2-core box OpenMP threads spinning against other processes make
-    them 10-20x slower, so these tests run single-threaded (results do not depend on the thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _scan_inputs(batch=2, d=6, n=4, seqlen=50, delta_shift=0.0, seed=0, dtype=torch.float32):
     """Inputs scaled so that outputs are O(1): a 1e-5 tolerance then means ~1e-5 relative error in float32."""
     g = torch.Generator().manual_seed(seed)

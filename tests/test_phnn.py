@@ -14,16 +14,6 @@ from zoo.bench import count_macs, count_params
 from zoo.errors import InputShapeError
 from zoo.layers.hypercomplex import PHConv2d, PHMLinear, kron_weight
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a shared, busy CPU (and restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------- layers
 
 def _block_matrix(A: torch.Tensor, Fm: torch.Tensor) -> torch.Tensor:

@@ -7,19 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from train.cli import eval_main, main
 from train.predict import main as predict_main
 from zoo.data.digits import DigitsDataset
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_train_eval_predict_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -27,15 +27,6 @@ RICH = TINY + ["train.ema=true", "train.mixup=0.4", "train.accum_steps=2", "mode
                "train.save_every=0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The networks here are tiny: with two threads, OpenMP synchronisation costs more than the arithmetic.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -15,15 +15,6 @@ from zoo.errors import InputShapeError
 from zoo.layers.ulsam import ULSAM, convert_official_ulsam
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a shared, busy CPU (and restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _official_layout_state(channels: int, g: int) -> dict[str, torch.Tensor]:
     """Random weights in the official module's key layout (one SubSpace per group, as Nandan91/ULSAM)."""
     c = channels // g
