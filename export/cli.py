@@ -8,7 +8,7 @@ from zoo.errors import ExportError
 
 from .onnx_export import DEFAULT_OPSET, EXPORTERS, check_opset
 from .pipeline import FORMATS, export_model
-from .quantize import MODES
+from .quantize import MODES, SELECTS
 from .spec import TASKS
 
 
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, help="parity tolerance (default 1e-4 classification, 1e-3 dense tasks)")
     p.add_argument("--int8", action="store_true", help="also write an int8 model (<name>.int8.onnx)")
     p.add_argument("--int8-mode", choices=MODES, default="static", help="static QDQ (calibrated) or dynamic")
+    p.add_argument("--int8-select", choices=SELECTS, default="all",
+                   help="all: quantize every node onnxruntime can; auto: profile fp32 vs int8 node by node on this "
+                        "machine and keep in float the nodes whose int8 kernel is slower (static mode)")
     p.add_argument("--calib", help="folder of images for parity and int8 calibration (A/ and B/ for change "
                                    "detection)")
     p.add_argument("--calib-limit", type=int, default=64, help="at most this many calibration images")
@@ -63,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     size = args.input_size[0] if args.input_size and len(args.input_size) == 1 else args.input_size
+    if args.int8_select == "auto" and args.int8_mode != "static":
+        raise ExportError("--int8-select auto needs --int8-mode static (it profiles the calibrated QDQ model)")
     if args.calib_limit < 1:
         raise ExportError("--calib-limit must be at least 1")
     check_opset(args.opset)  # before loading the model: an impossible opset fails in a second, not after export
@@ -70,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         args.model, args.out, format=args.format, model_name=args.model_name, name=args.name, task=args.task,
         head=args.head, num_classes=args.num_classes, pretrained=args.pretrained, input_size=size,
         opset=args.opset, dynamic_batch=args.dynamic_batch, exporter=args.exporter, fallback=not args.no_fallback,
-        simplify=args.simplify, atol=args.atol, int8=args.int8, int8_mode=args.int8_mode, calib=args.calib,
-        calib_limit=args.calib_limit, target_platform=args.target_platform, latency_rounds=args.latency_rounds)
+        simplify=args.simplify, atol=args.atol, int8=args.int8, int8_mode=args.int8_mode, int8_select=args.int8_select,
+        calib=args.calib, calib_limit=args.calib_limit, target_platform=args.target_platform,
+        latency_rounds=args.latency_rounds)
     print(result.summary())
     return 0

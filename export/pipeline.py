@@ -136,6 +136,7 @@ def export_model(
     n_random: int = 4,
     int8: bool = False,
     int8_mode: str = "static",
+    int8_select: str = "all",
     calib: str | os.PathLike | None = None,
     calib_limit: int = 64,
     target_platform: str | None = None,
@@ -192,7 +193,7 @@ def export_model(
             source_desc = "synthetic"
         int8_path = out / f"{name}.int8.onnx"
         q = quantize_int8(ex.path, int8_path, spec, calibration, mode=int8_mode, calibration_source=source_desc,
-                          latency_rounds=latency_rounds)
+                          select=int8_select, latency_rounds=latency_rounds)
         result.quant = q
         result.files.append(int8_path)
         write_sidecar(int8_path, {**base, "quantization": q.to_dict(), "parity": parity.to_dict(),

@@ -27,6 +27,7 @@ from .spec import ExportSpec
 
 MODES = ("static", "dynamic")
 FORMATS = ("qdq", "qoperator")
+SELECTS = ("all", "auto")
 
 
 @dataclass
@@ -58,6 +59,11 @@ class QuantReport:
         if self.latency_fp32_ms is not None and self.latency_int8_ms is not None:
             lines.append(f"  latency (onnxruntime, batch 1, median): {self.latency_fp32_ms:.2f} ms -> "
                          f"{self.latency_int8_ms:.2f} ms ({self.latency_fp32_ms / self.latency_int8_ms:.2f}x)")
+        sel = (self.options or {}).get("selection")
+        if isinstance(sel, dict):
+            ops = ", ".join(f"{k} {v}" for k, v in sorted(sel["kept_float_by_op"].items()))
+            lines.append(f"  node selection auto: {sel['kept_float']} of {sel['profiled_nodes']} quantizable nodes "
+                         f"kept in float (their int8 kernel was slower here){': ' + ops if ops else ''}")
         lines.append(f"  top-1 agreement with fp32 on the calibration set: {100 * self.agreement:.2f}% "
                      f"({self.agree}/{self.total}); max abs diff {self.max_abs_diff:.3g}")
         return "\n".join(lines)
@@ -104,6 +110,15 @@ def depthwise_convs(path: str | os.PathLike) -> list[str]:
             if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
 
 
+def _count_ops(timings: list, names: list[str]) -> dict[str, int]:
+    ops: dict[str, int] = {}
+    chosen = set(names)
+    for t in timings:
+        if t.name in chosen:
+            ops[t.op_type] = ops.get(t.op_type, 0) + 1
+    return ops
+
+
 @contextlib.contextmanager
 def _working_directory(path: str | os.PathLike) -> Iterator[None]:
     """Run a block in ``path``: onnxruntime's symbolic shape inference writes its debugging dump
@@ -129,8 +144,10 @@ def quantize_int8(
     quant_format: str = "qdq",
     reduce_range: bool = False,
     exclude_depthwise: bool = False,
+    select: str = "all",
     threads: int = 2,
     latency_rounds: int = 20,
+    profile_rounds: int = 10,
 ) -> QuantReport:
     """Quantize ``onnx_path`` to ``out_path`` and compare the two on ``calibration`` (one array per graph input).
 
@@ -139,6 +156,10 @@ def quantize_int8(
     ``"qoperator"`` (QLinearConv/QLinearMatMul/... ops; desktop onnxruntime only); ``reduce_range`` (7-bit weights,
     which avoids the int16 saturation of the AVX2 u8s8 kernels on CPUs without VNNI); ``exclude_depthwise``
     (keep depthwise convolutions in float: they are memory-bound, so quantizing them mostly adds Q/DQ work).
+    ``select``: ``"all"`` quantizes every node onnxruntime can; ``"auto"`` (static mode) quantizes everything,
+    profiles the float and int8 models node by node on this machine (``export.int8_select``, ``profile_rounds``
+    runs each, ``threads`` threads) and quantizes again with the nodes whose int8 kernel was slower kept in float.
+    The result is tuned to the CPU it ran on (AVX2 without VNNI here); export on the target class of machine.
     ``latency_rounds=0`` skips the latency measurement (tests; the figures are then ``None``).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -148,6 +169,11 @@ def quantize_int8(
         raise ExportError(f"unknown int8 mode {mode!r}; choose one of {', '.join(MODES)}")
     if quant_format not in FORMATS:
         raise ExportError(f"unknown int8 format {quant_format!r}; choose one of {', '.join(FORMATS)}")
+    if select not in SELECTS:
+        raise ExportError(f"unknown int8 node selection {select!r}; choose one of {', '.join(SELECTS)}")
+    if select == "auto" and (mode != "static" or quant_format != "qdq"):
+        raise ExportError("int8 node selection 'auto' needs static QDQ quantization (mode='static', "
+                          f"quant_format='qdq'), got mode={mode!r}, quant_format={quant_format!r}")
     onnx_path, out_path = Path(onnx_path).resolve(), Path(out_path).resolve()
     fp32 = make_session(onnx_path, threads=threads)
     step = session_batch(fp32) or min(len(calibration[0]), 8)
@@ -160,15 +186,36 @@ def quantize_int8(
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
             print(f"note: symbolic shape inference failed ({type(e).__name__}); used ONNX shape inference",
                   file=sys.stderr)
+        excluded = depthwise_convs(pre) if exclude_depthwise else []
+        selection: dict[str, object] | None = None
+
+        def static(target: Path, exclude: list[str]) -> None:
+            fmt = QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator
+            quantize_static(str(pre), str(target), _Reader(calibration, spec.input_names, step),
+                            quant_format=fmt, per_channel=per_channel, reduce_range=reduce_range,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude or None,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
         try:
-            if mode == "static":
-                fmt = QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator
-                quantize_static(str(pre), str(out_path), _Reader(calibration, spec.input_names, step),
-                                quant_format=fmt, per_channel=per_channel, reduce_range=reduce_range,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=CalibrationMethod.MinMax,
-                                nodes_to_exclude=depthwise_convs(pre) if exclude_depthwise else None,
-                                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+            if mode == "static" and select == "auto":
+                from .int8_select import choose_excluded, profile_nodes, summary_table
+
+                everything = Path(tmp) / "int8_all.onnx"
+                static(everything, excluded)
+                one = {n: np.ascontiguousarray(a[:step]) for n, a in zip(spec.input_names, calibration)}
+                prof = profile_nodes(pre, everything, one, threads=threads, rounds=profile_rounds)
+                slower = choose_excluded(prof.timings)
+                excluded = sorted(set(excluded) | set(slower))
+                static(out_path, excluded)
+                selection = {"profiled_nodes": len(prof.timings), "kept_float": len(slower),
+                             "kept_float_by_op": _count_ops(prof.timings, slower),
+                             "profile_fp32_ms": prof.fp32_total_ms, "profile_int8_all_ms": prof.int8_total_ms,
+                             "kept_float_nodes": slower}
+                print(f"int8 select auto: {len(slower)} of {len(prof.timings)} quantizable nodes kept in float "
+                      f"(int8 kernel slower on this CPU)\n" + summary_table(prof, slower), file=sys.stderr)
+            elif mode == "static":
+                static(out_path, excluded)
             else:
                 quantize_dynamic(str(pre), str(out_path), per_channel=per_channel, weight_type=QuantType.QInt8)
         except Exception as e:  # noqa: BLE001 - surface onnxruntime's failure as ours
@@ -191,5 +238,6 @@ def quantize_int8(
                        len(calibration[0]), file_size(onnx_path), file_size(out_path), lat_fp32, lat_int8,
                        agree, total, max_diff,
                        {"format": quant_format, "per_channel": per_channel, "reduce_range": reduce_range,
-                        "exclude_depthwise": exclude_depthwise} if mode == "static" else
+                        "exclude_depthwise": exclude_depthwise, "select": select, "selection": selection}
+                       if mode == "static" else
                        {"per_channel": per_channel})

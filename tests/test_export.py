@@ -248,7 +248,8 @@ def test_hypercomplex_layers_keep_their_factors_in_fp32_and_quantize_in_int8(tmp
     assert (4, 36) in dims and (16, 4, 3, 3) not in dims  # F (as reshaped for the matmul), not W: 144 vs 576 values
     calib = (np.random.default_rng(0).standard_normal((4, 4, 8, 8)).astype(np.float32),)
     q = export.quantize_int8(ex.path, tmp_path / "ph.int8.onnx", ex.spec, calib, latency_rounds=0)
-    assert q.options == {"format": "qdq", "per_channel": True, "reduce_range": False, "exclude_depthwise": False}
+    assert q.options == {"format": "qdq", "per_channel": True, "reduce_range": False, "exclude_depthwise": False,
+                         "select": "all", "selection": None}
     int8_graph = onnx.load(str(q.path)).graph
     assert any(i.data_type == onnx.TensorProto.INT8 and list(i.dims) == [16, 4, 3, 3] for i in int8_graph.initializer)
 

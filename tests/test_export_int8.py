@@ -1,0 +1,137 @@
+"""int8 node selection (``--int8-select auto``): kernel attribution, candidate nodes, the keep-in-float rule, the
+re-quantized graph, option errors. No wall-clock assertions: timings are injected where a decision is tested."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import export
+from export import int8_select
+from export.cli import main as export_main
+from export.int8_select import GraphProfile, NodeTiming, _owner, candidates, choose_excluded
+from export.pipeline import export_onnx_verified
+from zoo.errors import ExportError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple:
+    """A stem conv, a grouped conv with two outputs per group (LWGANet's downsampling kind, whose onnxruntime int8
+    kernel was 20-70x slower than float on AVX2), a pointwise conv, a residual Add, pooling and a classifier."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.grouped = nn.Conv2d(8, 16, 3, padding=1, groups=8)
+            self.pw = nn.Conv2d(16, 16, 1)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.grouped(torch.relu(self.stem(x)))
+            y = y + self.pw(y)
+            return self.fc(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    tmp = tmp_path_factory.mktemp("int8sel")
+    ex, parity = export_onnx_verified(Net().eval(), tmp / "net.onnx", (3, 16, 16), exporter="legacy",
+                                      fallback=False, n_random=1)
+    assert parity.passed
+    calib = (np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32),)
+    return ex, calib
+
+
+def test_kernels_are_attributed_to_the_node_they_came_from() -> None:
+    # onnxruntime renames what it fuses or re-lays out; the longest original name followed by _ / or the end owns it
+    pool = sorted(["/a/Conv", "/a/Conv_1", "/b/act/Mul", "/c/Add"], key=len, reverse=True)
+    assert _owner("/a/Conv_token_7", pool) == "/a/Conv"  # QDQ fusion -> QLinearConv
+    assert _owner("/a/Conv_1_token_3", pool) == "/a/Conv_1"  # not /a/Conv: the longer name wins
+    assert _owner("/a/Conv_output_0_nchwc", pool) == "/a/Conv"  # NCHWc conv, named after its output
+    assert _owner("fused /c/Add", pool) == "/c/Add"
+    assert _owner("/b/act/Mul/QuickGeluFusion/", pool) == "/b/act/Mul"
+    assert _owner("/a/Conv2", pool) is None  # a different node that merely starts the same way
+    assert _owner("Gelu_token_42", pool) is None
+
+
+def test_keep_in_float_rule_needs_a_clear_loss() -> None:
+    t = [NodeTiming("slow", "Conv", 0.5, 20.0, "QLinearConv"),  # LWGANet's downsample conv: 40x slower
+         NodeTiming("fast", "Conv", 2.0, 1.0, "QLinearConv"),
+         NodeTiming("tie", "Add", 0.100, 0.105, "QLinearAdd"),  # 5% slower: inside the noise margin, stays int8
+         NodeTiming("tiny", "Mul", 0.002, 0.008, "QLinearMul"),  # 4x but 6 us: below the absolute floor
+         NodeTiming("softmax", "Softmax", 0.06, 0.23, "QLinearSoftmax")]
+    assert choose_excluded(t) == ["slow", "softmax"]
+    assert choose_excluded(t, margin=0.0, min_ms=0.0) == ["slow", "tie", "tiny", "softmax"]
+    assert t[0].speedup == pytest.approx(0.025)
+
+
+def test_candidates_are_the_nodes_that_run_in_int8(tiny, tmp_path: Path) -> None:
+    ex, calib = tiny
+    q = export.quantize_int8(ex.path, tmp_path / "all.int8.onnx", ex.spec, calib, latency_rounds=0)
+    names = candidates(onnx.load(str(q.path)))
+    ops = {n.name: n.op_type for n in onnx.load(str(q.path)).graph.node}
+    assert sorted(ops[n] for n in names) == ["Add", "Conv", "Conv", "Conv", "Gemm", "ReduceMean"]
+
+
+def test_profile_attributes_every_int8_node_to_its_kernel(tiny, tmp_path: Path) -> None:
+    # a real (short) profiling run: which kernel onnxruntime ran is deterministic, the milliseconds are not
+    ex, calib = tiny
+    q = export.quantize_int8(ex.path, tmp_path / "all.int8.onnx", ex.spec, calib, latency_rounds=0)
+    prof = int8_select.profile_nodes(ex.path, q.path, {"input": calib[0][:1]}, threads=1, rounds=2, warmup=1)
+    kernels = {t.op_type + ":" + t.int8_kernel for t in prof.timings}
+    assert {"Conv:QLinearConv", "Gemm:QGemm"} <= kernels
+    assert all(t.fp32_ms > 0 and t.int8_ms > 0 for t in prof.timings if t.op_type == "Conv")
+    assert prof.fp32_total_ms > 0 and prof.int8_qdq_ms > 0  # the input Q and output DQ at least
+    assert "op type | nodes |" in int8_select.summary_table(prof)
+
+
+def test_auto_selection_requantizes_with_the_slow_nodes_in_float(tiny, tmp_path: Path, monkeypatch) -> None:
+    ex, calib = tiny
+    grouped = next(n.name for n in onnx.load(str(ex.path)).graph.node
+                   if n.op_type == "Conv" and any(a.name == "group" and a.i == 8 for a in n.attribute))
+    seen = {}
+
+    def fake_profile(fp32_path, qdq_path, feed, **kw):  # the grouped conv's int8 kernel is 40x slower
+        seen["feed"] = {k: v.shape for k, v in feed.items()}
+        model = onnx.load(str(qdq_path))
+        ops = {n.name: n.op_type for n in model.graph.node}
+        t = [NodeTiming(n, ops[n], 0.5, 20.0 if n == grouped else 0.25, "QLinear") for n in candidates(model)]
+        return GraphProfile(t, 10.0, 30.0, 1.0, {}, {})
+
+    monkeypatch.setattr(int8_select, "profile_nodes", fake_profile)
+    q = export.quantize_int8(ex.path, tmp_path / "auto.int8.onnx", ex.spec, calib, select="auto", latency_rounds=0)
+    assert seen["feed"] == {"input": (1, 3, 16, 16)}
+    sel = q.options["selection"]
+    assert q.options["select"] == "auto"
+    assert sel["kept_float_nodes"] == [grouped] and sel["kept_float_by_op"] == {"Conv": 1}
+    assert sel["profiled_nodes"] == 6
+    graph = onnx.load(str(q.path)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
+    init = {i.name: i for i in graph.initializer}
+    # the kept conv reads its float weight directly; the others read it through DequantizeLinear from int8
+    assert convs[grouped].input[1] in init and init[convs[grouped].input[1]].data_type == onnx.TensorProto.FLOAT
+    for name, node in convs.items():
+        if name != grouped:
+            dq = producers[node.input[1]]
+            assert dq.op_type == "DequantizeLinear" and init[dq.input[0]].data_type == onnx.TensorProto.INT8
+    assert "1 of 6 quantizable nodes kept in float" in q.summary() and "Conv 1" in q.summary()
+
+
+def test_selection_option_errors(tiny, tmp_path: Path) -> None:
+    ex, calib = tiny
+    with pytest.raises(ExportError, match="unknown int8 node selection 'some'; choose one of all, auto"):
+        export.quantize_int8(ex.path, tmp_path / "x.onnx", ex.spec, calib, select="some", latency_rounds=0)
+    with pytest.raises(ExportError, match="'auto' needs static QDQ quantization .* mode='dynamic'"):
+        export.quantize_int8(ex.path, tmp_path / "x.onnx", ex.spec, calib, mode="dynamic", select="auto",
+                             latency_rounds=0)
+    with pytest.raises(ExportError, match="quant_format='qoperator'"):
+        export.quantize_int8(ex.path, tmp_path / "x.onnx", ex.spec, calib, quant_format="qoperator",
+                             select="auto", latency_rounds=0)
+    with pytest.raises(ExportError, match="--int8-select auto needs --int8-mode static"):
+        export_main(["net", "--out", str(tmp_path), "--int8", "--int8-mode", "dynamic", "--int8-select", "auto"])
+    assert not (tmp_path / "x.onnx").exists()
