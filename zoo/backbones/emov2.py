@@ -122,6 +122,13 @@ class PointwiseExpansion(nn.Module):
         return self.net(x)
 
 
+def _graph_export() -> bool:
+    """True while the model is being turned into a static graph: ONNX export (both the TorchScript and the dynamo
+    exporter set ``is_in_onnx_export``), ``torch.export`` and TorchScript tracing. Those take the graph-shaped
+    forward paths below; eager PyTorch (and ``torch.compile``) keeps the memory-format-aware ones."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v.
 
@@ -170,6 +177,8 @@ class SpanningWindowAttention(nn.Module):
         self.v = ConvNormAct(dim, dim_out, 1, bias=qkv_bias, act=act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _graph_export():
+            return self._forward_graph(x)
         B, C, H, W = x.shape
         ws_h = self.window_size if self.window_size > 0 else H  # window_size <= 0: one global window (official)
         ws_w = self.window_size if self.window_size > 0 else W
@@ -202,11 +211,70 @@ class SpanningWindowAttention(nn.Module):
         o = o.view(2, B, n_h, n_w, heads, ws_h, ws_w, dv)
         out = o[0].permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, heads * dv)
         remote = o[1].permute(0, 4, 1, 5, 2, 3, 6)
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            # The TorchScript tracer drops in-place writes through a view (wrong ONNX graph); trace the plain add.
-            out = out + remote.reshape(B, Hp, Wp, heads * dv)
+        out.view(B, ws_h, n_h, ws_w, n_w, heads, dv).add_(remote)
+        if pad_b or pad_r:
+            out = out[:, :H, :W]
+        return out.permute(0, 3, 1, 2)
+
+    def _forward_graph(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function written for a static graph (ONNX, ``torch.export``, TorchScript tracing).
+
+        In a graph every permute is a real Transpose and every stack/chunk a Concat/Split copy, while in eager
+        PyTorch under channels_last most of them are free views; so this path is shaped by what onnxruntime runs:
+
+        - each window partition is *one* Transpose per projection that moves pixels into windows and heads in
+          front of tokens at once, and the two partitions run as two attention calls instead of one stacked
+          batch (no Concat, Unsqueeze, Squeeze or batch Split);
+        - each partition's output goes straight to NCHW with one Transpose and the two are added there, so no
+          channel-last map has to be transposed back;
+        - when the padded map is a single window (stage 4 at 224/256: 7x7 or 8x8 with its window of 7 or 8),
+          the close and the remote partition are the same window with the same pixel order, so their attention
+          outputs are equal: it is computed once and doubled (``o + o`` is exact in floating point).
+
+        No in-place writes, which the TorchScript tracer would drop.
+        """
+        B, C, H, W = x.shape
+        ws_h = self.window_size if self.window_size > 0 else H
+        ws_w = self.window_size if self.window_size > 0 else W
+        pad_b, pad_r = (-H) % ws_h, (-W) % ws_w
+        Hp, Wp = H + pad_b, W + pad_r
+        n_h, n_w = Hp // ws_h, Wp // ws_w
+        heads, d = self.num_heads, self.dim_head
+        t = x.permute(0, 2, 3, 1)
+        if pad_b or pad_r:
+            t = F.pad(t, (0, 0, 0, pad_r, 0, pad_b))
+        # q and k as two projections (slices of the qk weights): in a graph, one projection split afterwards costs
+        # a copy of both per partition, while two GEMMs cost nothing extra.
+        w_qk, b_qk = self.qk.conv.weight.flatten(1), self.qk.conv.bias
+        q = F.linear(t, w_qk[:C], None if b_qk is None else b_qk[:C])
+        k = F.linear(t, w_qk[C:], None if b_qk is None else b_qk[C:])
+        v = self.v.act(F.linear(t, self.v.conv.weight.flatten(1), self.v.conv.bias))
+        c_mid = v.shape[-1]
+        dv = c_mid // heads
+        drop = self.attn_drop if self.training else 0.0
+        if n_h == 1 and n_w == 1:
+            q, k = (u.reshape(B, Hp * Wp, heads, d).transpose(1, 2) for u in (q, k))
+            v = v.reshape(B, Hp * Wp, heads, dv).transpose(1, 2)
+            o = _attention(q, k, v, drop)  # (B, heads, Hp * Wp, dv)
+            out = o.transpose(1, 2).reshape(B, Hp, Wp, c_mid)
+            out = out + out
         else:
-            out.view(B, ws_h, n_h, ws_w, n_w, heads, dv).add_(remote)
+            g, n = B * n_h * n_w, ws_h * ws_w
+
+            def close_windows(u: torch.Tensor, c: int) -> torch.Tensor:  # (B, Hp, Wp, heads * c) -> (g, heads, n, c)
+                u = u.reshape(B, n_h, ws_h, n_w, ws_w, heads, c).permute(0, 1, 3, 5, 2, 4, 6)
+                return u.reshape(g, heads, n, c)
+
+            def remote_windows(u: torch.Tensor, c: int) -> torch.Tensor:
+                u = u.reshape(B, ws_h, n_h, ws_w, n_w, heads, c).permute(0, 2, 4, 5, 1, 3, 6)
+                return u.reshape(g, heads, n, c)
+
+            close = _attention(close_windows(q, d), close_windows(k, d), close_windows(v, dv), drop)
+            remote = _attention(remote_windows(q, d), remote_windows(k, d), remote_windows(v, dv), drop)
+            # (B, n_h, n_w, heads, ws_h, ws_w, dv) -> (B, H-order, W-order, heads, dv) of each partition
+            close = close.reshape(B, n_h, n_w, heads, ws_h, ws_w, dv).permute(0, 1, 4, 2, 5, 3, 6)
+            remote = remote.reshape(B, n_h, n_w, heads, ws_h, ws_w, dv).permute(0, 4, 1, 5, 2, 3, 6)
+            out = close.reshape(B, Hp, Wp, c_mid) + remote.reshape(B, Hp, Wp, c_mid)
         if pad_b or pad_r:
             out = out[:, :H, :W]
         return out.permute(0, 3, 1, 2)
