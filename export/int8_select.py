@@ -1,20 +1,21 @@
 """Profile-guided selective int8: quantize a node only where onnxruntime's int8 kernel beats its float one.
 
 Why: on CPUs without VNNI/AVX-512 (AVX2 + FMA), onnxruntime's int8 kernels are not uniformly faster than float
-ones. Per-node profiles of whole models (``benchmarks/int8_profile.py``) showed, e.g., LWGANet's downsampling
+ones. Per-node profiles of whole models (printed by ``zoo export --int8 --int8-select auto`` and
+``benchmarks/export_latency.py --int8-both``) showed, e.g., LWGANet's downsampling
 convolutions (grouped 3x3 with two output channels per group: neither the depthwise nor the GEMM fast path of
 ``QLinearConv``) taking 20-50 ms each in int8 against 0.3-0.8 ms in float, and ``QLinearSoftmax`` /
 ``QLinearMatMul`` in EMOv2's attention slower than the float ops. A QDQ model quantized everywhere therefore ran
 *slower* than fp32 for LWGANet.
 
-How: quantize everything once (QDQ), then time every quantized compute node in isolation, twice: the float node
-from the pre-processed model, and the same node between its own ``DequantizeLinear``/``QuantizeLinear`` pairs from
-the QDQ model (which onnxruntime fuses into its ``QLinear*`` kernel at session optimisation). Both are fed the real
-activations of one calibration image (captured from the float model), both are timed with onnxruntime's profiler
-(kernel time only: layout reorders/transposes the micro graphs need are not counted, because in the whole model
-they are hoisted out of chains), fp32 and int8 in alternation so machine noise hits both. A node is kept in int8
-when ``int8 kernel + share of its Q/DQ`` is below ``float kernel`` (see :func:`choose_excluded`); the others go to
-``nodes_to_exclude`` and the model is quantized again.
+How: quantize everything once (QDQ), then run the pre-processed float model and the QDQ model whole, in
+alternation, with onnxruntime's profiler on, on one calibration image; every kernel of each optimised graph is
+attributed to the original node it came from (onnxruntime names fused kernels after the node or its output:
+``<node>_token_N``, ``<node>_output_0_nchwc``), so each quantized compute node gets a float and an int8 kernel time
+measured in context (QLinearConv in its NHWC chain, Conv in its NCHWc chain, with whatever fusions the optimiser
+made). A node whose int8 kernel is clearly slower (:func:`choose_excluded`) goes to ``nodes_to_exclude`` and the
+model is quantized again. Micro-benchmarks of single nodes were tried first and misled: a lone MaxPool runs as a
+float NCHW pool between Q/DQ, in the whole graph as a uint8 NhwcMaxPool.
 
 Data-movement ops (Reshape, Transpose, Slice, ...) are not candidates: onnxruntime runs them on whatever type
 their neighbours give them.
@@ -47,6 +48,7 @@ class NodeTiming:
     fp32_ms: float
     int8_ms: float
     int8_kernel: str  # what onnxruntime ran for it in int8 (QLinearConv, ...), or the float op when unfused
+    fp32_kernel: str = ""  # what it ran in float: another op when fused (a layer-scale Mul folded into a Conv)
 
     @property
     def speedup(self) -> float:
@@ -54,7 +56,8 @@ class NodeTiming:
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "op_type": self.op_type, "fp32_ms": self.fp32_ms, "int8_ms": self.int8_ms,
-                "int8_kernel": self.int8_kernel}
+                "int8_kernel": self.int8_kernel,
+                "fp32_kernel": self.fp32_kernel}
 
 
 def candidates(qdq_model) -> list[str]:  # qdq_model: onnx.ModelProto
@@ -169,9 +172,10 @@ def profile_nodes(fp32_path: str | os.PathLike, qdq_path: str | os.PathLike, fee
                 kernels[owner].add(ev["op"])
         return ms, kernels
 
-    f_ms, _ = attribute(f_prof)
+    f_ms, f_kernels = attribute(f_prof)
     q_ms, q_kernels = attribute(q_prof)
-    timings = [NodeTiming(n, op_type.get(n, "?"), f_ms[n], q_ms[n], "+".join(sorted(q_kernels[n])))
+    timings = [NodeTiming(n, op_type.get(n, "?"), f_ms[n], q_ms[n], "+".join(sorted(q_kernels[n])),
+                          "+".join(sorted(f_kernels[n])))
                for n in names if n in f_ms and n in q_ms]
 
     def by_op(prof: dict[str, dict[str, float]]) -> dict[str, tuple[int, float]]:
@@ -194,24 +198,27 @@ def choose_excluded(timings: list[NodeTiming], margin: float = 0.1, min_ms: floa
 
 def summary_table(profile: GraphProfile, excluded: list[str] | None = None, top: int = 12) -> str:
     """What the profile says, as text: totals, per-op-type kernel times of the candidates, and the nodes where int8
-    loses most."""
+    loses most. An fp32 kernel of another op type means onnxruntime fused the float node into it (a Conv carrying
+    the layer-scale Mul after it is reported under that Mul), so that row holds both ops' float time."""
     timings = profile.timings
-    by: dict[str, list] = collections.defaultdict(lambda: [0, 0.0, 0.0, set()])
+    by: dict[str, list] = collections.defaultdict(lambda: [0, 0.0, 0.0, set(), set()])
     for t in timings:
         row = by[t.op_type]
         row[0] += 1
         row[1] += t.fp32_ms
         row[2] += t.int8_ms
         row[3].add(t.int8_kernel)
+        row[4].add(t.fp32_kernel)
     best = sum(min(t.fp32_ms, t.int8_ms) for t in timings)
     rest = profile.fp32_total_ms - sum(t.fp32_ms for t in timings)
     lines = [f"kernel time per run: fp32 {profile.fp32_total_ms:.2f} ms, "
              f"int8 everywhere {profile.int8_total_ms:.2f} ms "
              f"(of which Q/DQ {profile.int8_qdq_ms:.2f} ms) = {profile.fp32_total_ms / profile.int8_total_ms:.2f}x; "
              f"bound with the faster kernel per node and free Q/DQ: {profile.fp32_total_ms / (best + rest):.2f}x",
-             "", "op type | nodes | fp32 kernel ms | int8 kernel ms | fp32/int8 | int8 kernels"]
-    for op, (n, f, q, kernels) in sorted(by.items(), key=lambda kv: -kv[1][1]):
-        lines.append(f"{op} | {n} | {f:.2f} | {q:.2f} | {f / max(q, 1e-9):.2f}x | {', '.join(sorted(kernels))}")
+             "", "op type | nodes | fp32 kernel ms | int8 kernel ms | fp32/int8 | fp32 kernels | int8 kernels"]
+    for op, (n, f, q, kernels, f_kernels) in sorted(by.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"{op} | {n} | {f:.2f} | {q:.2f} | {f / max(q, 1e-9):.2f}x | {', '.join(sorted(f_kernels))} | "
+                     f"{', '.join(sorted(kernels))}")
     worst = sorted(timings, key=lambda t: t.fp32_ms - t.int8_ms)[:top]
     lines += ["", "node | int8 kernel | fp32 ms | int8 ms | fp32/int8 | kept in float"]
     skip = set(excluded or ())
