@@ -16,6 +16,7 @@ from zoo.backbones.lwganet import (
     LWGANet,
     MediumRangeAttention,
     MultiHeadSelfAttention,
+    PointwiseConv2d,
     SelectiveGlobalAttention,
     SparseGlobalAttention,
     add_max_unpool_2x2,
@@ -307,6 +308,38 @@ def test_eager_fast_paths_equal_the_plain_ops_bit_for_bit() -> None:
         big = torch.randn(1, 3, H, W, generator=g)
         assert torch.equal(mul_nearest_upsampled(big, small),
                            big * F.interpolate(small, size=(H, W), mode="nearest")), (H, W)
+
+
+def test_pointwise_conv_uses_the_product_only_where_it_is_bit_identical(monkeypatch) -> None:
+    """Inference 1x1 convs run as ``mm`` only for configurations where the first call proved it equal to conv2d
+    bit for bit; a configuration where it is not keeps conv2d, and training always sees conv2d."""
+    from zoo.backbones import lwganet as L
+
+    monkeypatch.setattr(L, "_GEMM_EQUALS_CONV", {})
+    torch.manual_seed(0)
+    conv = PointwiseConv2d(16, 24).eval()
+    x = torch.randn(1, 16, 10, 6)
+    with torch.inference_mode():
+        first, second = conv(x), conv(x)
+    ref = F.conv2d(x, conv.weight, conv.bias)
+    assert torch.equal(first, ref) and torch.equal(second, ref)
+    assert list(L._GEMM_EQUALS_CONV.values()) == [True]  # one thread (conftest): the same GEMM as the conv
+    # a product that rounds differently is detected and never used for that configuration
+    monkeypatch.setattr(L, "_GEMM_EQUALS_CONV", {})
+    monkeypatch.setattr(PointwiseConv2d, "_gemm", lambda self, t: F.conv2d(t, self.weight, self.bias) + 1e-7)
+    with torch.inference_mode():
+        assert torch.equal(conv(x), ref) and torch.equal(conv(x), ref)
+    assert list(L._GEMM_EQUALS_CONV.values()) == [False]
+    # where rounding is free (stage 4, head) the product is used without the check
+    conv.bit_exact = False
+    with torch.inference_mode():
+        assert not torch.equal(conv(x), ref)
+    conv.train()
+    assert torch.equal(conv(x), ref)  # grad enabled: always the convolution
+    m = zoo.create_model("lwganet_l0")
+    exact = {n.split(".")[1] if n.startswith("stages") else n: c.bit_exact
+             for n, c in m.named_modules() if isinstance(c, PointwiseConv2d)}
+    assert exact == {"0": True, "1": True, "2": True, "3": False, "conv_head": False}
 
 
 def test_stage4_medium_range_linear_form_equals_the_convolutions() -> None:

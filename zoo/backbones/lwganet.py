@@ -25,6 +25,10 @@ Differences from the official code, none of which changes a result the official 
   the same values as in the official code, so logits are bit-identical: this matters because the 2x2
   max-pool/unpool pairs turn any rounding difference into a possibly different window maximum. Graph capture
   (tracing, ``torch.export``, ``torch.compile``) keeps the plain operators.
+- In inference on single images, 1x1 convolutions run as one matrix product where the first call of a
+  configuration shows it bit-identical to ``conv2d`` (it skips PyTorch's convolution dispatch and, with several
+  threads, oneDNN's per-call weight reorder); from stage 4 on, where no max-pool/unpool follows, the product is
+  used without that check (~1e-7 relative rounding differences).
 """
 
 from __future__ import annotations
@@ -167,6 +171,55 @@ def _max_pool_3x3_s2_even(x: torch.Tensor, dim: int) -> torch.Tensor:
 # Building blocks
 # ---------------------------------------------------------------------------------------------------------------
 
+# (batch, in, height, width, out, bias, dtype, threads) -> whether the matrix product equals conv2d bit for bit
+_GEMM_EQUALS_CONV: dict[tuple[Any, ...], bool] = {}
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution that, in inference on single images, runs as one matrix product when that product is
+    bit-identical to ``conv2d`` for the shape and thread count at hand.
+
+    Why: at batch 1 PyTorch sends small 1x1 convolutions through a layer of dispatch (and, with more than one
+    thread, oneDNN with a per-call weight reorder) that costs more than the GEMM itself on LWGANet's maps. Whether
+    ``mm`` rounds exactly like the convolution backend PyTorch picks is not assumed: the first call of each
+    configuration computes both, on its input and on a fixed random probe, and keeps the product only if both
+    agree to the bit (otherwise that configuration keeps ``conv2d``). Bit-identity matters here because the 2x2
+    max-pool/unpool pairs downstream turn any rounding change into a possibly different window maximum.
+    Training, graph capture and dispatch modes (MAC counting) always see the convolution. Parameters and
+    state-dict keys are those of ``nn.Conv2d``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+        # False where no 2x2 max-pool/unpool follows (stage 4, head): the product is then used even where it
+        # rounds differently from the convolution backend (~1e-7 relative)
+        self.bit_exact = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() or x.ndim != 4 or x.shape[0] != 1 or x.dtype != torch.float32
+                or x.device.type != "cpu" or not x.is_contiguous() or _graph_capture() or x.is_meta
+                or is_in_torch_dispatch_mode()):
+            return super().forward(x)
+        if not self.bit_exact:
+            return self._gemm(x)
+        key = (*x.shape, self.out_channels, self.bias is not None, x.dtype, torch.get_num_threads())
+        ok = _GEMM_EQUALS_CONV.get(key)
+        if ok is None:
+            probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+            ref = super().forward(x)
+            ok = torch.equal(self._gemm(x), ref) and torch.equal(self._gemm(probe), super().forward(probe))
+            _GEMM_EQUALS_CONV[key] = ok
+            return ref
+        return self._gemm(x) if ok else super().forward(x)
+
+    def _gemm(self, x: torch.Tensor) -> torch.Tensor:
+        _, C, H, W = x.shape
+        w = self.weight.view(self.out_channels, C)
+        x2 = x.view(C, H * W)
+        y = torch.mm(w, x2) if self.bias is None else torch.addmm(self.bias.view(-1, 1), w, x2)
+        return y.view(1, self.out_channels, H, W)
+
+
 def _inplace_act(act_layer: LayerFn) -> nn.Module:
     """The activation, in place where the layer supports it (ReLU does; GELU ignores it).
 
@@ -185,10 +238,10 @@ class ConvMlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, norm_layer: LayerFn, act_layer: LayerFn, out_dim: int | None = None
                  ) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden_dim, 1, bias=False)
+        self.fc1 = PointwiseConv2d(dim, hidden_dim, bias=False)
         self.norm = norm_layer(hidden_dim)
         self.act = _inplace_act(act_layer)
-        self.fc2 = nn.Conv2d(hidden_dim, out_dim or dim, 1, bias=False)
+        self.fc2 = PointwiseConv2d(hidden_dim, out_dim or dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.norm(self.fc1(x))))
@@ -391,15 +444,15 @@ class LargeSelectiveKernel(nn.Module):
 
     def __init__(self, dim: int, act_layer: LayerFn) -> None:
         super().__init__()
-        self.proj_1 = nn.Conv2d(dim, dim, 1)
+        self.proj_1 = PointwiseConv2d(dim, dim)
         self.act = _inplace_act(act_layer)
         self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
         self.conv_spatial = nn.Conv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
-        self.conv1 = nn.Conv2d(dim, dim // 2, 1)
-        self.conv2 = nn.Conv2d(dim, dim // 2, 1)
+        self.conv1 = PointwiseConv2d(dim, dim // 2)
+        self.conv2 = PointwiseConv2d(dim, dim // 2)
         self.conv_squeeze = nn.Conv2d(2, 2, 7, padding=3)
-        self.conv = nn.Conv2d(dim // 2, dim, 1)
-        self.proj_2 = nn.Conv2d(dim, dim, 1)
+        self.conv = PointwiseConv2d(dim // 2, dim)
+        self.proj_2 = PointwiseConv2d(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.proj_1(x))
@@ -519,7 +572,7 @@ class DRFD(nn.Module):
         self.act_c = _inplace_act(act_layer)
         self.norm_c = norm_layer(out_dim)
         self.norm_m = norm_layer(out_dim)
-        self.fusion = nn.Conv2d(out_dim * 2, out_dim, 1)
+        self.fusion = PointwiseConv2d(out_dim * 2, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
@@ -611,10 +664,14 @@ class LWGANet(nn.Module):
         self.num_features = dims[-1]
         self.head_hidden_size = head_hidden_size
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
-        self.conv_head = nn.Conv2d(self.num_features, head_hidden_size, 1, bias=False)
+        self.conv_head = PointwiseConv2d(self.num_features, head_hidden_size, bias=False)
         self.head_act = _inplace_act(act_layer)
         self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
         self.classifier = nn.Linear(head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        # no 2x2 max-pool/unpool after stage 3: from stage 4 on, rounding changes stay ~1e-7
+        for m in (*self.stages[3].modules(), self.conv_head):
+            if isinstance(m, PointwiseConv2d):
+                m.bit_exact = False
 
         self.apply(self._init_weights)
 
