@@ -43,7 +43,8 @@ def tiny(tmp_path_factory) -> tuple:
                                       fallback=False, n_random=1)
     assert parity.passed
     calib = (np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32),)
-    return ex, calib
+    q = export.quantize_int8(ex.path, tmp / "all.int8.onnx", ex.spec, calib, latency_rounds=0)
+    return ex, calib, q
 
 
 def test_kernels_are_attributed_to_the_node_they_came_from() -> None:
@@ -69,18 +70,16 @@ def test_keep_in_float_rule_needs_a_clear_loss() -> None:
     assert t[0].speedup == pytest.approx(0.025)
 
 
-def test_candidates_are_the_nodes_that_run_in_int8(tiny, tmp_path: Path) -> None:
-    ex, calib = tiny
-    q = export.quantize_int8(ex.path, tmp_path / "all.int8.onnx", ex.spec, calib, latency_rounds=0)
+def test_candidates_are_the_nodes_that_run_in_int8(tiny) -> None:
+    ex, calib, q = tiny
     names = candidates(onnx.load(str(q.path)))
     ops = {n.name: n.op_type for n in onnx.load(str(q.path)).graph.node}
     assert sorted(ops[n] for n in names) == ["Add", "Conv", "Conv", "Conv", "Gemm", "ReduceMean"]
 
 
-def test_profile_attributes_every_int8_node_to_its_kernel(tiny, tmp_path: Path) -> None:
+def test_profile_attributes_every_int8_node_to_its_kernel(tiny) -> None:
     # a real (short) profiling run: which kernel onnxruntime ran is deterministic, the milliseconds are not
-    ex, calib = tiny
-    q = export.quantize_int8(ex.path, tmp_path / "all.int8.onnx", ex.spec, calib, latency_rounds=0)
+    ex, calib, q = tiny
     prof = int8_select.profile_nodes(ex.path, q.path, {"input": calib[0][:1]}, threads=1, rounds=2, warmup=1)
     kernels = {t.op_type + ":" + t.int8_kernel for t in prof.timings}
     assert {"Conv:QLinearConv", "Gemm:QGemm"} <= kernels
@@ -90,7 +89,7 @@ def test_profile_attributes_every_int8_node_to_its_kernel(tiny, tmp_path: Path) 
 
 
 def test_auto_selection_requantizes_with_the_slow_nodes_in_float(tiny, tmp_path: Path, monkeypatch) -> None:
-    ex, calib = tiny
+    ex, calib, _ = tiny
     grouped = next(n.name for n in onnx.load(str(ex.path)).graph.node
                    if n.op_type == "Conv" and any(a.name == "group" and a.i == 8 for a in n.attribute))
     seen = {}
@@ -123,7 +122,7 @@ def test_auto_selection_requantizes_with_the_slow_nodes_in_float(tiny, tmp_path:
 
 
 def test_selection_option_errors(tiny, tmp_path: Path) -> None:
-    ex, calib = tiny
+    ex, calib, _ = tiny
     with pytest.raises(ExportError, match="unknown int8 node selection 'some'; choose one of all, auto"):
         export.quantize_int8(ex.path, tmp_path / "x.onnx", ex.spec, calib, select="some", latency_rounds=0)
     with pytest.raises(ExportError, match="'auto' needs static QDQ quantization .* mode='dynamic'"):
