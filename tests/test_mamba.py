@@ -76,6 +76,12 @@ def test_large_delta_long_sequence_where_log_space_cumsum_overflows():
         out = selective_scan_chunked(u, delta, a, b, c, dd, z, bias, delta_softplus=True, block_elems=block_elems)
         assert torch.isfinite(out).all()
         assert (out - ref).abs().max().item() <= 1e-5
+    # the export form: one block of 64 chunks; many blocks of 2 chunks of 8 steps (the block-to-block carry)
+    for chunk_len, block_elems in ((32, 1 << 20), (8, 3 * 4 * 8 * 2)):
+        out = selective_scan_export(u, delta, a, b, c, dd, z, bias, delta_softplus=True, chunk_len=chunk_len,
+                                    block_elems=block_elems)
+        assert torch.isfinite(out).all()
+        assert (out - ref).abs().max().item() <= 1e-5
 
 
 def test_chunked_block_boundaries_and_odd_lengths():
@@ -84,8 +90,9 @@ def test_chunked_block_boundaries_and_odd_lengths():
     for block_elems in (3 * 6 * 4 * 10, 3 * 6 * 4 * 17, 3 * 6 * 4 * 64):
         out = selective_scan_chunked(u, delta, a, b, c, dd, z, bias, delta_softplus=True, block_elems=block_elems)
         assert (out - ref).abs().max().item() <= 1e-5
-    for unroll in (1, 5, 16):
-        out = selective_scan_export(u, delta, a, b, c, dd, z, bias, delta_softplus=True, unroll=unroll)
+    for chunk_len, block_elems in ((1, 1 << 20), (5, 6 * 4 * 5 * 3), (16, 1 << 20)):  # K = 64, 3, 64 chunks
+        out = selective_scan_export(u, delta, a, b, c, dd, z, bias, delta_softplus=True, chunk_len=chunk_len,
+                                    block_elems=block_elems)
         assert (out - ref).abs().max().item() <= 1e-5
 
 

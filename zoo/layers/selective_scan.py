@@ -24,11 +24,13 @@ Why three forms:
   saves. Without autograd the whole path works in place in preallocated buffers (on CPU a fresh 8 MB temporary
   costs more in page faults than the arithmetic that fills it) and computes the decays with ``exp2``.
 * ``"export"`` -- one loop node per Mamba layer, so the graph does not grow with the sequence length. Under the
-  TorchScript ONNX exporter (``torch.onnx.export(..., dynamo=False)``: ~1 s per layer) it is a scripted loop that
-  becomes one ONNX ``Loop`` whose trip count and shapes come from the input (one graph for every input size);
-  under torch.export / the dynamo exporter it is ``torch._higher_order_ops.scan`` (one ONNX ``Scan``; that
-  exporter needs minutes per layer on 2 CPU cores). Each loop step handles ``export_unroll`` time steps to cut the
-  per-iteration overhead of the runtime.
+  TorchScript ONNX exporter (``torch.onnx.export(..., dynamo=False)``) it is a scripted loop that becomes one
+  ONNX ``Loop`` whose trip count and shapes come from the input (one graph for every input size); under
+  torch.export / the dynamo exporter it is ``torch._higher_order_ops.scan`` (one ONNX ``Scan``; that exporter
+  needs minutes per layer on 2 CPU cores). Each loop iteration scans a whole block of K chunks of T steps with the
+  chunked form's three passes written out as straight-line code over (K, batch, d_state, d_inner) slabs, so the
+  runtime executes ~(9T + 2K) ops per K·T time steps on cache-sized tensors (a per-step loop paid the runtime's
+  per-op and per-iteration overhead several times per time step: onnxruntime was 4x slower than eager PyTorch).
 * ``"cuda"`` -- ``mamba_ssm``'s fused kernel, used by ``"auto"`` when that package imports and the tensors are on
   a CUDA device.
 """
@@ -44,7 +46,9 @@ SCAN_IMPLS = ("auto", "sequential", "chunked", "export", "cuda")
 
 # Budget (in float32 elements) for one block of the chunked scan: two (block, d_inner, d_state) buffers live at once.
 DEFAULT_BLOCK_ELEMS = 1 << 21
-DEFAULT_EXPORT_UNROLL = 8
+# export scan: steps per chunk (written out in the loop body) and floats per block and batch element
+DEFAULT_EXPORT_CHUNK = 32
+DEFAULT_EXPORT_BLOCK_ELEMS = 1 << 20
 # exp(x) for x < -80 is < 2e-35: numerically nothing next to any state, but x86 CPUs compute exp in the
 # denormal/underflow range up to 50x slower. Large Δ (and long chunks) land there all the time, so the fast paths
 # clamp the exponent; the sequential reference does not, and the tests compare the two.
@@ -327,107 +331,163 @@ def _chunked_inference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, bloc
     return y.to(dtype)
 
 
-def _loop_script_source(k: int) -> str:
-    """TorchScript source of the export loop with ``k`` time steps written out per iteration.
+def _export_block_source(t_len: int, k_len: int) -> str:
+    """Source of one block of the export scan: K = ``k_len`` chunks of T = ``t_len`` steps, every step written out.
 
-    Written out (not an inner ``for``) because an inner loop would become a nested ONNX ``Loop``: onnxruntime pays
-    its per-iteration overhead once per ``k`` steps only when the steps are straight-line code. All shapes come
-    from the inputs (``size()``), so the exported graph works for any sequence length.
+    The block arrives time-major -- ``dt, dtu`` (T, K, batch, d), ``b, c`` (T, K, batch, n) -- so step t of all K
+    chunks is one slab and each line below is one runtime op over K chunks at once. States are laid out
+    (K, batch, n, d), d innermost: the broadcasts then run along contiguous rows of d (onnxruntime's broadcasting
+    Mul is ~5x slower when the innermost axis is the short n = 16). Three passes, as in ``_scan_block_inference``:
+
+    1. the recurrence inside every chunk from a zero state (T steps; the decays exp(Δ A) <= 1 and inputs Δ B u of
+       each step are kept for pass 3);
+    2. the K chunk boundaries, one small step each: incoming_{k+1} = exp(A ΣΔ_k) incoming_k + final_k, starting
+       from the block's incoming state (the decay over a chunk is exp of a sum of non-positive terms: <= 1);
+    3. the recurrence again from the true incoming states, with the outputs y_t = C_t · h_t.
+
+    Straight-line code, not inner loops: an inner loop would become a nested ONNX ``Loop``, whose per-iteration
+    cost is many times that of one op on a (K, batch, n, d) slab. The same source is compiled by TorchScript
+    (legacy exporter) and run as plain Python (eager, and the body of ``torch._higher_order_ops.scan`` under
+    torch.export).
     """
-    steps = "".join(
-        f"        h = torch.exp(dts[{i}].unsqueeze(-1) * a) * h + dtus[{i}].unsqueeze(-1) * bs[{i}].unsqueeze(1)\n"
-        f"        y{i} = (h * cs[{i}].unsqueeze(1)).sum(-1)\n" for i in range(k))
-    # one append per iteration: the exporter then turns the list into the Loop's scan output (one tensor written
-    # per iteration); several appends would stay an ONNX sequence, which onnxruntime copies on every insert
-    # (quadratic in the number of iterations)
-    steps += f"        ys.append(torch.stack([{', '.join(f'y{i}' for i in range(k))}], 0))\n"
-    return (
-        "def loop(dt: Tensor, dtu: Tensor, b: Tensor, c: Tensor, a: Tensor) -> Tensor:\n"
-        "    # dt, dtu: (L, batch, d); b, c: (L, batch, n); a: (d, n) -> y: (L, batch, d)\n"
-        "    seqlen = dt.size(0)\n"
-        f"    pad = ({k} - seqlen % {k}) % {k}\n"
-        "    dt = torch.cat([dt, dt.new_zeros([pad, dt.size(1), dt.size(2)])], 0)\n"
-        "    dtu = torch.cat([dtu, dtu.new_zeros([pad, dtu.size(1), dtu.size(2)])], 0)\n"
-        "    b = torch.cat([b, b.new_zeros([pad, b.size(1), b.size(2)])], 0)\n"
-        "    c = torch.cat([c, c.new_zeros([pad, c.size(1), c.size(2)])], 0)\n"
-        "    h = torch.zeros([dt.size(1), dt.size(2), a.size(1)], dtype=dt.dtype, device=dt.device)\n"
-        "    ys: List[Tensor] = []\n"
-        f"    for s in range(dt.size(0) // {k}):\n"
-        f"        dts = dt[s * {k}:(s + 1) * {k}]\n"
-        f"        dtus = dtu[s * {k}:(s + 1) * {k}]\n"
-        f"        bs = b[s * {k}:(s + 1) * {k}]\n"
-        f"        cs = c[s * {k}:(s + 1) * {k}]\n"
-        + steps +
-        "    return torch.cat(ys, 0)[:seqlen]\n"
-    )
+    t, k = range(t_len), range(k_len)
+    names = lambda p, r: ", ".join(f"{p}{i}" for i in r) + ","  # noqa: E731
+    # split(1) keeps the split axis (size 1): no Squeeze/Unsqueeze ops per piece, and cat() of the pieces is a
+    # single Concat
+    lines = [
+        "def block(h0: Tensor, dt: Tensor, dtu: Tensor, b: Tensor, c: Tensor, at: Tensor) -> Tuple[Tensor, Tensor]:",
+        f"    {names('dt', t)} = dt.unsqueeze(-2).split(1, 0)",  # (1, K, batch, 1, d) each
+        f"    {names('w', t)} = dtu.unsqueeze(-2).split(1, 0)",
+        f"    {names('b', t)} = b.unsqueeze(-1).split(1, 0)",  # (1, K, batch, n, 1) each
+        f"    {names('c', t)} = c.unsqueeze(-1).split(1, 0)",
+    ]
+    for i in t:
+        lines += [f"    a{i} = torch.exp(dt{i} * at)", f"    u{i} = w{i} * b{i}",
+                  "    h = u0" if i == 0 else f"    h = a{i} * h + u{i}"]
+    lines += [
+        f"    {names('cd', k)} = torch.exp(dt.sum(0, keepdim=True).unsqueeze(-2) * at).split(1, 1)",
+        f"    {names('f', k)} = h.split(1, 1)",  # (1, 1, batch, n, d) each
+        "    i0 = h0",
+    ]
+    lines += [f"    i{j + 1} = cd{j} * i{j} + f{j}" for j in k]
+    lines += [f"    h = torch.cat([{names('i', k)}], 1)"]
+    for i in t:
+        lines += [f"    h = a{i} * h + u{i}", f"    y{i} = (h * c{i}).sum(-2)"]
+    lines += [f"    return i{k_len}, torch.cat([{names('y', t)}], 0)"]
+    return "\n".join(lines) + "\n"
 
 
-_LOOP_SCRIPTS: dict[int, object] = {}
+_EXPORT_LAYOUT_SOURCE = """
+def layout(dt: Tensor, dtu: Tensor, b: Tensor, c: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    # (L, batch, ·) -> (blocks, T, K, batch, ·), zero-padded at the end to whole blocks (Δ = 0: decay 1, input 0,
+    # so the padding changes no real output)
+    seqlen = dt.size(0)
+    bt = dt.size(1)
+    d = dt.size(2)
+    n = b.size(2)
+    nb = (seqlen + @BLK - 1) // @BLK
+    pad = nb * @BLK - seqlen
+    dt = torch.cat([dt, dt.new_zeros([pad, bt, d])], 0).reshape(nb, @K, @T, bt, d).transpose(1, 2)
+    dtu = torch.cat([dtu, dtu.new_zeros([pad, bt, d])], 0).reshape(nb, @K, @T, bt, d).transpose(1, 2)
+    b = torch.cat([b, b.new_zeros([pad, bt, n])], 0).reshape(nb, @K, @T, bt, n).transpose(1, 2)
+    c = torch.cat([c, c.new_zeros([pad, bt, n])], 0).reshape(nb, @K, @T, bt, n).transpose(1, 2)
+    return dt, dtu, b, c
 
 
-def _loop_script(k: int):
-    """The compiled TorchScript export loop for ``k`` steps per iteration (compiled once, on first export)."""
-    if k not in _LOOP_SCRIPTS:
-        cu = torch.jit.CompilationUnit(_loop_script_source(k))
-        _LOOP_SCRIPTS[k] = cu.loop
-    return _LOOP_SCRIPTS[k]
+def loop(dt: Tensor, dtu: Tensor, b: Tensor, c: Tensor, at: Tensor) -> Tensor:
+    # dt, dtu: (L, batch, d); b, c: (L, batch, n); at = A^T: (n, d) -> y: (L, batch, d)
+    seqlen = dt.size(0)
+    dt, dtu, b, c = layout(dt, dtu, b, c)
+    h = torch.zeros([1, 1, dt.size(3), at.size(0), at.size(1)], dtype=dt.dtype, device=dt.device)
+    ys: List[Tensor] = []
+    for s in range(dt.size(0)):
+        h, y = block(h, dt[s], dtu[s], b[s], c[s], at)
+        ys.append(y)
+    y = torch.stack(ys, 0)
+    return y.transpose(1, 2).reshape(-1, y.size(3), y.size(4))[:seqlen]
+"""
+
+_EXPORT_FNS: dict[tuple[int, int, bool], dict] = {}
+
+
+def _export_fns(t_len: int, k_len: int, script: bool) -> dict:
+    """``layout``/``block``/``loop`` for blocks of ``k_len`` chunks of ``t_len`` steps: TorchScript-compiled
+    (``script=True``: the legacy exporter keeps the block loop as one ONNX ``Loop`` whose trip count and shapes
+    come from the input) or plain Python (eager and torch.export). Compiled once per (T, K)."""
+    key = (t_len, k_len, script)
+    if key not in _EXPORT_FNS:
+        src = _export_block_source(t_len, k_len) + (
+            _EXPORT_LAYOUT_SOURCE.replace("@BLK", str(t_len * k_len)).replace("@K", str(k_len))
+            .replace("@T", str(t_len)))
+        if script:
+            cu = torch.jit.CompilationUnit(src)
+            _EXPORT_FNS[key] = {"layout": cu.layout, "block": cu.block, "loop": cu.loop}
+        else:
+            ns = {"torch": torch, "Tensor": torch.Tensor, "Tuple": tuple, "List": list}
+            exec(compile(src, f"<selective_scan export T={t_len} K={k_len}>", "exec"), ns)  # our generated source
+            _EXPORT_FNS[key] = {name: ns[name] for name in ("layout", "block", "loop")}
+    return _EXPORT_FNS[key]
+
+
+def _export_chunks_per_block(t_len: int, d: int, n: int, block_elems: int) -> int:
+    """K: chunks per block, so that one step's (K, d, n) slab holds about ``block_elems / T`` floats per batch
+    element (cache-sized work per op), between 1 and 64 (pass 2 is K small sequential steps)."""
+    return max(1, min(64, block_elems // max(1, t_len * d * n)))
+
+
+def _softplus_export(x: torch.Tensor) -> torch.Tensor:
+    """softplus as relu(x) + log(1 + exp(-|x|)): never overflows, equal to torch's softplus in float32, and ~2.5x
+    faster in onnxruntime than its ``Softplus`` kernel (which is not vectorised: measured 39 vs 17 ms on 1M floats),
+    a cost paid on every (batch, d_inner, L) Δ."""
+    return torch.relu(x) + torch.log(1.0 + torch.exp(-x.abs()))
 
 
 def selective_scan_export(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          unroll: int = DEFAULT_EXPORT_UNROLL):
-    """The scan as one loop: one ONNX ``Loop`` (legacy exporter) or ``Scan`` (dynamo) node per layer, whatever L is.
+                          chunk_len: int = DEFAULT_EXPORT_CHUNK, block_elems: int = DEFAULT_EXPORT_BLOCK_ELEMS):
+    """The scan as one loop over blocks: one ONNX ``Loop`` (legacy exporter) or ``Scan`` (dynamo) per layer.
 
-    * Under the TorchScript tracer (``torch.onnx.export(..., dynamo=False)``, the fast exporter: about a second per
-      Mamba layer) the loop is a scripted function; tracing keeps its ``prim::Loop``, which becomes an ONNX
-      ``Loop`` whose trip count and shapes come from the input, so one graph serves every input size.
-    * Under torch.export / the dynamo exporter it is ``torch._higher_order_ops.scan`` (one ``Scan`` node; that
-      exporter re-traces the loop body several times and takes ~1-2 min per Mamba layer on 2 cores).
-    * Eagerly, the same body runs in a Python loop.
+    The sequence is cut into blocks of K chunks of ``chunk_len`` (T) steps (zero-padded to whole blocks); each
+    loop iteration scans one block with a fixed set of ops over (K, batch, n, d) slabs (see
+    ``_export_block_source``): 2T steps and K chunk-boundary steps, each one op over all chunks. onnxruntime thus
+    runs ~(9T + 2K) ops per K·T time steps, each on a cache-sized slab, instead of several ops per time step, and
+    the graph does not grow with the sequence length. K is chosen from d_inner·d_state (``block_elems``).
 
-    Each loop iteration advances ``unroll`` time steps (the sequence is zero-padded to a multiple: padded steps
-    come after the real ones, so they cannot change any real output). The discretisation ``exp(Δ A)`` happens
-    inside the loop body, so the exported model never materialises all ``L·d_inner·d_state`` decays either.
+    * Under the TorchScript tracer (``torch.onnx.export(..., dynamo=False)``, the fast exporter) the loop is a
+      scripted function; tracing keeps its ``prim::Loop``, which becomes an ONNX ``Loop`` whose trip count and
+      shapes come from the input, so one graph serves every input size.
+    * Under torch.export / the dynamo exporter the block loop is ``torch._higher_order_ops.scan`` (one ``Scan``).
+    * Eagerly, the same block function runs in a Python loop.
     """
     from torch._higher_order_ops import scan
 
     dtype = u.dtype
-    u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
-    k = max(1, int(unroll))
+    u, delta, z = (None if t is None else t.float() for t in (u, delta, z))
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = _softplus_export(delta)
+    A, B, C = A.float(), B.float(), C.float()
+    t_len = max(1, int(chunk_len))
+    k_len = _export_chunks_per_block(t_len, int(A.shape[0]), int(A.shape[1]), block_elems)  # static per layer
+    args = (delta.permute(2, 0, 1), (delta * u).permute(2, 0, 1), B.permute(2, 0, 1), C.permute(2, 0, 1))
+    at = A.t().contiguous()  # (n, d): d innermost, like the states
     if torch.jit.is_tracing():
-        y = _loop_script(k)(delta.permute(2, 0, 1), (delta * u).permute(2, 0, 1), B.permute(2, 0, 1),
-                            C.permute(2, 0, 1), A)  # (L, b, d)
-        return _finish(y.permute(1, 2, 0), u, D, z, dtype)
-    batch, d, seqlen = u.shape
-    n = A.shape[1]
-    steps = -(-seqlen // k)
-    pad = steps * k - seqlen
+        y = _export_fns(t_len, k_len, script=True)["loop"](*args, at)  # (L, b, d)
+    else:
+        fns = _export_fns(t_len, k_len, script=False)
+        if not _is_tracing(u):
+            y = fns["loop"](*args, at)
+        else:
+            block = fns["block"]
 
-    def split(x):  # (b, c, L) -> (steps, k, b, c)
-        if pad:
-            x = F.pad(x, (0, pad))
-        return x.reshape(x.shape[0], x.shape[1], steps, k).permute(2, 3, 0, 1)
+            def body(h, x):
+                h, y = block(h, *x, at)
+                return h.clone(memory_format=torch.contiguous_format), y  # carry strides must match h0
 
-    xs = (split(delta), split(delta * u), split(B), split(C))
-
-    def body(h, x):
-        dt, dtu, b_t, c_t = x  # (k, b, d), (k, b, d), (k, b, n), (k, b, n)
-        ys = []
-        for i in range(k):
-            h = torch.exp(dt[i][:, :, None] * A) * h + dtu[i][:, :, None] * b_t[i][:, None, :]
-            ys.append((h * c_t[i][:, None, :]).sum(-1))
-        return h.clone(), torch.stack(ys, dim=0)
-
-    h0 = u.new_zeros(batch, d, n)
-    if _is_tracing(u):
-        _, y = scan(body, h0, xs)  # y: (steps, k, b, d)
-    else:  # eager: the same body in a Python loop (the eager scan op would re-trace the body on every call)
-        h, ys = h0, []
-        for i in range(steps):
-            h, y_i = body(h, tuple(x[i] for x in xs))
-            ys.append(y_i)
-        y = torch.stack(ys, dim=0)
-    y = y.reshape(steps * k, batch, d)[:seqlen].permute(1, 2, 0)
-    return _finish(y, u, D, z, dtype)
+            h0 = u.new_zeros(1, 1, u.shape[0], A.shape[1], A.shape[0])
+            _, y = scan(body, h0, fns["layout"](*args))  # (blocks, T, K, b, d)
+            y = y.transpose(1, 2).reshape(-1, y.shape[3], y.shape[4])[:u.shape[2]]
+    return _finish(y.permute(1, 2, 0), u, D, z, dtype)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
