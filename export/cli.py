@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
                     ".required_operators.config) and a <file>.json sidecar next to each model file.")
     p.add_argument("model", help="a model name (zoo list / any timm name) or a checkpoint (.safetensors with its "
                                  ".json sidecar; an official .pth needs --model)")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx, or ort (= onnx + .ort + operator config)")
+    p.add_argument("--format", choices=FORMATS, default="onnx",
+                   help="onnx, ort (= onnx + .ort + operator config), or with an optional extra: pte (ExecuTorch "
+                        "XNNPACK, pip install 'lightzoo[executorch]') or tflite (LiteRT via litert-torch, "
+                        "pip install 'lightzoo[tflite]'); each is checked in its own runtime")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", dest="model_name", help="model name for a checkpoint without a LightZoo sidecar")
     p.add_argument("--name", help="file stem (default: the model name, or MODEL_CHECKPOINTSTEM)")

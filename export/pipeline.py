@@ -28,7 +28,9 @@ from .parity import Batch, ParityReport, ParitySet, check_parity, compare_files,
 from .quantize import QuantReport, quantize_int8
 from .spec import ExportSpec, build_adapter, infer_task, normalize_input_size
 
-FORMATS = ("onnx", "ort")
+FORMATS = ("onnx", "ort", "pte", "tflite")
+#: formats written by an optional runtime instead of ONNX (export.executorch, export.tflite); no .onnx is written
+RUNTIME_FORMATS = ("pte", "tflite")
 
 
 @dataclass
@@ -37,7 +39,7 @@ class ExportResult:
 
     name: str
     task: str
-    onnx: OnnxExport
+    onnx: OnnxExport | None  # None for --format pte / tflite, which do not go through ONNX
     parity: list[ParityReport] = field(default_factory=list)
     quant: QuantReport | None = None
     ort: OrtConversion | None = None
@@ -47,8 +49,11 @@ class ExportResult:
 
     def summary(self) -> str:
         ex = self.onnx
-        lines = [f"exported {self.name} ({self.task}) with the {ex.exporter} exporter, opset {ex.opset}"
-                 + (f" (fallback: {ex.fallback_reason})" if ex.fallback_reason else "")]
+        if ex is None:
+            lines = [f"exported {self.name} ({self.task}) to {self.files[0].suffix} with torch.export"]
+        else:
+            lines = [f"exported {self.name} ({self.task}) with the {ex.exporter} exporter, opset {ex.opset}"
+                     + (f" (fallback: {ex.fallback_reason})" if ex.fallback_reason else "")]
         lines += [p.summary() for p in self.parity]
         if self.quant:
             lines.append(self.quant.summary())
@@ -147,6 +152,11 @@ def export_model(
     or an ``nn.Module`` to ``out_dir``; see the module docstring and ``zoo export --help`` for the options."""
     if format not in FORMATS:
         raise ExportError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format in RUNTIME_FORMATS:
+        _runtime_module(format)  # a missing extra fails here, before the model is built
+        if int8 or dynamic_batch:
+            raise ExportError(f"--format {format} writes a float32 graph with a fixed batch of 1; --int8 and "
+                              "--dynamic-batch are for onnx/ort")
     model, meta, default_name, task = load_model(source, model_name=model_name, task=task, head=head,
                                                  num_classes=num_classes, pretrained=pretrained)
     pre = preprocessing(model, meta)
@@ -169,6 +179,9 @@ def export_model(
         images = load_calibration(calib, size, n_inputs, *norm, crop_pct=crop, limit=calib_limit)
         log(f"calibration images: {len(images[0])} from {calib}")
 
+    if format in RUNTIME_FORMATS:
+        return _export_runtime(format, model, meta, name, task, size, pre, out / f"{name}.{format}", images,
+                               n_random, atol)
     ex, parity = export_onnx_verified(model, out / f"{name}.onnx", size, task=task, dynamic_batch=dynamic_batch,
                                       opset=opset, exporter=exporter, fallback=fallback, simplify=simplify,
                                       in_chans=in_chans, images=images, n_random=n_random, atol=atol)
@@ -295,8 +308,49 @@ def _output_shapes(model: nn.Module, spec: ExportSpec) -> dict[str, list[Any]]:
     return shapes
 
 
+def _runtime_module(format: str):  # noqa: A002 - the CLI's word
+    """export.executorch or export.tflite, after checking that its optional extra is installed."""
+    if format == "pte":
+        from . import executorch as module
+
+        module.require_executorch()
+    else:
+        from . import tflite as module
+
+        module.require_litert()
+    return module
+
+
+def _export_runtime(format: str, model: nn.Module, meta: dict[str, Any], name: str, task: str,  # noqa: A002
+                    size: tuple[int, ...], pre: dict[str, Any], path: Path, images: Batch | None, n_random: int,
+                    atol: float | None) -> ExportResult:
+    """--format pte / tflite: torch.export-based writer, parity in that runtime, sidecar (no ONNX on the way)."""
+    from .spec import build_spec
+
+    module = _runtime_module(format)
+    spec = build_spec(task, size, False, model)
+    if format == "pte":
+        written = module.to_pte(model, path, spec)
+        parity = module.check_parity_pte(model, written, spec, images=images, n_random=n_random, atol=atol,
+                                         raise_on_fail=False)
+        how = {"exporter": "torch.export -> executorch to_edge_transform_and_lower (XnnpackPartitioner)",
+               "runtime": "ExecuTorch (XNNPACK delegate)"}
+    else:
+        written = module.to_tflite(model, path, spec)
+        parity = module.check_parity_tflite(model, written, spec, images=images, n_random=n_random, atol=atol,
+                                            raise_on_fail=False)
+        how = {"exporter": "litert_torch.convert (torch.export -> StableHLO -> LiteRT)",
+               "runtime": "LiteRT interpreter (ai_edge_litert)"}
+    if not parity.passed:
+        raise _fail(written, f"the .{format} model does not match PyTorch:\n{parity.summary()}")
+    result = ExportResult(name, task, None, parity=[parity], files=[written])
+    base = _base_fields(model, meta, name, task, spec, pre, None, _output_shapes(model, spec))
+    write_sidecar(written, {**base, **how, "runtime_versions": module.versions(), "parity": parity.to_dict()})
+    return result
+
+
 def _base_fields(model: nn.Module, meta: dict[str, Any], name: str, task: str, spec: ExportSpec,
-                 pre: dict[str, Any], ex: OnnxExport, output_shapes: dict[str, list[Any]]) -> dict[str, Any]:
+                 pre: dict[str, Any], ex: OnnxExport | None, output_shapes: dict[str, list[Any]]) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "model": meta.get("model") or name, "task": task, "head": meta.get("head") or getattr(model, "head_name", None),
         "num_classes": _num_classes(model, meta), "class_names": _class_names(model, meta),
@@ -304,11 +358,12 @@ def _base_fields(model: nn.Module, meta: dict[str, Any], name: str, task: str, s
         "preprocessing": {**pre, "input_range": "[0, 1] (normalised inside)" if task == "detection"
                           else "(x / 255 - mean) / std"},
         **io_description(spec, output_shapes),
-        "opset": ex.opset, "exporter": ex.exporter, "exporter_requested": ex.requested_exporter,
-        "exporter_fallback_reason": ex.fallback_reason, "simplified": ex.simplified,
-        "external_data": ex.external_data,
         "source_checkpoint_metrics": meta.get("metrics"),
     }
+    if ex is not None:
+        fields.update({"opset": ex.opset, "exporter": ex.exporter, "exporter_requested": ex.requested_exporter,
+                       "exporter_fallback_reason": ex.fallback_reason, "simplified": ex.simplified,
+                       "external_data": ex.external_data})
     if task == "detection":
         from .detection import DetectionAdapter
 
