@@ -10,12 +10,15 @@
 >>> det = export.export_model(zoo.create_model("emov2_1m", task="detection", head="retinanet"), "out",
 ...                           task="detection", input_size=320)              # raw head outputs + anchors
 >>> boxes = export.detection_postprocess(session.run(None, {"images": x}), sidecar["postprocess"])
+>>> export.export_model("emov2_1m", "out", format="pte")     # ExecuTorch XNNPACK (extra: lightzoo[executorch])
+>>> export.export_model("emov2_1m", "out", format="tflite")  # LiteRT via litert-torch (extra: lightzoo[tflite])
 
 Graph interfaces per task are in :mod:`export.spec`.
 """
 
 from .calib import load_calibration, synthetic_calibration
 from .detection import DetectionAdapter, detection_postprocess
+from .executorch import check_parity_pte, to_pte
 from .metadata import sidecar_path, write_sidecar
 from .mobile import OrtConversion, to_ort
 from .onnx_export import DEFAULT_OPSET, EXPORTERS, OnnxExport, to_onnx
@@ -23,6 +26,7 @@ from .parity import ParityReport, check_parity, make_session
 from .pipeline import ExportResult, export_model, export_onnx_verified, load_model
 from .quantize import QuantReport, quantize_int8
 from .spec import DEFAULT_ATOL, ExportSpec, build_spec
+from .tflite import check_parity_tflite, to_tflite
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -37,6 +41,8 @@ __all__ = [
     "QuantReport",
     "build_spec",
     "check_parity",
+    "check_parity_pte",
+    "check_parity_tflite",
     "detection_postprocess",
     "export_model",
     "export_onnx_verified",
@@ -48,5 +54,7 @@ __all__ = [
     "synthetic_calibration",
     "to_onnx",
     "to_ort",
+    "to_pte",
+    "to_tflite",
     "write_sidecar",
 ]
