@@ -98,7 +98,7 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or not isinstance(self.norm, nn.BatchNorm2d):
-            return self.act(self.norm(self.conv(x)))
+            return _act(self.act, self.norm(self.conv(x)))
         # Inference: fold the frozen BN into the conv's weights on the fly (a few thousand weights) instead of one
         # more pass over a large activation map; ~3% of EMOv2-5M's CPU latency, results equal to float rounding.
         c, bn = self.conv, self.norm
@@ -106,8 +106,8 @@ class ConvNormAct(nn.Module):
         bias = bn.bias - bn.running_mean * scale
         if c.bias is not None:
             bias = bias + c.bias * scale
-        return self.act(F.conv2d(x, c.weight * scale.view(-1, 1, 1, 1), bias, c.stride, c.padding, c.dilation,
-                                 c.groups))
+        return _act(self.act, F.conv2d(x, c.weight * scale.view(-1, 1, 1, 1), bias, c.stride, c.padding,
+                                       c.dilation, c.groups))
 
 
 class PointwiseExpansion(nn.Module):
@@ -127,6 +127,18 @@ def _graph_export() -> bool:
     exporter set ``is_in_onnx_export``), ``torch.export`` and TorchScript tracing. Those take the graph-shaped
     forward paths below; eager PyTorch (and ``torch.compile``) keeps the memory-format-aware ones."""
     return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
+def _act(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply ``act``; in a graph export, erf-GELU is spelled ``x * (erf(x / sqrt(2)) + 1) * 0.5``.
+
+    That is the op order onnxruntime's GeluFusion recognises. The dynamo exporter decomposes ``F.gelu`` as
+    ``x * (0.5 * (erf(x / sqrt(2)) + 1))``, which it does not, so every GELU would run as five elementwise passes
+    instead of one fused kernel. Same function, same rounding to within an ulp.
+    """
+    if type(act) is nn.GELU and act.approximate == "none" and _graph_export():
+        return x * (torch.erf(x / math.sqrt(2.0)) + 1.0) * 0.5
+    return act(x)
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
@@ -248,7 +260,7 @@ class SpanningWindowAttention(nn.Module):
         w_qk, b_qk = self.qk.conv.weight.flatten(1), self.qk.conv.bias
         q = F.linear(t, w_qk[:C], None if b_qk is None else b_qk[:C])
         k = F.linear(t, w_qk[C:], None if b_qk is None else b_qk[C:])
-        v = self.v.act(F.linear(t, self.v.conv.weight.flatten(1), self.v.conv.bias))
+        v = _act(self.v.act, F.linear(t, self.v.conv.weight.flatten(1), self.v.conv.bias))
         c_mid = v.shape[-1]
         dv = c_mid // heads
         drop = self.attn_drop if self.training else 0.0
