@@ -1,0 +1,104 @@
+"""``zoo export --format pte|tflite``: ExecuTorch (XNNPACK) and LiteRT files checked in their own runtimes.
+
+The runtime tests skip when the optional extra is not installed; the missing-extra tests always run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+import zoo
+from export import export_model
+from export.cli import main as export_main
+from export.metadata import sidecar_path
+from export.probe import make_informative
+from zoo.errors import ExportError
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """mobilenetv2_ulsam at 32x32 with informative weights (untrained logits are too small to test parity)."""
+    torch.manual_seed(0)
+    model = zoo.create_model("mobilenetv2_ulsam", num_classes=10).eval()
+    return make_informative(model, (3, SIZE, SIZE))
+
+
+@pytest.mark.parametrize(("fmt", "module", "extra"), [("pte", "executorch", "executorch"),
+                                                      ("tflite", "litert_torch", "tflite")])
+def test_missing_extra_is_named_before_the_model_is_built(monkeypatch, tmp_path, fmt, module, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # import of it now raises ImportError
+    with pytest.raises(ExportError) as e:
+        export_model("no_such_model_name", tmp_path, format=fmt)  # an unknown model would fail later
+    msg = str(e.value)
+    assert f"--format {fmt} needs the optional '{extra}' extra" in msg
+    assert f"pip install 'lightzoo[{extra}]'" in msg
+    with pytest.raises(ExportError, match=rf"lightzoo\[{extra}\]"):
+        export_main(["mobilenetv2_ulsam", "--format", fmt, "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
+def _check_export(model, tmp_path, fmt: str, versions_key: str):
+    result = export_model(model, tmp_path, format=fmt, name="m", input_size=SIZE, n_random=2)
+    path = tmp_path / f"m.{fmt}"
+    assert result.files == [path] and result.onnx is None
+    assert not (tmp_path / "m.onnx").exists()
+    (report,) = result.parity
+    assert report.passed
+    assert report.agreement == 1.0 and report.sets[0].total == 2
+    assert 0.0 < report.max_abs_diff <= 1e-4  # a float32 runtime never matches to the bit, and must match to 1e-4
+    assert report.sets[0].max_abs_ref["logits"] > 1.0  # informative logits: 1e-4 can tell a wrong graph
+    side = json.loads(sidecar_path(path).read_text())
+    assert side["format"] == fmt and side["file"] == "m." + fmt
+    assert side["input_size"] == [3, SIZE, SIZE] and side["outputs"][0]["shape"] == [1, 10]
+    assert side["parity"]["max_abs_diff"] == pytest.approx(report.max_abs_diff)
+    assert side["parity"]["top1_agreement"] == 1.0
+    assert versions_key in side["runtime_versions"]
+    assert "opset" not in side  # no ONNX on this path
+    return path, result
+
+
+def _perturbed(model):
+    import copy
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.get_classifier().bias.add_(0.5)
+    return other
+
+
+def test_pte_export_parity_in_executorch(tiny_model, tmp_path):
+    pytest.importorskip("executorch.runtime")
+    from export.executorch import check_parity_pte
+    from export.spec import build_spec
+
+    path, result = _check_export(tiny_model, tmp_path, "pte", "executorch")
+    assert "fp32 .pte (ExecuTorch XNNPACK)" in result.summary()
+    # the check would catch a wrong file: the same .pte against a model whose logits moved by 0.5
+    with pytest.raises(ExportError, match=r"does not match PyTorch(.|\n)*max abs diff logits 5\.00e-01"):
+        check_parity_pte(_perturbed(tiny_model), path, build_spec("classification", (3, SIZE, SIZE)), n_random=1)
+
+
+def test_tflite_export_parity_in_litert(tiny_model, tmp_path):
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_litert.interpreter")
+    from export.spec import build_spec
+    from export.tflite import check_parity_tflite
+
+    path, result = _check_export(tiny_model, tmp_path, "tflite", "litert-torch")
+    assert "fp32 .tflite (LiteRT)" in result.summary()
+    with pytest.raises(ExportError, match=r"does not match PyTorch(.|\n)*max abs diff logits 5\.00e-01"):
+        check_parity_tflite(_perturbed(tiny_model), path, build_spec("classification", (3, SIZE, SIZE)),
+                            n_random=1)
+
+
+def test_runtime_formats_refuse_int8_and_dynamic_batch(tmp_path):
+    pytest.importorskip("executorch.runtime")
+    with pytest.raises(ExportError, match="--int8 and --dynamic-batch are for onnx/ort"):
+        export_model("mobilenetv2_ulsam", tmp_path, format="pte", int8=True)
+    assert not any(tmp_path.iterdir())
