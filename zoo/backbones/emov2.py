@@ -331,8 +331,28 @@ class IRMB2(nn.Module):
         self.ls = LayerScale2d(dim_out, ls_init)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    def _expand_graph(self, x: torch.Tensor) -> torch.Tensor:
+        """``expansion(norm(x))`` with a frozen BN pre-norm folded into the 1x1 expansion conv.
+
+        For graph export only: onnxruntime fuses a BN into the conv *before* it, never into the one after, so the
+        pre-norm of every inner stage-1/2 block otherwise runs as its own pass over the block's largest input.
+        conv(W, s * x + t) = conv(W * s, x) + W t, exact up to float rounding.
+        """
+        bn, net = self.norm, self.eops[0].net
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        w = net.conv.weight
+        bias = w.flatten(1) @ shift
+        if net.conv.bias is not None:
+            bias = bias + net.conv.bias
+        return _act(net.act, F.conv2d(x, w * scale.view(1, -1, 1, 1), bias))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e = self.eops[0](self.norm(x))
+        if (not self.training and isinstance(self.norm, nn.BatchNorm2d)
+                and isinstance(self.eops[0], PointwiseExpansion) and _graph_export()):
+            e = self._expand_graph(x)
+        else:
+            e = self.eops[0](self.norm(x))
         e = e + self.conv_local(e) if self.has_skip else self.conv_local(e)
         y = self.proj(self.proj_drop(e))
         if not self.has_skip:
