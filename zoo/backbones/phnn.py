@@ -68,6 +68,12 @@ class PHCBasicBlock(nn.Module):
         x = self.bn2(self.conv2(x))
         return self.act(x + shortcut)
 
+    def zero_init_last(self) -> None:
+        """timm's convention (torchvision: ``zero_init_residual``): zero the residual branch's last BN gain, so
+        the block starts as its shortcut. Not the official PHC initialisation (which leaves it at 1); it also marks
+        that norm for ``export.probe.make_informative``."""
+        nn.init.zeros_(self.bn2.weight)
+
 
 class PHCBottleneck(nn.Module):
     """1x1 -> 3x3 (carries the stride, as torchvision and the official code) -> 1x1 x4 PHC convs with BN."""
@@ -92,6 +98,10 @@ class PHCBottleneck(nn.Module):
         x = self.act(self.bn2(self.conv2(x)))
         x = self.bn3(self.conv3(x))
         return self.act(x + shortcut)
+
+    def zero_init_last(self) -> None:
+        """As :meth:`PHCBasicBlock.zero_init_last`, for the branch's last BN (``bn3``)."""
+        nn.init.zeros_(self.bn3.weight)
 
 
 def _shortcut(in_chs: int, out_chs: int, stride: int, n: int) -> nn.Module | None:
