@@ -343,7 +343,8 @@ def _export_block_source(t_len: int, k_len: int) -> str:
        each step are kept for pass 3);
     2. the K chunk boundaries, one small step each: incoming_{k+1} = exp(A ΣΔ_k) incoming_k + final_k, starting
        from the block's incoming state (the decay over a chunk is exp of a sum of non-positive terms: <= 1);
-    3. the recurrence again from the true incoming states, with the outputs y_t = C_t · h_t.
+    3. the recurrence again from the true incoming states, with the outputs y_t = C_t · h_t as one batched
+       (1 x n) @ (n x d) MatMul per step (~20% faster in onnxruntime than Mul + ReduceSum over n).
 
     Straight-line code, not inner loops: an inner loop would become a nested ONNX ``Loop``, whose per-iteration
     cost is many times that of one op on a (K, batch, n, d) slab. The same source is compiled by TorchScript
@@ -359,7 +360,7 @@ def _export_block_source(t_len: int, k_len: int) -> str:
         f"    {names('dt', t)} = dt.unsqueeze(-2).split(1, 0)",  # (1, K, batch, 1, d) each
         f"    {names('w', t)} = dtu.unsqueeze(-2).split(1, 0)",
         f"    {names('b', t)} = b.unsqueeze(-1).split(1, 0)",  # (1, K, batch, n, 1) each
-        f"    {names('c', t)} = c.unsqueeze(-1).split(1, 0)",
+        f"    {names('c', t)} = c.unsqueeze(-2).split(1, 0)",  # (1, K, batch, 1, n) each
     ]
     for i in t:
         lines += [f"    a{i} = torch.exp(dt{i} * at)", f"    u{i} = w{i} * b{i}",
@@ -372,8 +373,9 @@ def _export_block_source(t_len: int, k_len: int) -> str:
     lines += [f"    i{j + 1} = cd{j} * i{j} + f{j}" for j in k]
     lines += [f"    h = torch.cat([{names('i', k)}], 1)"]
     for i in t:
-        lines += [f"    h = a{i} * h + u{i}", f"    y{i} = (h * c{i}).sum(-2)"]
-    lines += [f"    return i{k_len}, torch.cat([{names('y', t)}], 0)"]
+        lines += [f"    h = a{i} * h + u{i}", f"    y{i} = torch.matmul(c{i}, h)"]
+    lines += [f"    y = torch.cat([{names('y', t)}], 0)",  # (T, K, batch, 1, d); an explicit shape keeps the rank known
+              f"    return i{k_len}, y.reshape([y.size(0), y.size(1), y.size(2), y.size(4)])"]
     return "\n".join(lines) + "\n"
 
 
