@@ -176,7 +176,7 @@ def test_bad_inputs_raise_clear_errors(model_2d):
 
 
 def test_onnx_export_one_loop_per_mamba_layer_and_a_second_input_size(model_2d, tmp_path):
-    """The whole 2D network through the TorchScript exporter with dynamic H/W (about 15 s of CPU at 32^2): one
+    """The whole 2D network through the TorchScript exporter with dynamic H/W (about 25 s of CPU at 32^2): one
     ONNX Loop per Mamba layer (21), and the same graph runs another input size in onnxruntime.
 
     The export at 256^2 with the timing and the node count is ``python benchmarks/mamba_scan.py --only onnx``."""
