@@ -294,3 +294,23 @@ def test_export_model_defaults_to_the_models_preferred_exporter(tmp_path: Path, 
     with pytest.raises(ExportError, match="recorded"):
         pipeline.export_model("lightm_unet_2d", tmp_path / "explicit", input_size=32, exporter="dynamo")
     assert seen == ["legacy", "dynamo", "dynamo"]
+
+
+def test_float64_noise_floor_passes_float32_rounding_but_not_a_wrong_graph(tmp_path) -> None:
+    """No registered backbone needs the noise floor now (test_export_backbones pins that), so it is pinned here on
+    a model built to be float32-noisy: logits ~6e3, where float32 itself is ~3e-3 from float64."""
+    from export.parity import NOISE_FLOOR_FACTOR, check_parity
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.Flatten(), nn.Linear(64 * 64, 8)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(300.0), model[2].weight.mul_(30.0)
+    ex, parity = export_onnx_verified(model, tmp_path / "noisy.onnx", (3, 8, 8), exporter="legacy", n_random=2,
+                                      optimize=False)
+    assert parity.passed and parity.noise_floor is not None and parity.noise_floor > 1e-3
+    assert 1e-4 < parity.max_abs_diff <= NOISE_FLOOR_FACTOR * parity.noise_floor
+    assert "from PyTorch float64" in parity.summary()
+    with torch.no_grad():
+        model[2].bias[3] += 0.1  # a wrong graph: off by 0.1 on one logit, 10x the raised tolerance
+    with pytest.raises(ExportError, match="does not match PyTorch"):
+        check_parity(model, ex.path, ex.spec, n_random=2)
