@@ -13,6 +13,7 @@ import zoo
 from zoo.backbones.lwganet import (
     DRFD,
     MODEL_ARGS,
+    EvalBatchNorm2d,
     LWGANet,
     MediumRangeAttention,
     MultiHeadSelfAttention,
@@ -337,9 +338,62 @@ def test_pointwise_conv_uses_the_product_only_where_it_is_bit_identical(monkeypa
     conv.train()
     assert torch.equal(conv(x), ref)  # grad enabled: always the convolution
     m = zoo.create_model("lwganet_l0")
-    exact = {n.split(".")[1] if n.startswith("stages") else n: c.bit_exact
+    exact = {".".join(n.split(".")[:4]) if n.startswith("stages.2.blocks") else
+             n.split(".")[1] if n.startswith("stages") else n: c.bit_exact
              for n, c in m.named_modules() if isinstance(c, PointwiseConv2d)}
-    assert exact == {"0": True, "1": True, "2": True, "3": False, "conv_head": False}
+    # the last stage-3 block pools its input before any of its convolutions: the rest of it is free too
+    assert exact == {"0": True, "1": True, "stages.2.blocks.0": True, "stages.2.blocks.1": True,
+                     "stages.2.blocks.2": True, "stages.2.blocks.3": False, "2": True, "3": False,
+                     "conv_head": False}
+    # stage 4's DRFD runs its 1 -> 2 grouped conv as a depthwise conv on repeated channels: equal within rounding
+    assert [s.downsample.bit_exact for s in m.stages[1:]] == [True, True, False]
+    drfd = m.stages[3].downsample.eval()
+    _randomise_norms(drfd)
+    x = torch.randn(1, 128, 14, 14)
+    with torch.inference_mode():
+        fast = drfd(x)
+        drfd.bit_exact = True
+        torch.testing.assert_close(fast, drfd(x), atol=1e-5, rtol=0)
+
+
+def test_medium_range_channels_last_strips_equal_the_plain_ops_bit_for_bit() -> None:
+    """The MRA strips run on a channels-last copy of the blurred map (faster oneDNN kernel); the gate must keep
+    every bit of the plain NCHW computation (official order of sums, F.interpolate), at one and two threads."""
+    import zoo.backbones.lwganet as L
+
+    threads = torch.get_num_threads()
+    try:
+        for th in (1, 2):
+            torch.set_num_threads(th)
+            torch.manual_seed(th)
+            for C, H, W in ((8, 56, 56), (24, 28, 20), (48, 14, 14)):
+                mra = MediumRangeAttention(C, 11, torch.nn.BatchNorm2d).eval()
+                _randomise_norms(mra)
+                x = torch.randn(1, C, H, W)
+                with torch.inference_mode():
+                    got = mra(x)
+                    t = mra.blur(F.max_pool2d(x, 3, 1, 1))
+                    h, w = t.shape[-2:]
+                    att = (mra.h_strip(t) + mra.v_strip(t)
+                           + L.unshear_rows(mra.h_strip_sheared(L.shear_rows(t)), w)
+                           + L.unshear_cols(mra.v_strip_sheared(L.shear_cols(t)), h))
+                    ref = x * F.interpolate(torch.sigmoid(mra.norm(att)), size=(H, W), mode="nearest")
+                assert torch.equal(got, ref) and got.is_contiguous(), (th, C, H, W)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_eval_batchnorm_is_the_module_bit_for_bit_and_still_trains() -> None:
+    torch.manual_seed(0)
+    ref, fast = torch.nn.BatchNorm2d(8), EvalBatchNorm2d(8)
+    _randomise_norms(ref)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 8, 5, 7)
+    with torch.inference_mode():
+        assert torch.equal(fast.eval()(x), ref.eval()(x))
+    fast.train()(x)  # training: batch statistics, running stats updated as by the parent class
+    ref.train()(x)
+    assert torch.equal(fast.running_mean, ref.running_mean) and int(fast.num_batches_tracked) == 1
 
 
 def test_stage4_medium_range_linear_form_equals_the_convolutions() -> None:
