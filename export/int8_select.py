@@ -160,6 +160,19 @@ def profile_nodes(fp32_path: str | os.PathLike, qdq_path: str | os.PathLike, fee
     with tempfile.TemporaryDirectory() as tmp:
         f_prof, q_prof = _run_profiled([fp32_path, qdq_path], feed, threads, rounds, warmup, tmp)
 
+    by_name = {n.name: n for n in fp32_model.graph.node}
+    producer = {o: n for n in fp32_model.graph.node for o in n.output}
+
+    def fused_source(owner: str, kernel_op: str) -> str:
+        """A float kernel named after a later node it absorbed (Conv+BN+Relu is named ``<relu>_output_0_nchwc``):
+        walk back along first inputs to the node of the kernel's own type."""
+        node = by_name.get(owner)
+        for _ in range(3):
+            if node is None or node.op_type == kernel_op or not node.input:
+                break
+            node = producer.get(node.input[0])
+        return node.name if node is not None and node.op_type == kernel_op else owner
+
     def attribute(prof: dict[str, dict[str, float]]) -> tuple[dict[str, float], dict[str, set[str]]]:
         ms: dict[str, float] = collections.defaultdict(float)
         kernels: dict[str, set[str]] = collections.defaultdict(set)
@@ -168,6 +181,7 @@ def profile_nodes(fp32_path: str | os.PathLike, qdq_path: str | os.PathLike, fee
                 continue
             owner = _owner(pname, pool)
             if owner is not None:
+                owner = fused_source(owner, ev["op"])
                 ms[owner] += ev["ms"]
                 kernels[owner].add(ev["op"])
         return ms, kernels
