@@ -438,9 +438,9 @@ def _export_chunks_per_block(t_len: int, d: int, n: int, block_elems: int) -> in
 
 
 def _softplus_export(x: torch.Tensor) -> torch.Tensor:
-    """softplus as relu(x) + log(1 + exp(-|x|)): never overflows, equal to torch's softplus in float32, and ~2.5x
-    faster in onnxruntime than its ``Softplus`` kernel (which is not vectorised: measured 39 vs 17 ms on 1M floats),
-    a cost paid on every (batch, d_inner, L) Δ."""
+    """softplus as relu(x) + log(1 + exp(-|x|)): never overflows, within float32 rounding of torch's softplus
+    (<= 1e-6 for |x| <= 100), and ~2.5x faster in onnxruntime than its ``Softplus`` kernel (not vectorised:
+    measured 39 vs 17 ms on 1M floats), a cost paid on every (batch, d_inner, L) Δ."""
     return torch.relu(x) + torch.log(1.0 + torch.exp(-x.abs()))
 
 
