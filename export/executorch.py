@@ -113,7 +113,10 @@ def load_pte(path: str | os.PathLike, threads: int | None = None) -> Callable[[S
         raise ExportError(f"the ExecuTorch runtime cannot load {str(path)!r}: {_first_line(e)}") from e
 
     def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        outs = method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
+        try:
+            outs = method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
+        except Exception as e:  # noqa: BLE001 - the bindings raise RuntimeError
+            raise ExportError(f"the ExecuTorch runtime cannot run {Path(path).name}: {_first_line(e)}") from e
         return [o.detach().numpy().copy() if isinstance(o, torch.Tensor) else np.asarray(o) for o in outs]
 
     return run

@@ -331,16 +331,18 @@ def _export_runtime(format: str, model: nn.Module, meta: dict[str, Any], name: s
     spec = build_spec(task, size, False, model)
     if format == "pte":
         written = module.to_pte(model, path, spec)
-        parity = module.check_parity_pte(model, written, spec, images=images, n_random=n_random, atol=atol,
-                                         raise_on_fail=False)
+        check = module.check_parity_pte
         how = {"exporter": "torch.export -> executorch to_edge_transform_and_lower (XnnpackPartitioner)",
                "runtime": "ExecuTorch (XNNPACK delegate)"}
     else:
         written = module.to_tflite(model, path, spec)
-        parity = module.check_parity_tflite(model, written, spec, images=images, n_random=n_random, atol=atol,
-                                            raise_on_fail=False)
+        check = module.check_parity_tflite
         how = {"exporter": "litert_torch.convert (torch.export -> StableHLO -> LiteRT)",
                "runtime": "LiteRT interpreter (ai_edge_litert)"}
+    try:
+        parity = check(model, written, spec, images=images, n_random=n_random, atol=atol, raise_on_fail=False)
+    except ExportError as e:  # written but cannot run in its runtime: not at the path an app loads either
+        raise _fail(written, str(e)) from e
     if not parity.passed:
         raise _fail(written, f"the .{format} model does not match PyTorch:\n{parity.summary()}")
     result = ExportResult(name, task, None, parity=[parity], files=[written])

@@ -98,7 +98,10 @@ def load_tflite(path: str | os.PathLike, threads: int | None = 1) -> Callable[[S
         if len(inputs) != len(in_names):
             raise ExportError(f"{Path(path).name} takes {len(in_names)} inputs ({', '.join(in_names)}); "
                               f"got {len(inputs)}")
-        outs = runner(**{n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(in_names, inputs)})
+        try:
+            outs = runner(**{n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(in_names, inputs)})
+        except Exception as e:  # noqa: BLE001 - e.g. a kernel LiteRT lacks (LWGANet's unpool: STABLEHLO_SCATTER)
+            raise ExportError(f"the LiteRT interpreter cannot run {Path(path).name}: {_first_line(e)}") from e
         return [np.array(outs[n]) for n in out_names]
 
     return run
