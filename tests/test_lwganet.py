@@ -575,6 +575,17 @@ def test_lwganet_l0_onnx_legacy_exporter_matches_onnxruntime(l0) -> None:
     with torch.no_grad():
         ref = l0(x).numpy()
     assert abs(y - ref).max() <= 1e-4
+    # DRFD's 1 -> 2 grouped conv is written as a depthwise conv (onnxruntime's int8 grouped kernel is 30-100x slower)
+    import onnx
+
+    graph = onnx.load_from_string(buf.getvalue()).graph
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    grouped = [(n.name, weights.get(n.input[1])) for n in graph.node if n.op_type == "Conv"
+               and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    groups = {n.name: next(a.i for a in n.attribute if a.name == "group") for n in graph.node if n.op_type == "Conv"}
+    drfd = [name for name, dims in grouped if "downsample" in name]
+    assert len(drfd) >= 3 and all(weights.get(n.input[1]) for n in graph.node if n.name in drfd)
+    assert [name for name, dims in grouped if dims is not None and dims[0] != groups[name]] == []
 
 
 @pytest.mark.slow

@@ -620,7 +620,14 @@ class DRFD(nn.Module):
         self.bit_exact = True  # False where no 2x2 max-pool/unpool follows (stage 4): see forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bit_exact or _graph_capture() or is_in_torch_dispatch_mode() or x.is_meta:
+        if torch.onnx.is_in_onnx_export():
+            # The exported graph spells the 1 -> 2 grouped conv as a depthwise conv on repeated channels too:
+            # onnxruntime's int8 grouped-conv kernel takes 30-100x its fp32 time on it (depthwise is a fast path),
+            # and both exporters write the repeat as Unsqueeze/Expand/Reshape.
+            B, C, H, W = x.shape
+            x = F.conv2d(x.unsqueeze(2).expand(B, C, 2, H, W).reshape(B, 2 * C, H, W), self.conv.weight,
+                         self.conv.bias, 1, 1, 1, self.conv.out_channels)
+        elif self.bit_exact or _graph_capture() or is_in_torch_dispatch_mode() or x.is_meta:
             x = self.conv(x)
         else:
             # 1 -> 2 channels per group as a depthwise conv on the input with each channel repeated: oneDNN's
