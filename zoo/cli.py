@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train.cli:main", "train a model from a YAML config (no arguments: emov2_1m on digits)"),
     "eval": ("train.cli:eval_main", "evaluate a checkpoint on a dataset with the task's metrics"),
     "predict": ("train.predict:main", "run a trained checkpoint on images"),
-    "export": ("export.cli:main", "export to ONNX / ONNX Runtime Mobile with parity checks"),
+    "export": ("export.cli:main", "export to ONNX / ORT Mobile / ExecuTorch / LiteRT with parity checks"),
     "xscore": ("train.xscore_cli:main", "cross-dataset robustness evaluation (xScore)"),
     "weights": ("zoo.weights_cli:main", "list, fetch and convert pretrained weights"),
     "data": ("zoo.data.cli:main", "make synthetic datasets for every task"),
