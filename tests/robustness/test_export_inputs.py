@@ -52,8 +52,8 @@ def test_a_size_the_model_cannot_take_is_named(tmp_path: Path) -> None:
 
 
 def test_unknown_format(tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match=r"unknown format 'tflite'; choose one of onnx"):
-        export_model(NAME, tmp_path, format="tflite")
+    with pytest.raises(ExportError, match=r"unknown format 'coreml'; choose one of onnx, ort, pte, tflite"):
+        export_model(NAME, tmp_path, format="coreml")
 
 
 @pytest.mark.parametrize(
