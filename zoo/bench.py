@@ -48,9 +48,16 @@ def measure_latency(fn: Callable[[], object], warmup: int = 5, iters: int = 30) 
     return statistics.median(times)
 
 
-def interleaved_latency(fns: dict[str, Callable[[], object]], warmup: int = 5, rounds: int = 30) -> dict[str, float]:
+def interleaved_latency(fns: dict[str, Callable[[], object]], warmup: int = 5, rounds: int = 30,
+                        settle: int = 0) -> dict[str, float]:
     """Median latency of several callables measured in alternation, so a busy machine slows all of them alike
-    and their ratios stay meaningful."""
+    and their ratios stay meaningful.
+
+    ``settle`` untimed calls precede each timed one. Runtimes with their own thread pools (onnxruntime's spinning
+    workers, PyTorch's OpenMP team) pay for the switch from another runtime on the first call: threads waking up,
+    caches refilled. An app runs one runtime call after call, so ``settle=1`` times that steady state while the
+    rounds still alternate.
+    """
     with torch.inference_mode():
         for fn in fns.values():
             for _ in range(warmup):
@@ -58,6 +65,8 @@ def interleaved_latency(fns: dict[str, Callable[[], object]], warmup: int = 5, r
         times: dict[str, list[float]] = {k: [] for k in fns}
         for _ in range(rounds):
             for k, fn in fns.items():
+                for _ in range(settle):
+                    fn()
                 t0 = time.perf_counter()
                 fn()
                 times[k].append((time.perf_counter() - t0) * 1e3)
