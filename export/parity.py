@@ -30,17 +30,21 @@ NOISE_FLOOR_FACTOR = 3.0
 
 
 def make_session(path: str | os.PathLike, threads: int | None = None, optimize: bool = True,
-                 spin: bool = True):  # -> InferenceSession
+                 spin: bool = True, stop_spinning_after_run: bool = False):  # -> InferenceSession
     """An onnxruntime CPU session for an ``.onnx`` or ``.ort`` file (onnxruntime reads the format from the suffix).
 
-    ``spin=False`` stops the intra-op threads from busy-waiting after each run: needed when PyTorch and
-    onnxruntime are timed in alternation, where the spinning threads otherwise steal the cores PyTorch runs on.
+    ``spin=False`` stops the intra-op threads from busy-waiting at all (slower runs). ``stop_spinning_after_run``
+    keeps onnxruntime's default spinning *during* a run but parks the threads when it returns
+    (``session.force_spinning_stop``): what timing several runtimes in alternation needs, since threads still
+    spinning after a run otherwise steal the cores of whatever runs next (PyTorch, another session).
     """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    elif stop_spinning_after_run:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -70,6 +70,25 @@ def test_legacy_exporter_fixed_batch(tmp_path: Path) -> None:
     assert report.passed and report.sets[0].samples == 2
 
 
+def test_session_spinning_options_reach_onnxruntime(tmp_path: Path) -> None:
+    """The latency benchmark relies on these entries: spinning off, or spinning parked after each run."""
+    ex = export.to_onnx(tiny_model(), tmp_path / "m.onnx", (3, 32, 32), exporter="legacy")
+
+    def entries(**kw) -> tuple[str, ...]:
+        opts = make_session(ex.path, 2, **kw).get_session_options()
+        found = []
+        for key in ("session.intra_op.allow_spinning", "session.force_spinning_stop"):
+            try:
+                found.append(opts.get_session_config_entry(key))
+            except RuntimeError:  # onnxruntime raises for an entry that was never set
+                found.append("")
+        return tuple(found)
+
+    assert entries() == ("", "")  # onnxruntime's defaults
+    assert entries(spin=False) == ("0", "")
+    assert entries(stop_spinning_after_run=True) == ("", "1")
+
+
 def test_exporter_exception_falls_back_and_is_recorded(tmp_path: Path, monkeypatch, capsys) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated dynamo failure")
