@@ -1,7 +1,11 @@
 """Eager PyTorch vs onnxruntime fp32 vs onnxruntime int8: median latency, ratios and size on disk, one table.
 
 Batch 1, ``--threads`` threads for both runtimes (2 by default), the three measured in alternation in one process
-(``zoo.bench.interleaved_latency``) so a busy machine slows them alike. 224x224 (LightM-UNet: 256x256); 3D models
+(``zoo.bench.interleaved_latency``) so a busy machine slows them alike, each timed call after one untimed call of
+the same runtime (the steady state an app sees). onnxruntime runs with its default thread pool, whose workers
+spin inside a run, parked when the run returns (``session.force_spinning_stop``) so they cannot steal the cores
+of the runtime timed next; ``--no-ort-spin`` turns spinning off and the settle calls with it (the earlier
+method; slower onnxruntime figures). 224x224 (LightM-UNet: 256x256); 3D models
 are skipped. Every ONNX file is parity-checked against PyTorch before it is timed (on weights made informative by
 ``export.probe``; the exporter falls back to the other one when its graph does not match). int8 is static QDQ
 calibrated on synthetic images (no dataset needed; this affects its accuracy, not its speed), with the
@@ -52,7 +56,7 @@ HEADER = ("| model | input | exporter | eager ms | ORT fp32 ms | ORT int8 ms | e
 
 
 def bench_one(name: str, size: int, threads: int, rounds: int, exporter: str, int8_opts: dict[str, object],
-              tmp: Path) -> dict[str, object]:
+              tmp: Path, spin: bool = True) -> dict[str, object]:
     torch.set_num_threads(threads)
     model = zoo.create_model(name).eval()
     pre = preprocessing(model)
@@ -70,19 +74,25 @@ def bench_one(name: str, size: int, threads: int, rounds: int, exporter: str, in
     qa = (quantize_int8(ex.path, tmp / f"{name}.int8auto.onnx", ex.spec, calib, calibration_source="synthetic",
                         threads=threads, latency_rounds=0, **{**opts, "select": "auto"})  # type: ignore[arg-type]
           if both else None)
-    # no busy-waiting onnxruntime threads: timed in alternation, they would steal PyTorch's cores (measured on the
-    # loaded 2-core machine: eager emov2_1m 7.7 s per image next to spinning sessions, 0.13 s alone)
-    fp32, int8 = make_session(ex.path, threads, spin=False), make_session(q.path, threads, spin=False)
+    # spin=True: onnxruntime's default thread pool, whose workers busy-wait between the parallel parts of a run
+    # (what an app gets); parked when a run returns, or they would steal the cores of the runtime timed next
+    # (eager emov2_1m: 7.7 s per image next to sessions left spinning on the loaded machine, 0.13 s alone). Each
+    # timed call follows one untimed call of the same runtime (settle=1): the steady state of an app that runs one
+    # runtime call after call. --no-ort-spin: no spinning at all, no settle calls (the earlier method).
+    def session(path: Path):
+        return make_session(path, threads, spin=spin, stop_spinning_after_run=spin)
+
+    fp32, int8 = session(ex.path), session(q.path)
     x = np.random.default_rng(0).standard_normal((1, c, size, size)).astype(np.float32)
     xt = torch.from_numpy(x)
     fns = {"eager": lambda: model(xt), "fp32": lambda: fp32.run(None, {"input": x}),
            "int8": lambda: int8.run(None, {"input": x})}
     if qa is not None:
-        auto = make_session(qa.path, threads, spin=False)
+        auto = session(qa.path)
         fns["int8_auto"] = lambda: auto.run(None, {"input": x})
     with torch.no_grad():
-        times = interleaved_latency(fns, warmup=5, rounds=rounds)
-    r = {"model": name, "size": size, "exporter": ex.exporter, "parity": parity.max_abs_diff,
+        times = interleaved_latency(fns, warmup=5, rounds=rounds, settle=1 if spin else 0)
+    r = {"model": name, "size": size, "exporter": ex.exporter, "parity": parity.max_abs_diff, "ort_spin": spin,
          "eager": times["eager"], "fp32": times["fp32"], "int8": times["int8"],
          "mb_fp32": file_size(ex.path) / 1e6, "mb_int8": file_size(q.path) / 1e6, "agree": q.agreement,
          "export_s": t_export, "int8_options": int8_opts, "int8_selection": (q.options or {}).get("selection")}
@@ -107,7 +117,8 @@ def row(r: dict[str, object]) -> str:
 
 def cache_key(name: str, size: int, args: argparse.Namespace, int8_opts: dict[str, object]) -> str:
     versions = (torch.__version__, onnxruntime.__version__, zoo.__version__)
-    text = json.dumps([name, size, args.threads, args.rounds, args.exporter, int8_opts, versions, "nospin"],
+    text = json.dumps([name, size, args.threads, args.rounds, args.exporter, int8_opts, versions,
+                       "spin-stop-settle1" if args.ort_spin else "nospin"],
                       sort_keys=True)
     return f"{name}_{size}_{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
 
@@ -134,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder of per-model result rows (resume)")
     p.add_argument("--refresh", action="store_true", help="re-measure models that have a cached row")
     p.add_argument("--markdown-out", help="also write the table to this file")
+    p.add_argument("--no-ort-spin", dest="ort_spin", action="store_false",
+                   help="onnxruntime threads that sleep between runs, timed without settle calls (for a loaded "
+                        "machine, where spinning threads steal PyTorch's cores; slower than onnxruntime's default)")
     args = p.parse_args(argv)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     warnings.simplefilter("ignore")
@@ -161,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 with tempfile.TemporaryDirectory() as tmp:
-                    r = bench_one(name, size, args.threads, args.rounds, args.exporter, int8_opts, Path(tmp))
+                    r = bench_one(name, size, args.threads, args.rounds, args.exporter, int8_opts, Path(tmp),
+                                  spin=args.ort_spin)
             except Exception as e:  # noqa: BLE001 - report the row and go on with the other models
                 line = f"| {name} | {size}² | failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} |"
                 print(line, flush=True)
@@ -175,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.markdown_out).write_text("\n".join(lines) + "\n")
     missed = [r["model"] for r in rows if r["eager"] / r["fp32"] < 2.0]
     slow8 = [r["model"] for r in rows if r["fp32"] / r.get("int8_auto", r["int8"]) < 1.5]
-    print(f"\n{args.threads} threads, batch 1, int8 options {int8_opts}; cache {cache}", file=sys.stderr)
+    print(f"\n{args.threads} threads, batch 1, int8 options {int8_opts}, onnxruntime spinning "
+          f"{'on during runs, settle=1' if args.ort_spin else 'off'}; cache {cache}", file=sys.stderr)
     print(f"ORT fp32 >= 2x eager: {'all' if not missed else 'not met for ' + ', '.join(missed)}", file=sys.stderr)
     print(f"ORT int8 >= 1.5x fp32: {'all' if not slow8 else 'not met for ' + ', '.join(slow8)}", file=sys.stderr)
     return 0
