@@ -237,8 +237,10 @@ class SpanningWindowAttention(nn.Module):
         - each window partition is *one* Transpose per projection that moves pixels into windows and heads in
           front of tokens at once, and the two partitions run as two attention calls instead of one stacked
           batch (no Concat, Unsqueeze, Squeeze or batch Split);
-        - each partition's output goes straight to NCHW with one Transpose and the two are added there, so no
-          channel-last map has to be transposed back;
+        - each partition's output goes back to channel-last order with one Transpose (heads and values innermost:
+          long contiguous runs), the two are added, and one Transpose takes the sum to NCHW. Transposing each
+          partition straight to NCHW saves that third Transpose but copies in runs of one window row, and made
+          ``emov2_5m`` ~40% slower in onnxruntime (2 threads, alternating runs on a loaded machine);
         - when the padded map is a single window (stage 4 at 224/256: 7x7 or 8x8 with its window of 7 or 8),
           the close and the remote partition are the same window with the same pixel order, so their attention
           outputs are equal: it is computed once and doubled (``o + o`` is exact in floating point).
