@@ -33,9 +33,9 @@ def main() -> None:
 
     from torch.utils.data import Subset
 
-    from train.config import load_config
-    from train.data import build_classification_data, make_loader
-    from train.engine import _Trainer
+    from zoo.train.config import load_config
+    from zoo.train.data import build_classification_data, make_loader
+    from zoo.train.engine import _Trainer
 
     n = args.batches * args.batch_size
     cfg = load_config(None, [f"model.name={args.model}", f"data.img_size={args.img_size}",

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 import zoo
-from train import xscore_cli as cli
+from zoo.train import xscore_cli as cli
 from zoo.data.embedded import EMBEDDED_INFO, EMBEDDED_SUITE
 
 

@@ -1,6 +1,7 @@
 """Export LightZoo models for phones: ONNX, ONNX Runtime Mobile (``.ort``), int8 -- each checked against PyTorch.
 
->>> import export, zoo
+>>> import zoo
+>>> import zoo.export as export
 >>> model = zoo.create_model("mobilenetv3_small_050").eval()
 >>> ex = export.to_onnx(model, "out/m.onnx", 224)                  # dynamo exporter, legacy on failure
 >>> report = export.check_parity(model, ex.path, ex.spec)          # raises ExportError on mismatch
@@ -13,7 +14,7 @@
 >>> export.export_model("emov2_1m", "out", format="pte")     # ExecuTorch XNNPACK (extra: lightzoo[executorch])
 >>> export.export_model("emov2_1m", "out", format="tflite")  # LiteRT via litert-torch (extra: lightzoo[tflite])
 
-Graph interfaces per task are in :mod:`export.spec`.
+Graph interfaces per task are in :mod:`zoo.export.spec`.
 """
 
 from .calib import load_calibration, synthetic_calibration

@@ -309,7 +309,7 @@ def _output_shapes(model: nn.Module, spec: ExportSpec) -> dict[str, list[Any]]:
 
 
 def _runtime_module(format: str):  # noqa: A002 - the CLI's word
-    """export.executorch or export.tflite, after checking that its optional extra is installed."""
+    """zoo.export.executorch or zoo.export.tflite, after checking that its optional extra is installed."""
     if format == "pte":
         from . import executorch as module
 
@@ -371,7 +371,7 @@ def _base_fields(model: nn.Module, meta: dict[str, Any], name: str, task: str, s
 
         # what export.detection_postprocess needs (decode, thresholds, NMS), read from the detector itself
         fields["postprocess"] = {**DetectionAdapter(model, spec.input_size).params,
-                                 "function": "export.detection_postprocess(outputs, sidecar['postprocess'])"}
+                                 "function": "zoo.export.detection_postprocess(outputs, sidecar['postprocess'])"}
         meaning = {
             "cls_logits": "raw class logits per anchor (N, A, C); scores per postprocess.score",
             "bbox_regression": "box deltas per anchor (N, A, 4), decoded against anchors by postprocess.box_coder",

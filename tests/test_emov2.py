@@ -287,7 +287,7 @@ def test_emov2_onnx_graph_is_shaped_for_onnxruntime(tmp_path) -> None:
     import onnx
     import onnxruntime as ort
 
-    from export.onnx_export import to_onnx
+    from zoo.export.onnx_export import to_onnx
 
     m = zoo.create_model("emov2_1m").eval()
     # 128^2: stage 3 is 8x8 (padded to 14x14: 2x2 windows of 7), stage 4 is 4x4 (one window)

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-import export
+import zoo.export as export
 import zoo
-from export import onnx_export
-from export.calib import load_calibration, preprocess
-from export.parity import agreement, make_session
-from export.pipeline import export_onnx_verified
+from zoo.export import onnx_export
+from zoo.export.calib import load_calibration, preprocess
+from zoo.export.parity import agreement, make_session
+from zoo.export.pipeline import export_onnx_verified
 from zoo.errors import DataError, ExportError
 
 TINY = "mobilenetv3_small_050"  # timm; 0.57M params, exports in ~1 s with the legacy exporter
@@ -185,7 +185,7 @@ def test_change_detection_calibration_needs_a_and_b(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- checkpoint -> ort + int8 (CLI)
 def test_cli_checkpoint_to_ort_with_int8_and_sidecars(tmp_path: Path, capsys) -> None:
     """The whole job from a training checkpoint: .onnx, .int8.onnx, .ort, .int8.ort, operator config, sidecars."""
-    from export.cli import main
+    from zoo.export.cli import main
 
     model = tiny_model(num_classes=3)
     ckpt = tmp_path / "run" / "best.safetensors"
@@ -298,7 +298,7 @@ def test_int8_leaves_nothing_in_the_working_directory_when_symbolic_shapes_fail(
 def test_export_model_defaults_to_the_models_preferred_exporter(tmp_path: Path, monkeypatch) -> None:
     # LightM-UNet's scans export in seconds with the TorchScript exporter and in minutes with dynamo: without an
     # explicit choice zoo export must pick legacy for it and keep dynamo for everything else
-    from export import pipeline
+    from zoo.export import pipeline
 
     seen = []
 
@@ -318,7 +318,7 @@ def test_export_model_defaults_to_the_models_preferred_exporter(tmp_path: Path, 
 def test_float64_noise_floor_passes_float32_rounding_but_not_a_wrong_graph(tmp_path) -> None:
     """No registered backbone needs the noise floor now (test_export_backbones pins that), so it is pinned here on
     a model built to be float32-noisy: logits ~6e3, where float32 itself is ~3e-3 from float64."""
-    from export.parity import NOISE_FLOOR_FACTOR, check_parity
+    from zoo.export.parity import NOISE_FLOOR_FACTOR, check_parity
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.Flatten(), nn.Linear(64 * 64, 8)).eval()

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import zoo
-from export.parity import NOISE_FLOOR_FACTOR
-from export.pipeline import export_onnx_verified
-from export.probe import make_informative
-from export.spec import DEFAULT_ATOL
+from zoo.export.parity import NOISE_FLOOR_FACTOR
+from zoo.export.pipeline import export_onnx_verified
+from zoo.export.probe import make_informative
+from zoo.export.spec import DEFAULT_ATOL
 
 # Families whose export is too slow for every commit (none at present: LightM-UNet's scan now exports through the
 # TorchScript exporter as one ONNX Loop per Mamba layer, ~15 s of CPU per model at the smallest input).

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-import export
-from export import int8_select
-from export.cli import main as export_main
-from export.int8_select import GraphProfile, NodeTiming, _owner, candidates, choose_excluded
-from export.pipeline import export_onnx_verified
+import zoo.export as export
+from zoo.export import int8_select
+from zoo.export.cli import main as export_main
+from zoo.export.int8_select import GraphProfile, NodeTiming, _owner, candidates, choose_excluded
+from zoo.export.pipeline import export_onnx_verified
 from zoo.errors import ExportError
 
 

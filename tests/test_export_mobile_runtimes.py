@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import zoo
-from export import export_model
-from export.cli import main as export_main
-from export.metadata import sidecar_path
-from export.probe import make_informative
+from zoo.export import export_model
+from zoo.export.cli import main as export_main
+from zoo.export.metadata import sidecar_path
+from zoo.export.probe import make_informative
 from zoo.errors import ExportError
 
 SIZE = 32
@@ -74,8 +74,8 @@ def _perturbed(model):
 
 def test_pte_export_parity_in_executorch(tiny_model, tmp_path):
     pytest.importorskip("executorch.runtime")
-    from export.executorch import check_parity_pte
-    from export.spec import build_spec
+    from zoo.export.executorch import check_parity_pte
+    from zoo.export.spec import build_spec
 
     path, result = _check_export(tiny_model, tmp_path, "pte", "executorch")
     assert "fp32 .pte (ExecuTorch XNNPACK)" in result.summary()
@@ -87,8 +87,8 @@ def test_pte_export_parity_in_executorch(tiny_model, tmp_path):
 def test_tflite_export_parity_in_litert(tiny_model, tmp_path):
     pytest.importorskip("litert_torch")
     pytest.importorskip("ai_edge_litert.interpreter")
-    from export.spec import build_spec
-    from export.tflite import check_parity_tflite
+    from zoo.export.spec import build_spec
+    from zoo.export.tflite import check_parity_tflite
 
     path, result = _check_export(tiny_model, tmp_path, "tflite", "litert-torch")
     assert "fp32 .tflite (LiteRT)" in result.summary()

@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-import export
+import zoo.export as export
 import zoo
 from zoo.errors import ExportError
 

@@ -262,7 +262,7 @@ def test_materialized_model_computes_the_same_with_real_layers() -> None:
 def test_zero_init_last_marks_the_branch_norm_and_the_export_probe_halves_it() -> None:
     """The probe (export.probe) halves the last BN gain of every residual branch, which keeps the random
     phc_resnet50 out of the chaotic regime where float32 drifts 2e-4 at the logits; the other norms stay at 1."""
-    from export.probe import RESIDUAL_GAIN, make_informative
+    from zoo.export.probe import RESIDUAL_GAIN, make_informative
 
     basic = zoo.create_model("phc_resnet18_cifar").layer1[0]
     basic.zero_init_last()

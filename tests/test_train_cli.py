@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.cli import eval_main, main
-from train.predict import main as predict_main
+from zoo.train.cli import eval_main, main
+from zoo.train.predict import main as predict_main
 from zoo.data.digits import DigitsDataset
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from train.config import Config, all_keys, load_config, parse_override
+from zoo.train.config import Config, all_keys, load_config, parse_override
 from zoo.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 
 import zoo
-from train.engine import evaluate_checkpoint
+from zoo.train.engine import evaluate_checkpoint
 
 SCRIPT = """
 import json, os, sys, torch
-from train.engine import fit
+from zoo.train.engine import fit
 out = sys.argv[1]
 r = fit(None, sys.argv[2:] + [f"out_dir={out}/run"], quiet=True)
 rank = os.environ["RANK"]

@@ -1,4 +1,4 @@
-"""``python -m train`` (and ``torchrun --nproc_per_node=N -m train``) is ``zoo train``."""
+"""``python -m zoo.train`` (and ``torchrun --nproc_per_node=N -m zoo.train``) is ``zoo train``."""
 
 import sys
 

@@ -2,7 +2,7 @@
 :func:`train.engine.evaluate_checkpoint`.
 
 ``zoo train`` with no arguments trains ``emov2_1m`` on scikit-learn's digits (no download) and prints where the
-checkpoint and the plot of the curves went. The same command works under ``torchrun`` (``python -m train`` too).
+checkpoint and the plot of the curves went. The same command works under ``torchrun`` (``python -m zoo.train`` too).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ TRAIN_EPILOG = """examples:
   zoo train                                                 # emov2_1m on digits (the embedded default)
   zoo train --config configs/classification/lwganet_l0_digits.yaml optim.lr=1e-3 train.epochs=5
   zoo train --resume runs/emov2_1m-digits                   # continue an interrupted run exactly
-  torchrun --nproc_per_node=2 -m train --config CONFIG      # DDP (gloo on CPU, nccl on GPU)
+  torchrun --nproc_per_node=2 -m zoo.train --config CONFIG      # DDP (gloo on CPU, nccl on GPU)
 overrides are dotted config keys: `zoo train --help-config` lists them all with their defaults."""
 
 

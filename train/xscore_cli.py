@@ -296,7 +296,7 @@ def _bundle(spec: DatasetSpec, recipe: Recipe, img_size: int | None = None) -> A
 
     None for an uncapped image folder: the engine builds that from the config itself.
     """
-    from train.data import DataBundle
+    from .data import DataBundle
 
     size = int(recipe.img_size) if img_size is None else img_size
     cap = recipe.max_train or None
@@ -305,8 +305,8 @@ def _bundle(spec: DatasetSpec, recipe: Recipe, img_size: int | None = None) -> A
             return None
         from torch.utils.data import Subset
 
-        from train.config import load_config
-        from train.data import build_classification_data
+        from .config import load_config
+        from .data import build_classification_data
         from zoo.data.embedded import stratified_subset
 
         cfg = load_config(_cell_config("x", spec, Path(".")), recipe.overrides(size))
@@ -330,7 +330,7 @@ def train_cell(model: str, spec: DatasetSpec, recipe: Recipe, run_dir: Path, dat
     ``img_size``: the model's size under the recipe (``recipe.size_for(model)`` when not given).
     Returns the results row, or ``{"interrupted": True}`` when a signal stopped the engine (its state is saved).
     """
-    from train.engine import STATE_FILE, fit
+    from .engine import STATE_FILE, fit
     from zoo.bench import count_params
     from zoo.errors import CheckpointError
 

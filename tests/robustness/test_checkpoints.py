@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import zoo
-from train.engine import load_train_state
+from zoo.train.engine import load_train_state
 from zoo import weights
 from zoo.cli import main as zoo_main
 from zoo.errors import CheckpointError, UnknownModelError, WeightsError

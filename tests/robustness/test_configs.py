@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from train.config import load_config
+from zoo.train.config import load_config
 from zoo.cli import main as zoo_main
 from zoo.errors import ConfigError
 

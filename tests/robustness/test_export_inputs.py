@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import zoo
-from export import export_model
-from export.onnx_export import to_onnx
+from zoo.export import export_model
+from zoo.export.onnx_export import to_onnx
 from zoo.cli import main as zoo_main
 from zoo.errors import ExportError, InputShapeError
 

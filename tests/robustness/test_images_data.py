@@ -67,7 +67,7 @@ def test_decompression_bomb_is_refused_by_header(tmp_path: Path, monkeypatch: py
             read(path)
         assert f"{path}: refused as a possible decompression bomb" in str(e.value)
         assert "raise PIL.Image.MAX_IMAGE_PIXELS" in str(e.value)
-    from train.predict import Preprocess  # zoo predict reads images itself
+    from zoo.train.predict import Preprocess  # zoo predict reads images itself
 
     with pytest.raises(DataError, match="bomb.png: refused as a possible decompression bomb"):
         Preprocess({"in_chans": 3}).load(path)
