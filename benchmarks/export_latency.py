@@ -40,14 +40,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
-
-import zoo
 from zoo.export.calib import synthetic_calibration
 from zoo.export.metadata import preprocessing
 from zoo.export.parity import make_session
 from zoo.export.pipeline import export_onnx_verified
 from zoo.export.probe import make_informative
 from zoo.export.quantize import file_size, quantize_int8
+
+import zoo
 from zoo.bench import interleaved_latency
 
 SIZE_OVERRIDES = {"lightm_unet": 256}  # family -> input size (LightM-UNet's nnU-Net patch size)

@@ -32,7 +32,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from torch.utils.data import Subset
-
     from zoo.train.config import load_config
     from zoo.train.data import build_classification_data, make_loader
     from zoo.train.engine import _Trainer

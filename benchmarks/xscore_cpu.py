@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from zoo.train import xscore_cli as cli
 
 import zoo
-from zoo.train import xscore_cli as cli
 from zoo.data.embedded import EMBEDDED_INFO, EMBEDDED_SUITE
 
 

@@ -286,7 +286,6 @@ def test_emov2_onnx_graph_is_shaped_for_onnxruntime(tmp_path) -> None:
     Split and Unsqueeze copies, and with the dynamo exporter GELU as five unfused elementwise ops."""
     import onnx
     import onnxruntime as ort
-
     from zoo.export.onnx_export import to_onnx
 
     m = zoo.create_model("emov2_1m").eval()

@@ -10,15 +10,15 @@ import onnx
 import pytest
 import timm
 import torch
+import zoo.export as export
 from PIL import Image
 from torch import nn
-
-import zoo.export as export
-import zoo
 from zoo.export import onnx_export
 from zoo.export.calib import load_calibration, preprocess
 from zoo.export.parity import agreement, make_session
 from zoo.export.pipeline import export_onnx_verified
+
+import zoo
 from zoo.errors import DataError, ExportError
 
 TINY = "mobilenetv3_small_050"  # timm; 0.57M params, exports in ~1 s with the legacy exporter

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import zoo
 from zoo.export.parity import NOISE_FLOOR_FACTOR
 from zoo.export.pipeline import export_onnx_verified
 from zoo.export.probe import make_informative
 from zoo.export.spec import DEFAULT_ATOL
+
+import zoo
 
 # Families whose export is too slow for every commit (none at present: LightM-UNet's scan now exports through the
 # TorchScript exporter as one ONNX Loop per Mamba layer, ~15 s of CPU per model at the smallest input).

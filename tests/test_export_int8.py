@@ -9,13 +9,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
-
 import zoo.export as export
+from torch import nn
 from zoo.export import int8_select
 from zoo.export.cli import main as export_main
 from zoo.export.int8_select import GraphProfile, NodeTiming, _owner, candidates, choose_excluded
 from zoo.export.pipeline import export_onnx_verified
+
 from zoo.errors import ExportError
 
 

@@ -10,12 +10,12 @@ import sys
 
 import pytest
 import torch
-
-import zoo
 from zoo.export import export_model
 from zoo.export.cli import main as export_main
 from zoo.export.metadata import sidecar_path
 from zoo.export.probe import make_informative
+
+import zoo
 from zoo.errors import ExportError
 
 SIZE = 32

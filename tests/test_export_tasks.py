@@ -10,8 +10,8 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-
 import zoo.export as export
+
 import zoo
 from zoo.errors import ExportError
 

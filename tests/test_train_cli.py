@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from zoo.train.cli import eval_main, main
 from zoo.train.predict import main as predict_main
+
 from zoo.data.digits import DigitsDataset
 
 

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import torch
+from zoo.train.engine import evaluate_checkpoint
 
 import zoo
-from zoo.train.engine import evaluate_checkpoint
 
 SCRIPT = """
 import json, os, sys, torch

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import zoo.train.xscore_cli as cli
+
 from zoo.errors import ConfigError, DataError, UnknownModelError
 from zoo.xscore import compute_xscore
 

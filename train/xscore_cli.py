@@ -305,9 +305,10 @@ def _bundle(spec: DatasetSpec, recipe: Recipe, img_size: int | None = None) -> A
             return None
         from torch.utils.data import Subset
 
+        from zoo.data.embedded import stratified_subset
+
         from .config import load_config
         from .data import build_classification_data
-        from zoo.data.embedded import stratified_subset
 
         cfg = load_config(_cell_config("x", spec, Path(".")), recipe.overrides(size))
         full = build_classification_data(cfg, None)
@@ -330,9 +331,10 @@ def train_cell(model: str, spec: DatasetSpec, recipe: Recipe, run_dir: Path, dat
     ``img_size``: the model's size under the recipe (``recipe.size_for(model)`` when not given).
     Returns the results row, or ``{"interrupted": True}`` when a signal stopped the engine (its state is saved).
     """
-    from .engine import STATE_FILE, fit
     from zoo.bench import count_params
     from zoo.errors import CheckpointError
+
+    from .engine import STATE_FILE, fit
 
     size = recipe.size_for(model) if img_size is None else img_size
     config = _cell_config(model, spec, run_dir)

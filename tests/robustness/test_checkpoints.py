@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from zoo.train.engine import load_train_state
 
 import zoo
-from zoo.train.engine import load_train_state
 from zoo import weights
 from zoo.cli import main as zoo_main
 from zoo.errors import CheckpointError, UnknownModelError, WeightsError

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from zoo.train.config import load_config
+
 from zoo.cli import main as zoo_main
 from zoo.errors import ConfigError
 

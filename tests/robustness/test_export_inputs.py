@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-import zoo
 from zoo.export import export_model
 from zoo.export.onnx_export import to_onnx
+
+import zoo
 from zoo.cli import main as zoo_main
 from zoo.errors import ExportError, InputShapeError
 
