@@ -1,6 +1,7 @@
 """Head structure (the papers' settings), the task-model contract, and the errors users get for wrong input."""
 
 import importlib
+import json
 import sys
 
 import pytest
@@ -144,19 +145,21 @@ def test_zoo_info_lists_heads():
     assert zoo.model_info("lwganet_l0", macs=False)["heads"] == {k: list(v) for k, v in zoo.heads.TASK_HEADS.items()}
 
 
-def test_pretrained_backbone_weights_reach_the_feature_extractor(monkeypatch):
-    # stand-in for the manifest download: give every backbone tensor a recognisable value
-    def fake_load(model, name, tag=None):
-        with torch.no_grad():
-            for i, t in enumerate(model.state_dict().values()):
-                if t.is_floating_point():
-                    t.fill_(float(i))
-        return model
-
-    monkeypatch.setattr(zoo.weights, "load_pretrained", fake_load)
-    m = zoo.create_model("emov2_1m", task="segmentation", pretrained=True, num_classes=3, fpn_channels=16)
+def test_pretrained_backbone_weights_reach_the_feature_extractor(tmp_path, monkeypatch):
+    # stand-in release in the official layout, served by the manifest from a file:// URL: every tensor recognisable
     ref = zoo.create_model("emov2_1m")
-    fake_load(ref, "emov2_1m")
+    with torch.no_grad():
+        for i, t in enumerate(ref.state_dict().values()):
+            if t.is_floating_point():
+                t.fill_(float(i))
+    release = tmp_path / "EMOv2_1M_224.pth"
+    torch.save({"net": ref.state_dict()}, release)
+    entry = {**zoo.weights.find_entry("emov2_1m", "in1k"), "url": release.as_uri(),
+             "sha256": zoo.weights.sha256_of(release), "verified_by": "sha256", "git_blob": None}
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1, "entries": [entry]}))
+    monkeypatch.setenv("ZOO_MANIFEST", str(tmp_path / "manifest.json"))
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
+    m = zoo.create_model("emov2_1m", task="segmentation", pretrained=True, num_classes=3, fpn_channels=16)
     stem = "stage0.0.conv.weight"
     assert torch.equal(m.backbone.body.state_dict()["model." + stem], ref.state_dict()[stem])
 

@@ -326,9 +326,12 @@ def load_config(source: str | Path | Mapping[str, Any] | Config | None = None,
         if source is None:
             cfg = _default_recipe(items)
         if isinstance(source, (str, Path)):
-            path = Path(source)
+            from zoo.resources import list_configs, resolve_config
+
+            path = resolve_config(source)  # a file, or a packaged recipe's name (classification/emov2_1m_digits)
             if not path.is_file():
-                raise ConfigError(f"config file {str(path)!r} does not exist")
+                raise ConfigError(f"config file {str(path)!r} does not exist, nor is it a packaged recipe "
+                                  f"({', '.join(list_configs())})")
             try:
                 data = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as e:

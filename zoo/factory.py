@@ -10,7 +10,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, read_metadata
 from .errors import ZooError
-from .registry import _ZOO_MODELS, check_model_name
+from .registry import check_model_name
 from .validate import install_input_check
 
 TASKS = ("classification", "detection", "segmentation", "change_detection")
@@ -48,24 +48,21 @@ def create_model(
         raise ZooError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     check_model_name(name)
 
-    ours = name in _ZOO_MODELS
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if in_chans is not None and task == "classification":
         kwargs["in_chans"] = in_chans
     if task == "classification":
-        # timm's own hub download is only used for timm's models; ours resolve through weights_manifest.json.
-        timm_pretrained = bool(pretrained) and not ours and not checkpoint_path
-        model = timm.create_model(name, pretrained=timm_pretrained, **kwargs)
-        if pretrained and ours and not checkpoint_path:
-            from .weights import load_pretrained
+        # timm's loader for every model; ours resolve their tags from weights_manifest.json, checked on download
+        from .weights import timm_pretrained_args
 
-            load_pretrained(model, name, None if pretrained is True else str(pretrained))
+        weights = timm_pretrained_args(name, False if checkpoint_path else pretrained)
+        model = timm.create_model(name, **weights, **kwargs)
     else:
         from .heads import build_task_model
 
         model = build_task_model(task, name, head=head, in_chans=3 if in_chans is None else in_chans,
-                                 pretrained_backbone=pretrained and not checkpoint_path, **kwargs)
+                                 pretrained_backbone=False if checkpoint_path else pretrained, **kwargs)
     if checkpoint_path:
         load_checkpoint(model, checkpoint_path)
     return install_input_check(model, task)  # uint8/float64/empty/NaN inputs: a clear InputShapeError

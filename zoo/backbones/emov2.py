@@ -46,8 +46,11 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import nn
 
+from ..checkpoint import unwrap_state_dict
 from ..errors import InputShapeError
+from ..manifest import pretrained_cfgs
 from ..registry import register_zoo_model
+from ..weights import verified_pretrained_kwargs
 
 __all__ = ["EMOv2", "IRMB2", "SpanningWindowAttention", "checkpoint_filter_fn"]
 
@@ -565,7 +568,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
     names any key that does not fit.
     """
     out: dict[str, torch.Tensor] = {}
-    for k, v in state_dict.items():
+    for k, v in unwrap_state_dict(state_dict).items():  # timm's file loader leaves 'net'/'net_E' wrappers
         if k.startswith("module."):
             k = k[len("module."):]
         if k.startswith("fc."):
@@ -578,6 +581,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
 
 def _create_emov2(variant: str, pretrained: bool = False, **kwargs: Any) -> EMOv2:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    kwargs = verified_pretrained_kwargs(variant, pretrained, kwargs)  # checked local file for timm's loader
     return build_model_with_cfg(
         EMOv2, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -596,19 +600,14 @@ def _cfg(size: int = 224, **kwargs: Any) -> dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    "emov2_1m.untrained": _cfg(),
-    "emov2_1m_256.untrained": _cfg(256),
-    "emov2_1m_512.untrained": _cfg(512),
-    "emov2_2m.untrained": _cfg(),
-    "emov2_2m_256.untrained": _cfg(256),
-    "emov2_2m_512.untrained": _cfg(512),
-    "emov2_5m.untrained": _cfg(),
-    "emov2_5m_256.untrained": _cfg(256),
-    "emov2_5m_512.untrained": _cfg(512),
-    "emov2_20m.untrained": _cfg(),
-    "emov2_20m_256.untrained": _cfg(256),
-})
+# One tag per released file, derived from weights_manifest.json (the one place to edit); sizes without weights
+# get an ``untrained`` tag.
+default_cfgs = generate_default_cfgs(pretrained_cfgs({
+    "emov2_1m": _cfg(), "emov2_1m_256": _cfg(256), "emov2_1m_512": _cfg(512),
+    "emov2_2m": _cfg(), "emov2_2m_256": _cfg(256), "emov2_2m_512": _cfg(512),
+    "emov2_5m": _cfg(), "emov2_5m_256": _cfg(256), "emov2_5m_512": _cfg(512),
+    "emov2_20m": _cfg(), "emov2_20m_256": _cfg(256),
+}))
 
 # Official variant table (EMO2_{1M,2M,5M,20M}_k5_hybrid). drop_path is the official training default.
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -49,9 +49,12 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from ..checkpoint import unwrap_state_dict
 from ..errors import InputShapeError
 from ..layers.blurpool import BlurPool2dAsym, binomial_filter
+from ..manifest import pretrained_cfgs
 from ..registry import register_zoo_model
+from ..weights import verified_pretrained_kwargs
 
 __all__ = ["LWGANet", "LWGABlock", "DRFD", "MediumRangeAttention", "checkpoint_filter_fn"]
 
@@ -906,7 +909,7 @@ def official_key_to_ours(key: str) -> str:
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Accept an official LWGANet state dict (already unwrapped from ``{'model': ...}``) or one of ours."""
-    state_dict = state_dict.get("model", state_dict)
+    state_dict = unwrap_state_dict(state_dict)  # 'model'/'state_dict' wrappers and 'module.' prefixes
     if any(k.startswith("stem.") for k in state_dict):  # already in our layout
         return dict(state_dict)
     return {official_key_to_ours(k): v for k, v in state_dict.items()}
@@ -930,6 +933,7 @@ MODEL_ARGS: dict[str, dict[str, Any]] = {
 def _create_lwganet(variant: str, pretrained: bool = False, **kwargs: Any) -> LWGANet:
     model_args = {**MODEL_ARGS[variant], **kwargs}
     out_indices = model_args.pop("out_indices", (0, 1, 2, 3))
+    model_args = verified_pretrained_kwargs(variant, pretrained, model_args)  # checked local file for timm
     return build_model_with_cfg(
         LWGANet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -948,7 +952,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({name: _cfg() for name in MODEL_ARGS})
+default_cfgs = generate_default_cfgs(pretrained_cfgs({name: _cfg() for name in MODEL_ARGS}))  # weights_manifest.json
 
 
 @register_zoo_model

@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InputShapeError, WeightsError
+from ..errors import ConfigError, InputShapeError, ZooError
 
 
 class FeatureBackbone(nn.Module):
@@ -54,39 +54,19 @@ class FeatureBackbone(nn.Module):
 
 
 def _feature_model(name: str, in_chans: int, pretrained: bool | str, **kwargs: Any) -> nn.Module:
-    from ..registry import _ZOO_MODELS, check_model_name
+    from ..registry import check_model_name
+    from ..weights import timm_pretrained_args
 
     check_model_name(name)
-    ours = name in _ZOO_MODELS
+    weights = timm_pretrained_args(name, pretrained)  # timm's own loader, features_only included
     try:
-        body = timm.create_model(name, features_only=True, in_chans=in_chans,
-                                 pretrained=bool(pretrained) and not ours, **kwargs)
+        body = timm.create_model(name, features_only=True, in_chans=in_chans, **weights, **kwargs)
+    except ZooError:
+        raise
     except (RuntimeError, AssertionError, TypeError) as e:  # models without a feature pyramid (e.g. some ViTs)
         raise ConfigError(f"backbone {name!r} cannot be built with features_only=True ({e}); "
                           "dense heads need a multi-scale feature extractor") from e
-    if pretrained and ours:
-        _load_ours_pretrained(body, name, None if pretrained is True else str(pretrained), in_chans)
     return body
-
-
-def _norm_key(k: str) -> str:
-    # FeatureListNet flattens nested names with "_" ("stages_0.blocks"), FeatureGetterNet prefixes "model.".
-    return k.removeprefix("model.").replace(".", "_")
-
-
-def _load_ours_pretrained(body: nn.Module, name: str, tag: str | None, in_chans: int) -> None:
-    """Load LightZoo's manifest weights (which are for the classifier) into the feature extractor."""
-    from ..weights import load_pretrained
-
-    full = timm.create_model(name, pretrained=False, in_chans=in_chans)
-    load_pretrained(full, name, tag)
-    src = {_norm_key(k): v for k, v in full.state_dict().items()}
-    own = body.state_dict()
-    missing = [k for k in own if _norm_key(k) not in src]
-    if missing:
-        raise WeightsError(f"pretrained weights for {name!r} do not cover the feature extractor: missing "
-                           f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    body.load_state_dict({k: src[_norm_key(k)] for k in own}, strict=True)
 
 
 def create_backbone(
