@@ -168,7 +168,7 @@ def test_cli_fetch_from_local_file_and_list(release, tmp_path, capsys) -> None:
     assert capsys.readouterr().out.strip() == str(weights.cached_path(entry))
     assert zoo_main(["weights", "list"]) == 0
     listing = capsys.readouterr().out
-    assert f"{MODEL}:fake7" in listing and entry["sha256"][:10] in listing
+    assert f"{MODEL}.fake7" in listing and entry["sha256"][:10] in listing
 
 
 def test_create_model_pretrained_tag_loads_an_official_release_through_the_factory(tmp_path, monkeypatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import timm
 
@@ -10,26 +11,48 @@ from .checkpoint import family_filter_fn, load_state_dict_strict, read_state_dic
 from .errors import CheckpointError
 from .manifest import load_manifest
 from .registry import check_model_name
-from .weights import cached_path, copy_to_cache, fetch, find_entry
+from .weights import (
+    cached_path,
+    copy_to_cache,
+    fetch,
+    find_entry,
+    git_blob_sha1,
+    lock_path,
+    read_lock,
+    sha256_of,
+    unpin,
+)
 
 
 def _split(spec: str) -> tuple[str, str | None]:
-    name, _, tag = spec.partition(":")
+    """``NAME``, ``NAME:TAG`` or timm's ``NAME.TAG``."""
+    sep = ":" if ":" in spec else "."
+    name, _, tag = spec.partition(sep)
     return name, tag or None
+
+
+def _address(entry: dict, pins: dict) -> str:
+    """What a download of ``entry`` is checked against, shortened for the table."""
+    if entry.get("sha256"):
+        return "sha256:" + entry["sha256"][:10]
+    if (entry.get("git_blob") or {}).get("sha1"):
+        return "git-blob:" + entry["git_blob"]["sha1"][:10]
+    pin = pins.get(f"{entry['model']}:{entry['tag']}")
+    return "pinned:" + pin["sha256"][:10] if pin else "opt-in"
 
 
 def _list(args: argparse.Namespace) -> int:
     entries = load_manifest().get("entries", [])
     if args.model:
         entries = [e for e in entries if e["model"] == args.model]
-    print(f"{'model:tag':24s} {'classes':>7s} {'input':>9s} {'top1':>5s} {'sha256':10s} {'cached':6s} url")
+    pins = read_lock()
+    print(f"{'timm name':24s} {'classes':>7s} {'input':>9s} {'top1':>5s} {'checked by':20s} {'cached':6s} url")
     for e in entries:
-        digest = (e["sha256"] or "unknown")[:10]
         top1 = "-" if e.get("top1") is None else f"{e['top1']:.1f}"
         size = "x".join(str(s) for s in e["input_size"][1:])
         cached = "yes" if cached_path(e).exists() else "no"
-        print(f"{e['model'] + ':' + e['tag']:24s} {e['num_classes']:7d} {size:>9s} {top1:>5s} {digest:10s} "
-              f"{cached:6s} {e['url']}")
+        print(f"{e['model'] + '.' + e['tag']:24s} {e['num_classes']:7d} {size:>9s} {top1:>5s} "
+              f"{_address(e, pins):20s} {cached:6s} {e['url']}")
     return 0
 
 
@@ -41,6 +64,15 @@ def _fetch(args: argparse.Namespace) -> int:
     else:
         path = fetch(entry, allow_unverified=args.allow_unverified)
     print(path)
+    print(f"sha256 {sha256_of(path)}  git-blob {git_blob_sha1(path)}", file=sys.stderr)
+    return 0
+
+
+def _unpin(args: argparse.Namespace) -> int:
+    name, tag = _split(args.spec)
+    entry = find_entry(name, tag)
+    known = unpin(entry)
+    print(f"{'forgot' if known else 'no'} pinned sha256 for {name}:{entry['tag']} ({lock_path()})")
     return 0
 
 
@@ -77,14 +109,18 @@ def _convert(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="zoo weights", description="Pretrained weights from weights_manifest.json.")
     sub = parser.add_subparsers(dest="action", required=True)
-    p = sub.add_parser("list", help="known weights, their hashes and whether they are cached")
+    p = sub.add_parser("list", help="known weights (as timm names), what a download is checked by, whether cached")
     p.add_argument("model", nargs="?", help="only this model")
     p.set_defaults(func=_list)
-    p = sub.add_parser("fetch", help="download (or copy --from a local file) into the cache, checking sha256")
-    p.add_argument("spec", help="NAME or NAME:TAG, e.g. emov2_5m:in1k_kd")
+    p = sub.add_parser("fetch", help="download (or copy --from a local file) into the cache, checking its hash")
+    p.add_argument("spec", help="NAME, NAME:TAG or NAME.TAG, e.g. emov2_5m:in1k_kd")
     p.add_argument("--from", dest="source", help="a local file or file:// URL to use instead of the manifest URL")
-    p.add_argument("--allow-unverified", action="store_true", help="fetch entries whose sha256 is not yet known")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="fetch an entry without a content address (its sha256 is then pinned in the lock file)")
     p.set_defaults(func=_fetch)
+    p = sub.add_parser("unpin", help="forget the sha256 pinned for an entry without a content address")
+    p.add_argument("spec", help="NAME, NAME:TAG or NAME.TAG, e.g. lwganet_l0:in1k")
+    p.set_defaults(func=_unpin)
     p = sub.add_parser("convert", help="official .pth -> LightZoo .safetensors + JSON sidecar")
     p.add_argument("checkpoint", help="official checkpoint file")
     p.add_argument("--model", required=True, help="our model name, e.g. emov2_5m")
