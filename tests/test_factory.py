@@ -37,9 +37,13 @@ def test_list_models_lists_ours_only_and_filters() -> None:
     assert all(n.startswith("emov2") for n in zoo.list_models("emov2*"))
 
 
-def test_our_models_are_visible_to_timm() -> None:
+def test_our_classifiers_are_visible_to_timm_and_lightm_unet_is_not() -> None:
+    """Every LightZoo classifier is in timm's registry; LightM-UNet, a segmentation network, is not (see
+    ``zoo.backbones.lightm_unet``), yet ``zoo.create_model`` builds it."""
+    in_timm = zoo.registry.timm_registered_models()
+    assert set(in_timm) == set(zoo.list_models()) - {"lightm_unet_2d", "lightm_unet_3d"}
     for name in zoo.list_models():
-        assert timm.is_model(name), name
+        assert timm.is_model(name) == (name in in_timm), name
 
 
 def test_timm_models_pass_through_with_num_classes_and_in_chans() -> None:

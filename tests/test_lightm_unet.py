@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-import timm
 import torch
 
 import zoo
@@ -145,7 +144,7 @@ def test_timm_contract_for_a_dense_model(model_2d):
 
 def test_features_only_backbone_drops_the_decoder():
     torch.manual_seed(0)
-    enc = timm.create_model("lightm_unet_2d", features_only=True, out_indices=(1, 2, 3))
+    enc = zoo.create_model("lightm_unet_2d", features_only=True, out_indices=(1, 2, 3))
     assert enc.feature_info.channels() == [64, 128, 256] and enc.feature_info.reduction() == [2, 4, 8]
     assert not any(k.startswith(("up_", "conv_final")) for k in enc.state_dict())
     with torch.no_grad():

@@ -107,8 +107,8 @@ def test_bad_n_or_channels_raise_clear_errors() -> None:
         PHConv2d(8, 8, 3, n=4)(torch.randn(1, 4, 5, 5))
     with pytest.raises(ValueError, match=r"n=3 must divide every channel width"):
         timm.create_model("phc_resnet18_cifar", n=3)
-    with pytest.raises(ValueError, match="num_classes divisible by n=4.*phm_head=False"):
-        timm.create_model("phc_resnet18", num_classes=10)
+    with pytest.raises(ValueError, match="num_classes divisible by n=4.*phm_head=None"):
+        timm.create_model("phc_resnet18", num_classes=10, phm_head=True)
 
 
 def test_layers_follow_module_dtype_and_have_no_device_calls() -> None:
@@ -145,8 +145,15 @@ def test_imagenet_variants_are_about_one_nth_of_torchvision_resnets() -> None:
 
 
 def test_phc_resnet18_cifar_macs() -> None:
-    # convolutions at 32x32 with the 4-channel (zero-padded) stem, plus building each weight from A and F
-    assert count_macs(timm.create_model("phc_resnet18_cifar"), (3, 32, 32)) == 600_651_776
+    # inference: convolutions at 32x32 with the 4-channel (zero-padded) stem; the weights were composed at eval()
+    assert count_macs(timm.create_model("phc_resnet18_cifar"), (3, 32, 32)) == 556_012_544
+    # a forward that records gradients composes every weight from A and F too: n*n MACs per F entry
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = timm.create_model("phc_resnet18_cifar").eval()
+    with FlopCounterMode(display=False) as counter:
+        m(torch.zeros(1, 3, 32, 32))
+    assert counter.get_total_flops() // 2 == 600_651_776
 
 
 # Official PHCResNet18 (HyperNets image-classification/models/phc/phcresnet.py, n=4, channels=4, 10 classes):
@@ -239,12 +246,66 @@ def test_imagenet_variant_contract_and_phm_head() -> None:
     assert isinstance(m2.fc, nn.Linear)
 
 
+@pytest.mark.parametrize("name", ["phc_resnet18", "phc_resnet50"])
+def test_phc_resnet_takes_any_num_classes_with_a_phm_head_when_n_divides_it(name: str) -> None:
+    """PHM needs n | num_classes: the default builds it then (the paper's 1000 classes, param counts above) and a
+    real linear classifier otherwise; reset_classifier follows the same rule."""
+    x = torch.randn(2, 3, 32, 32)
+    ten = zoo.create_model(name, num_classes=10).eval()
+    assert type(ten.fc) is nn.Linear and ten(x).shape == (2, 10)
+    twelve = timm.create_model(name, num_classes=12).eval()
+    assert isinstance(twelve.fc, PHMLinear) and twelve(x).shape == (2, 12)
+    twelve.reset_classifier(42)
+    assert type(twelve.fc) is nn.Linear and twelve(x).shape == (2, 42)
+    twelve.reset_classifier(8)
+    assert isinstance(twelve.fc, PHMLinear) and twelve(x).shape == (2, 8)
+    assert isinstance(timm.create_model(name, num_classes=12, phm_head=False).fc, nn.Linear)
+
+
+def test_reset_classifier_without_pool_gives_the_unpooled_map_on_the_models_device_and_dtype() -> None:
+    m = timm.create_model("phc_resnet18").eval()
+    x = torch.randn(1, 3, 64, 64)
+    m.reset_classifier(0, "")
+    assert m(x).shape == (1, 512, 2, 2)
+    torch.testing.assert_close(m(x), m.forward_features(x))
+    m.to(torch.float64).reset_classifier(8)
+    assert m.fc.A.dtype == torch.float64 and not m.fc.training
+
+
+def test_eval_composes_the_ph_weights_once_and_never_serves_a_stale_one() -> None:
+    layer = PHConv2d(8, 8, 3, n=4, padding=1)
+    x = torch.randn(1, 8, 5, 5)
+    ref = F.conv2d(x, layer.weight, layer.bias, padding=1)
+    assert layer._cache is None  # training: composed in every forward, gradients reach A and F
+    layer(x).sum().backward()
+    assert layer.A.grad is not None and layer.F.grad is not None
+    layer.eval()
+    cached = layer._cache[0]
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref, rtol=0, atol=0)
+        assert layer._forward_weight() is cached  # no composition per forward
+        layer.A.mul_(2.0)  # an in-place edit: the cache is stale and is not used
+        torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight, layer.bias, padding=1))
+    layer.load_state_dict({k: v * 3 for k, v in layer.state_dict().items()})
+    with torch.no_grad():
+        assert layer._forward_weight() is layer._cache[0]
+        torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight, layer.bias, padding=1))
+    layer.double()
+    with torch.no_grad():
+        assert layer(x.double()).dtype == torch.float64
+    copy = __import__("copy").deepcopy(layer)
+    with torch.no_grad():
+        copy.A.add_(1.0)
+        torch.testing.assert_close(copy(x.double()), F.conv2d(x.double(), copy.weight, copy.bias, padding=1))
+    assert layer.train()._cache is None
+
+
 def test_zoo_info_reports_phnn_models() -> None:
     from zoo.info import model_info
 
     info = model_info("phc_resnet18_cifar")
     assert info["params"] == 2_805_962 and info["input_size"] == (3, 32, 32) and info["num_classes"] == 10
-    assert info["family"] == "phnn" and info["macs"] == 600_651_776
+    assert info["family"] == "phnn" and info["macs"] == 556_012_544
 
 
 def test_materialized_model_computes_the_same_with_real_layers() -> None:

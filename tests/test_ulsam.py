@@ -69,9 +69,10 @@ def test_ulsam_equals_official_subspace_forward_on_official_weights(channels: in
 
 
 def test_ulsam_export_graph_is_the_official_function_with_runtime_friendly_ops(tmp_path) -> None:
-    """While exporting, ULSAM emits the official ops (a real depthwise Conv and MaxPool, which onnxruntime fuses
-    with BN/ReLU and runs in its NCHWc layout) instead of the eager rewrites (Pad + 6 Slice + 4 Max, ~3x slower
-    there); the export-time function must still be the official one, and the file must compute it."""
+    """Under timm's export switch (``set_exportable(True)``, what ``zoo export`` sets), ULSAM emits the official ops
+    (a real depthwise Conv and MaxPool, which onnxruntime fuses with BN/ReLU and runs in its NCHWc layout) instead
+    of the eager rewrites (Pad + 6 Slice + 4 Max, ~3x slower there); the export-time function must still be the
+    official one, and the file must compute it. Without the switch the eager rewrites are traced."""
     import onnx
     import onnxruntime as ort
 
@@ -80,8 +81,14 @@ def test_ulsam_export_graph_is_the_official_function_with_runtime_friendly_ops(t
     m.load_state_dict(convert_official_ulsam(sd), strict=True)
     x = torch.randn(2, 32, 7, 9)
     torch.testing.assert_close(m.attention_graph(x), m.attention(x), rtol=1e-5, atol=1e-7)
+    from timm.layers import set_exportable
+
+    plain = tmp_path / "plain.onnx"
+    torch.onnx.export(m, (x,), str(plain), input_names=["x"], dynamo=False, opset_version=18)
+    assert "MaxPool" not in [n.op_type for n in onnx.load(str(plain)).graph.node]
     path = tmp_path / "ulsam.onnx"
-    torch.onnx.export(m, (x,), str(path), input_names=["x"], dynamo=False, opset_version=18)
+    with set_exportable(True):
+        torch.onnx.export(m, (x,), str(path), input_names=["x"], dynamo=False, opset_version=18)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     attention_ops = set(ops[:ops.index("Softmax")])
     assert "MaxPool" in ops and ops.count("Conv") == 2 and not {"Pad", "Max", "Mul"} & attention_ops, ops

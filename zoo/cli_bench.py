@@ -15,7 +15,7 @@ import torch
 
 from .bench import count_macs, count_params, interleaved_latency
 from .errors import ZooError
-from .registry import check_model_name
+from .registry import check_model_name, create_timm_model
 
 DEFAULT_PEER = "mobilenetv3_large_100"
 
@@ -52,8 +52,6 @@ def bench(names: list[str], peer: str | None = DEFAULT_PEER, batches: tuple[int,
     Models are built untrained in eval mode; the peer, if any, comes first and every other row carries its
     latency ratio to the peer (``ratio_b{batch}``).
     """
-    import timm
-
     from . import backbones  # noqa: F401  (registers LightZoo's models with timm)
 
     if any(b < 1 for b in batches) or rounds < 1:
@@ -62,7 +60,7 @@ def bench(names: list[str], peer: str | None = DEFAULT_PEER, batches: tuple[int,
     models = {}
     for n in all_names:
         check_model_name(n)
-        models[n] = timm.create_model(n, pretrained=False).eval()
+        models[n] = create_timm_model(n, pretrained=False).eval()
     h, w = size
     rows = [{"name": n, "params": count_params(m), "macs": count_macs(m, (3, h, w))} for n, m in models.items()]
     for b in batches:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import timm
 from torch import nn
 
 from .checkpoint import load_checkpoint, read_metadata
 from .errors import ZooError
-from .registry import check_model_name
+from .registry import check_model_name, create_timm_model
 from .validate import install_input_check
 
 TASKS = ("classification", "detection", "segmentation", "change_detection")
@@ -57,7 +56,7 @@ def create_model(
         from .weights import timm_pretrained_args
 
         weights = timm_pretrained_args(name, False if checkpoint_path else pretrained)
-        model = timm.create_model(name, **weights, **kwargs)
+        model = create_timm_model(name, **weights, **kwargs)
     else:
         from .heads import build_task_model
 

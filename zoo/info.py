@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import timm
-
 from .bench import count_macs, count_params
 from .manifest import entries_for
-from .registry import check_model_name, model_family
+from .registry import check_model_name, create_timm_model, model_family
 
 
 def model_info(name: str, macs: bool = True, input_size: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Facts about a registered model, measured on a freshly built instance (no weights are downloaded).
 
-    MACs are counted at ``input_size`` (channels first, no batch), else at the model's default input size; a model
-    without one (volumetric models: timm's config only describes 2D images) reports no MACs rather than a guess.
+    MACs are counted at ``input_size`` (channels first, no batch), else at the model's default input size
+    (``(C, D, H, W)`` for volumetric models); a model without one reports no MACs rather than a guess.
     """
     check_model_name(name)
-    model = timm.create_model(name, pretrained=False)
+    model = create_timm_model(name, pretrained=False)
     model.eval()
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     input_size = tuple(input_size or cfg.get("input_size") or ())

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-import timm
-
 from .checkpoint import family_filter_fn, load_state_dict_strict, read_state_dict, save_checkpoint
 from .errors import CheckpointError
 from .manifest import load_manifest
-from .registry import check_model_name
+from .registry import check_model_name, create_timm_model
 from .weights import (
     cached_path,
     copy_to_cache,
@@ -81,7 +79,7 @@ def _convert(args: argparse.Namespace) -> int:
     check_model_name(args.model)
     state = read_state_dict(args.checkpoint)
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    model = timm.create_model(args.model, **kwargs)
+    model = create_timm_model(args.model, **kwargs)
     filter_fn = family_filter_fn(model)
     mapped = filter_fn(dict(state), model) if filter_fn else dict(state)
     if args.num_classes is None:
@@ -89,7 +87,7 @@ def _convert(args: argparse.Namespace) -> int:
         classifier = (model.pretrained_cfg or {}).get("classifier")
         weight = mapped.get(f"{classifier}.weight") if isinstance(classifier, str) else None
         if weight is not None and weight.shape[0] != model.num_classes:
-            model = timm.create_model(args.model, num_classes=int(weight.shape[0]))
+            model = create_timm_model(args.model, num_classes=int(weight.shape[0]))
             mapped = filter_fn(dict(state), model) if filter_fn else dict(state)
     load_state_dict_strict(model, mapped, f"checkpoint {args.checkpoint!r}")
     cfg = model.pretrained_cfg or {}

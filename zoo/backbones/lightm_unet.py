@@ -25,24 +25,40 @@ them. Our count is the real number of trained weights.
 Our module and parameter names are the official ones (the MONAI ``Convolution`` wrappers survive as ``.conv``
 children), so an nnU-Net checkpoint (``{'network_weights': state_dict, ...}``) loads strictly with no renaming.
 
-As a backbone: ``timm.create_model('lightm_unet_2d', features_only=True)`` (or ``zoo.create_model`` task
-heads) returns the four encoder stages (32/64/128/256 channels at strides 1/2/4/8) and drops the decoder.
+Not in timm's classifier registry. LightM-UNet is a segmentation network: its output is a per-pixel mask at the
+input's resolution, and its ``forward_features`` is the decoder's full-resolution map. timm's classifier contract
+(pooled ``(B, num_classes)`` logits, ``reset_classifier(0)`` giving pooled ``(B, num_features)`` features,
+``pool_size`` in the cfg, 2D ``(C, H, W)`` input sizes) would need a global pool the network does not have and
+would make ``forward`` return something other than the mask; timm's model test-suite checks exactly that contract.
+So the entrypoints register with ``@register_zoo_model(timm_classifier=False)``: they are in ``zoo.list_models()``
+and ``zoo.create_model("lightm_unet_2d", ...)`` builds them (``zoo.registry.create_timm_model`` underneath, with
+timm's ``build_model_with_cfg`` machinery: ``features_only``, ``pretrained_cfg`` tags, ``checkpoint_filter_fn``),
+but ``timm.create_model`` does not know them and timm's suite does not run over them.
+
+As a backbone: ``zoo.create_model('lightm_unet_2d', features_only=True)`` (and zoo's segmentation, detection and
+change heads, which build it that way) returns the four encoder stages (32/64/128/256 channels at strides
+1/2/4/8) and drops the decoder. ``torch.fx``/torchvision feature extraction traces the network: each RVM layer and
+the input check are FX leaves (``torch.fx.wrap`` and timm's ``register_notrace_function``), since the selective
+scan inside is a loop over the sequence.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import (PretrainedCfg, build_model_with_cfg, checkpoint_seq, generate_default_cfgs,
+                         register_notrace_function)
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..errors import InputShapeError
 from ..layers.mamba import Mamba
-from ..registry import register_zoo_model
+from ..registry import get_pretrained_cfg, register_zoo_model
 
 __all__ = ["LightMUNet", "RVMLayer", "ResVMBlock", "ResUpBlock"]
 
@@ -90,14 +106,23 @@ class RVMLayer(nn.Module):
         self.skip_scale = nn.Parameter(torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float16:  # the official layer upcasts fp16 input (its weights stay fp32)
-            x = x.float()
-        b, c = x.shape[:2]
-        spatial = x.shape[2:]
-        x_flat = x.flatten(2).transpose(1, 2)  # (B, L, C)
-        y = self.mamba(self.norm(x_flat)) + self.skip_scale * x_flat
-        y = self.proj(self.norm(y))
-        return y.transpose(1, 2).reshape(b, self.output_dim, *spatial)
+        return _rvm_forward(self, x)
+
+
+@register_notrace_function
+def _rvm_forward(layer: RVMLayer, x: torch.Tensor) -> torch.Tensor:
+    """The RVM layer's computation, an FX leaf: the selective scan inside loops over the sequence in Python."""
+    if x.dtype == torch.float16:  # the official layer upcasts fp16 input (its weights stay fp32)
+        x = x.float()
+    b = x.shape[0]
+    spatial = x.shape[2:]
+    x_flat = x.flatten(2).transpose(1, 2)  # (B, L, C)
+    y = layer.mamba(layer.norm(x_flat)) + layer.skip_scale * x_flat
+    y = layer.proj(layer.norm(y))
+    return y.transpose(1, 2).reshape(b, layer.output_dim, *spatial)
+
+
+torch.fx.wrap("_rvm_forward")
 
 
 class ResVMBlock(nn.Module):
@@ -145,6 +170,24 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=2.0, mode=self.mode, align_corners=False)
+
+
+@register_notrace_function
+def _check_input(x: torch.Tensor, spatial_dims: int, in_chans: int, stride: int) -> torch.Tensor:
+    """``x``, or ``InputShapeError`` unless it is (B, in_chans, *S) with every size in S a multiple of ``stride``.
+    An FX leaf on the data path, so traced graphs keep the check (an unused result would be dropped as dead code)."""
+    if x.dim() != spatial_dims + 2 or x.shape[1] != in_chans:
+        want = "(B, C, H, W)" if spatial_dims == 2 else "(B, C, D, H, W)"
+        raise InputShapeError(f"LightM-UNet {spatial_dims}D expects {want} with C={in_chans}; got {tuple(x.shape)}")
+    spatial = [int(s) for s in x.shape[2:]]
+    if any(s % stride for s in spatial):
+        fit = [-(-s // stride) * stride for s in spatial]
+        raise InputShapeError(f"LightM-UNet needs every spatial size to be a multiple of {stride}; got "
+                              f"{tuple(spatial)}, pad to e.g. {tuple(fit)} (nnU-Net pads patches the same way)")
+    return x
+
+
+torch.fx.wrap("_check_input")
 
 
 class LightMUNet(nn.Module):
@@ -249,16 +292,8 @@ class LightMUNet(nn.Module):
         self.num_classes = num_classes
         self.conv_final = self._make_head(num_classes)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_chans:
-            want = "(B, C, H, W)" if self.spatial_dims == 2 else "(B, C, D, H, W)"
-            raise InputShapeError(f"LightM-UNet {self.spatial_dims}D expects {want} with C={self.in_chans}; "
-                                  f"got {tuple(x.shape)}")
-        spatial = [int(s) for s in x.shape[2:]]
-        if any(s % self.stride for s in spatial):
-            fit = [-(-s // self.stride) * self.stride for s in spatial]
-            raise InputShapeError(f"LightM-UNet needs every spatial size to be a multiple of {self.stride}; got "
-                                  f"{tuple(spatial)}, pad to e.g. {tuple(fit)} (nnU-Net pads patches the same way)")
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        return _check_input(x, self.spatial_dims, self.in_chans, self.stride)
 
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
@@ -267,7 +302,7 @@ class LightMUNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The outputs of the encoder stages, finest first."""
-        self._check_input(x)
+        x = self._check_input(x)
         x = self.dropout(self.convInit(x))
         feats = []
         for stage in self.down_layers:
@@ -305,7 +340,7 @@ class LightMUNet(nn.Module):
         if output_fmt not in ("NCHW", "NCDHW"):
             raise ValueError(f"output_fmt must be 'NCHW' (2D) or 'NCDHW' (3D), got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.down_layers), indices)
-        self._check_input(x)
+        x = self._check_input(x)
         x = self.dropout(self.convInit(x))
         feats, intermediates = [], []
         for i, stage in enumerate(self.down_layers):
@@ -350,13 +385,23 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     return out
 
 
-def _create_lightm_unet(variant: str, pretrained: bool = False, **kwargs: Any) -> LightMUNet:
-    return build_model_with_cfg(
+def _create_lightm_unet(variant: str, pretrained: bool = False, pretrained_cfg: Any = None,
+                        **kwargs: Any) -> LightMUNet:
+    # timm's builder reads a 2D (C, H, W) input_size only (it asserts three entries); a volume's (C, D, H, W) is
+    # held back while building and set on the finished model's cfg
+    volume = None
+    if isinstance(pretrained_cfg, PretrainedCfg) and len(pretrained_cfg.input_size or ()) == 4:
+        volume, pretrained_cfg = pretrained_cfg.input_size, dataclasses.replace(pretrained_cfg, input_size=None)
+    model = build_model_with_cfg(
         LightMUNet, variant, pretrained,
+        pretrained_cfg=pretrained_cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
         **kwargs,
     )
+    if volume is not None:
+        model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, "input_size": volume}
+    return model
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
@@ -372,8 +417,9 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({
     # nnU-Net normalises each case itself (z-score / CT clipping), so the model sees already-normalised input
     "lightm_unet_2d.untrained": _cfg(),
-    # timm's cfg holds (C, H, W) only; a 3D volume size cannot be expressed there, so none is given
-    "lightm_unet_3d.untrained": _cfg(num_classes=3, input_size=None, mean=(0.0,), std=(1.0,)),
+    # a volume, (C, D, H, W): a 64^3 nnU-Net-style patch (nnU-Net plans the patch per dataset; 64^3 keeps the pure-
+    # PyTorch scan affordable on a CPU); outside timm's registry, so timm's 2D (C, H, W) rule does not apply
+    "lightm_unet_3d.untrained": _cfg(num_classes=3, input_size=(1, 64, 64, 64), mean=(0.0,), std=(1.0,)),
 })
 
 # Variant table: the official nnU-Net trainer's settings, differing only in spatial rank and data defaults.
@@ -384,16 +430,18 @@ _VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def _build(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> LightMUNet:
+    if kwargs.get("pretrained_cfg") is None:  # outside timm's registry, timm cannot look the cfg up itself
+        kwargs["pretrained_cfg"] = get_pretrained_cfg(variant)
     return _create_lightm_unet(variant, pretrained, **{**_VARIANTS[variant], **kwargs})
 
 
-@register_zoo_model
+@register_zoo_model(timm_classifier=False)
 def lightm_unet_2d(pretrained: bool = False, **kwargs: Any) -> LightMUNet:
     """LightM-UNet 2D, init_filters 32, blocks (1, 2, 2, 4)/(1, 1, 1): 5,011,765 params at 3 -> 2 classes."""
     return _build("lightm_unet_2d", pretrained, kwargs)
 
 
-@register_zoo_model
+@register_zoo_model(timm_classifier=False)
 def lightm_unet_3d(pretrained: bool = False, **kwargs: Any) -> LightMUNet:
     """LightM-UNet 3D, init_filters 32, blocks (1, 2, 2, 4)/(1, 1, 1): 5,015,766 params at 1 -> 3 classes."""
     return _build("lightm_unet_3d", pretrained, kwargs)

@@ -19,8 +19,19 @@ Two layouts:
   ``avg_pool2d(x, 4)``, a global average pool at 32x32 input; here it is a global average pool at any input size.
 * ``phc_resnet18`` / ``phc_resnet50`` are torchvision's ResNet-18/50 (7x7 stride-2 stem, max-pool, stride on the 3x3
   conv of bottlenecks, 224x224, 1000 classes) with every convolution a PHC layer and the classifier a PHM layer,
-  n=4: about 1/n of the real parameters (2,932,456 and 6,434,088 vs 11,689,512 and 25,557,032). With a PHM
-  classifier ``num_classes`` must be divisible by n; pass ``phm_head=False`` for a real linear classifier.
+  n=4: about 1/n of the real parameters (2,932,456 and 6,434,088 vs 11,689,512 and 25,557,032).
+
+The classifier for any ``num_classes``: a PHM layer computes ``n`` blocks of ``num_classes / n`` outputs, so it
+exists only when n divides ``num_classes``. ``phm_head=None`` (the default of every variant except the official CIFAR
+ones, whose classifier is a real ``nn.Linear``) builds the paper's PHM classifier when n divides ``num_classes``
+(the 1000 ImageNet classes: the counts above) and a real ``nn.Linear`` otherwise (10, 42, ... classes), instead of
+padding the logits to a multiple of n with outputs nobody trains. ``phm_head=True`` insists on PHM (a ValueError
+when n does not divide ``num_classes``), ``phm_head=False`` always gives ``nn.Linear``. ``reset_classifier`` follows the
+same rule.
+
+For inference the PH layers compose their weights once (on ``eval()``) instead of in every forward; see
+``zoo.layers.hypercomplex``. The input check is an FX leaf (timm's ``register_notrace_function`` and
+``torch.fx.wrap``), so ``torch.fx``/torchvision feature extraction traces the network and keeps the check.
 
 Key names follow torchvision (``downsample``, ``fc``); ``checkpoint_filter_fn`` renames the official ``shortcut``
 and ``linear`` keys.
@@ -32,13 +43,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn.functional as F
-from timm.layers import SelectAdaptivePool2d
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.layers import SelectAdaptivePool2d, get_device_dtype
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_notrace_function
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..errors import InputShapeError
+from ..layers.factory_kwargs import with_factory_kwargs
 from ..layers.hypercomplex import PHConv2d, PHMLinear
 from ..registry import register_zoo_model
 
@@ -113,6 +126,23 @@ def _shortcut(in_chs: int, out_chs: int, stride: int, n: int) -> nn.Module | Non
 BLOCKS = {"basic": PHCBasicBlock, "bottleneck": PHCBottleneck}
 
 
+@register_notrace_function
+def _check_input(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """``x`` if it is a (B, in_chans, H, W) image, else ``InputShapeError``. An FX leaf on the data path, so traced
+    graphs keep the check (a call whose result is unused would be dropped as dead code)."""
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise InputShapeError(f"PHC ResNet expects a (B, {in_chans}, H, W) image tensor, got {tuple(x.shape)}")
+    return x
+
+
+torch.fx.wrap("_check_input")
+
+
+def _make_pool(pool_type: str) -> SelectAdaptivePool2d:
+    """timm's rule: flatten after a real pool, keep the (B, C, H, W) map when pooling is off (``''``)."""
+    return SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
+
+
 class PHCResNet(nn.Module):
     """ResNet with PHC convolutions; ``stem='cifar'`` (official HyperNets) or ``stem='imagenet'`` (torchvision).
 
@@ -121,12 +151,13 @@ class PHCResNet(nn.Module):
         layers: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
         n: hypercomplex dimension; must divide the widths (64, ...), so a power of two up to 64.
         stem: ``'cifar'`` (3x3 stride 1, no max-pool) or ``'imagenet'`` (7x7 stride 2 + 3x3 max-pool).
-        phm_head: classifier as a PHM layer (n must divide ``num_classes``) instead of ``nn.Linear``.
+        phm_head: classifier as a PHM layer (True: n must divide ``num_classes``), as ``nn.Linear`` (False), or
+            PHM exactly when n divides ``num_classes`` (None, see the module docstring).
         in_chans: channels users pass; ``(-in_chans) % n`` zero channels are prepended for the stem.
     """
 
     def __init__(self, block: str = "basic", layers: Sequence[int] = (2, 2, 2, 2), n: int = 4,
-                 stem: str = "imagenet", num_classes: int = 1000, in_chans: int = 3, phm_head: bool = True,
+                 stem: str = "imagenet", num_classes: int = 1000, in_chans: int = 3, phm_head: bool | None = None,
                  drop_rate: float = 0.0, global_pool: str = "avg") -> None:
         super().__init__()
         if block not in BLOCKS:
@@ -136,9 +167,6 @@ class PHCResNet(nn.Module):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1 or WIDTHS[0] % n:
             raise ValueError(f"PHC ResNet: n={n!r} must divide every channel width (64, 128, 256, 512); "
                              f"use one of 1, 2, 4, 8, 16, 32, 64")
-        if phm_head and num_classes > 0 and num_classes % n:
-            raise ValueError(f"PHC ResNet: a PHM classifier needs num_classes divisible by n={n}, got "
-                             f"num_classes={num_classes}; pass phm_head=False for a real linear classifier")
         block_cls = BLOCKS[block]
         self.n, self.in_chans, self.num_classes, self.drop_rate = n, in_chans, num_classes, drop_rate
         self.phm_head = phm_head
@@ -169,19 +197,22 @@ class PHCResNet(nn.Module):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=f"layer{i + 1}"))
         self.num_features = self.head_hidden_size = in_chs
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = _make_pool(global_pool)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = self._make_classifier(num_classes)
 
-    def _make_classifier(self, num_classes: int) -> nn.Module:
+    def _make_classifier(self, num_classes: int, device: torch.device | None = None,
+                         dtype: torch.dtype | None = None) -> nn.Module:
         if num_classes <= 0:
             return nn.Identity()
-        if self.phm_head:
+        phm = self.phm_head if self.phm_head is not None else num_classes % self.n == 0
+        if phm:
             if num_classes % self.n:
                 raise ValueError(f"PHC ResNet: a PHM classifier needs num_classes divisible by n={self.n}, got "
-                                 f"{num_classes}; build the model with phm_head=False for a real linear classifier")
-            return PHMLinear(self.num_features, num_classes, self.n)
-        return nn.Linear(self.num_features, num_classes)
+                                 f"{num_classes}; use phm_head=None (PHM when n divides num_classes, else "
+                                 f"nn.Linear) or phm_head=False (always nn.Linear)")
+            return PHMLinear(self.num_features, num_classes, self.n, device=device, dtype=dtype)
+        return nn.Linear(self.num_features, num_classes, device=device, dtype=dtype)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -195,18 +226,18 @@ class PHCResNet(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier (PHM or linear by the ``phm_head`` rule) on the model's device and dtype;
+        ``global_pool=''`` turns pooling off, so ``forward`` returns the unpooled (B, C, H, W) map."""
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = self._make_classifier(num_classes)
+            self.global_pool = _make_pool(global_pool)
+        self.fc = self._make_classifier(num_classes, **get_device_dtype(self)).train(self.training)
         self.num_classes = num_classes
 
     def no_weight_decay(self) -> set[str]:
         return set()
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise InputShapeError(f"PHC ResNet expects a (B, {self.in_chans}, H, W) image tensor, got "
-                                  f"{tuple(x.shape)}")
+        x = _check_input(x, self.in_chans)
         if self.in_pad:  # zero channel(s) in front, as the official CIFAR pipeline's Pad()
             x = F.pad(x, (0, 0, 0, 0, self.in_pad, 0))
         return self.act1(self.bn1(self.conv1(x)))
@@ -284,7 +315,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 
 def _create_phnn(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     return build_model_with_cfg(
-        PHCResNet, variant, pretrained,
+        with_factory_kwargs(PHCResNet), variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3, 4), feature_cls="getter"),
         **kwargs,
@@ -312,10 +343,10 @@ default_cfgs = generate_default_cfgs({
     "phc_resnet50_cifar.untrained": _cfg(**_CIFAR),
 })
 
-# Variant table: (block, layers, stem, phm_head, num_classes)
+# Variant table: (block, layers, stem, phm_head, num_classes); phm_head None = PHM when n divides num_classes
 _VARIANTS: dict[str, dict[str, Any]] = {
-    "phc_resnet18": dict(block="basic", layers=(2, 2, 2, 2), stem="imagenet", phm_head=True, num_classes=1000),
-    "phc_resnet50": dict(block="bottleneck", layers=(3, 4, 6, 3), stem="imagenet", phm_head=True, num_classes=1000),
+    "phc_resnet18": dict(block="basic", layers=(2, 2, 2, 2), stem="imagenet", phm_head=None, num_classes=1000),
+    "phc_resnet50": dict(block="bottleneck", layers=(3, 4, 6, 3), stem="imagenet", phm_head=None, num_classes=1000),
     "phc_resnet18_cifar": dict(block="basic", layers=(2, 2, 2, 2), stem="cifar", phm_head=False, num_classes=10),
     "phc_resnet50_cifar": dict(block="bottleneck", layers=(3, 4, 6, 3), stem="cifar", phm_head=False,
                                num_classes=10),
@@ -328,13 +359,15 @@ def _build(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
 
 @register_zoo_model
 def phc_resnet18(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """torchvision ResNet-18 with PHC convs and a PHM classifier, n=4 (2,932,456 params at 1000 classes)."""
+    """torchvision ResNet-18 with PHC convs and a PHM classifier, n=4 (2,932,456 params at 1000 classes; a real
+    linear classifier when 4 does not divide ``num_classes``)."""
     return _build("phc_resnet18", pretrained, kwargs)
 
 
 @register_zoo_model
 def phc_resnet50(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """torchvision ResNet-50 with PHC convs and a PHM classifier, n=4 (6,434,088 params at 1000 classes)."""
+    """torchvision ResNet-50 with PHC convs and a PHM classifier, n=4 (6,434,088 params at 1000 classes; a real
+    linear classifier when 4 does not divide ``num_classes``)."""
     return _build("phc_resnet50", pretrained, kwargs)
 
 

@@ -23,6 +23,11 @@ column agrees within 0.3%. Other rows of the paper: ``ulsam_positions=(12,)`` 3,
 ``(15, 16)`` 2,866,496; ``(12, 13, 15, 16)`` 2,630,936 params (paper: 2.54M / 223.77M MACs, 69.72 top-1).
 
 Plain ``mobilenetv1_100`` / ``mobilenetv2_100`` baselines come from timm.
+
+Both networks meet timm's classifier contract (timm's own ``tests/test_models.py`` runs over them, see
+``.ci/timm_suite.sh``): ``reset_classifier(0, '')`` makes ``forward`` return the unpooled (B, C, H, W) map,
+``device``/``dtype`` factory kwargs build on that device, and the input check is an FX leaf (timm's
+``register_notrace_function`` and ``torch.fx.wrap``), so ``torch.fx``/torchvision feature extraction traces them.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from timm.layers import BatchNormAct2d, SelectAdaptivePool2d, create_classifier
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+import torch.fx
+from timm.layers import BatchNormAct2d, create_classifier, get_device_dtype
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_notrace_function
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -40,6 +46,7 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.ops.misc import Conv2dNormActivation
 
 from ..errors import InputShapeError
+from ..layers.factory_kwargs import with_factory_kwargs
 from ..layers.ulsam import ULSAM, convert_official_ulsam
 from ..registry import register_zoo_model
 
@@ -64,9 +71,16 @@ def _check_positions(positions: Sequence[int], allowed: Sequence[int], what: str
     return positions
 
 
-def _check_input(x: torch.Tensor, in_chans: int, name: str) -> None:
+@register_notrace_function
+def _check_input(x: torch.Tensor, in_chans: int, name: str) -> torch.Tensor:
+    """``x`` if it is a (B, in_chans, H, W) image, else ``InputShapeError``. An FX leaf on the data path, so traced
+    graphs keep the check (a call whose result is unused would be dropped as dead code)."""
     if x.ndim != 4 or x.shape[1] != in_chans:
         raise InputShapeError(f"{name} expects a (B, {in_chans}, H, W) image tensor, got {tuple(x.shape)}")
+    return x
+
+
+torch.fx.wrap("_check_input")
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -101,10 +115,15 @@ class _ClassifierMixin:
         return self.classifier
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new linear classifier on the model's device and dtype; the pooling stays unless ``global_pool`` is
+        given, and ``''`` turns it off (then ``forward`` returns the unpooled (B, C, H, W) map, timm's rule)."""
         self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        self.global_pool, self.classifier = create_classifier(self.num_features, num_classes, pool_type=global_pool,
+                                                              **get_device_dtype(self))
+        self.global_pool.train(self.training)
+        self.classifier.train(self.training)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
@@ -175,7 +194,7 @@ class MobileNetV1ULSAM(_ClassifierMixin, nn.Module):
         """Stage outputs (64@/2, 128@/4, 256@/8, 512@/16, 1024@/32); ``indices`` select stages as in timm."""
         if output_fmt != "NCHW":
             raise ValueError("mobilenetv1_ulsam: only output_fmt='NCHW' is supported")
-        _check_input(x, self.in_chans, "mobilenetv1_ulsam")
+        x = _check_input(x, self.in_chans, "mobilenetv1_ulsam")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         intermediates = []
         x = self.bn1(self.conv_stem(x))
@@ -200,7 +219,7 @@ class MobileNetV1ULSAM(_ClassifierMixin, nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_chans, "mobilenetv1_ulsam")
+        x = _check_input(x, self.in_chans, "mobilenetv1_ulsam")
         x = self.bn1(self.conv_stem(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x, flatten=True)
@@ -273,7 +292,7 @@ class MobileNetV2ULSAM(_ClassifierMixin, nn.Module):
         runs when the final features are asked for."""
         if output_fmt != "NCHW":
             raise ValueError("mobilenetv2_ulsam: only output_fmt='NCHW' is supported")
-        _check_input(x, self.in_chans, "mobilenetv2_ulsam")
+        x = _check_input(x, self.in_chans, "mobilenetv2_ulsam")
         take_indices, max_index = feature_take_indices(len(self._tap_idx), indices)
         taps = {self._tap_idx[i] for i in take_indices}
         last = self._tap_idx[max_index] if (stop_early or intermediates_only) else len(self.features) - 1
@@ -298,7 +317,7 @@ class MobileNetV2ULSAM(_ClassifierMixin, nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_chans, "mobilenetv2_ulsam")
+        x = _check_input(x, self.in_chans, "mobilenetv2_ulsam")
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.features, x)
         return self.features(x)
@@ -323,7 +342,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 
 def _create(cls: type[nn.Module], variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     return build_model_with_cfg(
-        cls, variant, pretrained,
+        with_factory_kwargs(cls), variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3, 4), feature_cls="getter"),
         **kwargs,

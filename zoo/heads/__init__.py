@@ -89,12 +89,11 @@ def build_task_model(
 
 def supported_heads(backbone_name: str) -> dict[str, list[str]]:
     """Heads that can be built on ``backbone_name``, judged from the strides of its feature pyramid."""
-    import timm
-
+    from ..registry import get_pretrained_cfg
     from ._backbone import feature_reductions
 
-    cfg = timm.models.get_pretrained_cfg(backbone_name)
-    if cfg is not None and cfg.input_size is None:  # volumetric models (lightm_unet_3d): every head here is 2D
+    cfg = get_pretrained_cfg(backbone_name)
+    if cfg is not None and len(cfg.input_size or ()) != 3:  # volumetric models (lightm_unet_3d): heads here are 2D
         return {}
     have = set(feature_reductions(backbone_name))
     out: dict[str, list[str]] = {}

@@ -1,4 +1,5 @@
-"""The multi-scale encoder every task head sits on: ``timm.create_model(name, features_only=True)``.
+"""The multi-scale encoder every task head sits on: ``timm.create_model(name, features_only=True)`` (through
+``zoo.registry.create_timm_model``, which also builds LightZoo's models kept out of timm's registry).
 
 Any timm model with ``features_only`` support works, LightZoo's own families included (they are registered into
 timm). Heads ask for feature levels by *reduction* (stride), not by index, because index 0 is stride 2 in one
@@ -10,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -54,13 +54,13 @@ class FeatureBackbone(nn.Module):
 
 
 def _feature_model(name: str, in_chans: int, pretrained: bool | str, **kwargs: Any) -> nn.Module:
-    from ..registry import check_model_name
+    from ..registry import check_model_name, create_timm_model
     from ..weights import timm_pretrained_args
 
     check_model_name(name)
     weights = timm_pretrained_args(name, pretrained)  # timm's own loader, features_only included
     try:
-        body = timm.create_model(name, features_only=True, in_chans=in_chans, **weights, **kwargs)
+        body = create_timm_model(name, features_only=True, in_chans=in_chans, **weights, **kwargs)
     except ZooError:
         raise
     except (RuntimeError, AssertionError, TypeError) as e:  # models without a feature pyramid (e.g. some ViTs)

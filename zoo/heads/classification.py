@@ -9,7 +9,6 @@ targets ``(N, num_classes)`` (mixup / cutmix).
 
 from __future__ import annotations
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,13 +42,13 @@ def build_classification_model(backbone_name: str, head: str = "linear", num_cla
     """The backbone's timm classifier (global pool + linear, or the family's own head) wrapped as a task model."""
     if head not in CLASSIFICATION_HEADS:
         raise ConfigError(f"unknown classification head {head!r}; choose one of {', '.join(CLASSIFICATION_HEADS)}")
-    from ..registry import _ZOO_MODELS, check_model_name
+    from ..registry import _ZOO_MODELS, check_model_name, create_timm_model
 
     check_model_name(backbone_name)
     ours = backbone_name in _ZOO_MODELS
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    model = timm.create_model(backbone_name, pretrained=bool(pretrained_backbone) and not ours, in_chans=in_chans,
+    model = create_timm_model(backbone_name, pretrained=bool(pretrained_backbone) and not ours, in_chans=in_chans,
                               **kwargs)
     if pretrained_backbone and ours:
         from ..weights import load_pretrained

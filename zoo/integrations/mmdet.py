@@ -101,7 +101,7 @@ def register_mmdet_backbones(names: Sequence[str] | None = None, force: bool = T
     MODELS.register_module(name="LightZooBackbone", module=LightZooBackbone, force=force)
     names = list(names) if names is not None else list_models()
     for n in names:
-        if not timm.is_model(n):
+        if n not in list_models() and not timm.is_model(n):
             raise ZooError(f"{n!r} is not a registered model")
         MODELS.register_module(name=n, module=_alias(n), force=force)
     return ["LightZooBackbone", *names]

@@ -15,9 +15,13 @@ instead of 2g. ``convert_official_ulsam`` maps the official per-subspace keys on
 equivalent cheaper ones (the 1x1 depthwise conv as a per-channel ``addcmul``, the 3x3 stride-1 max-pool of
 non-negative values as maxima of shifted copies), because PyTorch's CPU kernels for both were slower than the whole
 depthwise-separable layer ULSAM replaces. FlopCounterMode therefore no longer counts the 1x1 depthwise conv's
-C*H*W multiply-adds. While exporting (``torch.onnx.is_in_onnx_export()``) the module emits the official ops
+C*H*W multiply-adds. Under timm's export switch (``timm.layers.is_exportable()``, set by ``zoo export`` with
+``timm.layers.set_layer_config(exportable=True)``; the only switch this module reads) it emits the official ops
 instead (``attention_graph``): onnxruntime folds BN and ReLU into a real depthwise Conv and runs its NCHWc MaxPool,
-where the eager rewrites become a dozen unfused elementwise ops.
+where the eager rewrites become a dozen unfused elementwise ops. The forward does no work that depends only on the
+weights (the 1x1 depthwise conv's weight and bias are read as per-channel views), so there is nothing to precompute
+at ``eval()``. The input check is an FX leaf (timm's ``register_notrace_function`` and ``torch.fx.wrap``), so
+``torch.fx`` and torchvision's feature extraction trace the module and keep the check.
 
 Unlike the official file this module has no import-time side effects (the official one switches torch's default
 tensor type to CUDA). The official BN layers use ``momentum=0.9``, which in PyTorch's convention makes the running
@@ -30,7 +34,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.fx
 import torch.nn.functional as F
+from timm.layers import is_exportable, register_notrace_function
 from torch import nn
 
 from ..errors import InputShapeError
@@ -47,6 +53,18 @@ def _max_pool_3x3_nonneg(a: torch.Tensor) -> torch.Tensor:
     p = F.pad(a, (1, 1, 1, 1))
     r = torch.maximum(torch.maximum(p[..., :, 0:w], p[..., :, 1:w + 1]), p[..., :, 2:w + 2])
     return torch.maximum(torch.maximum(r[..., 0:h, :], r[..., 1:h + 1, :]), r[..., 2:h + 2, :])
+
+
+@register_notrace_function
+def _check_input(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """``x``, or ``InputShapeError`` unless it is (B, channels, H, W); an FX leaf on the data path (so traced graphs
+    keep it; a call whose result is unused would be dropped as dead code)."""
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise InputShapeError(f"ULSAM expects (B, {channels}, H, W) input, got {tuple(x.shape)}")
+    return x
+
+
+torch.fx.wrap("_check_input")
 
 
 def ulsam_param_count(channels: int, num_splits: int) -> int:
@@ -92,7 +110,7 @@ class ULSAM(nn.Module):
         return torch.softmax(a.flatten(2), dim=-1).view_as(a)
 
     def attention_graph(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`attention` in the formulation an ONNX runtime runs fastest (used while exporting).
+        """:meth:`attention` in the formulation an ONNX runtime runs fastest (used under ``is_exportable()``).
 
         The eager rewrites above are slow graphs: onnxruntime runs ``addcmul`` -> BN as three unfused elementwise
         ops and the shifted maxima as a Pad, six Slices and four Maxes (1.5 ms of a 17 ms MobileNetV1 at 2 threads),
@@ -106,12 +124,11 @@ class ULSAM(nn.Module):
         return torch.softmax(a.flatten(2), dim=-1).view_as(a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.channels:
-            raise InputShapeError(f"ULSAM expects (B, {self.channels}, H, W) input, got {tuple(x.shape)}")
+        x = _check_input(x, self.channels)
         b, c, h, w = x.shape
         # the eager rewrites in attention() are fastest in PyTorch, the official ops in an exported graph;
         # (B, g, 1, H, W): one map shared by the C/g channels of a subspace
-        att = (self.attention_graph(x) if torch.onnx.is_in_onnx_export() else self.attention(x)).unsqueeze(2)
+        att = (self.attention_graph(x) if is_exportable() else self.attention(x)).unsqueeze(2)
         xs = x.view(b, self.num_splits, c // self.num_splits, h, w)
         # x * att + x, with the +1 on the small map: one pass over the feature map instead of two
         return (xs * (att + 1.0)).view(b, c, h, w)
