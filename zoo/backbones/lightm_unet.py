@@ -51,8 +51,13 @@ from typing import Any
 import torch
 import torch.fx
 import torch.nn.functional as F
-from timm.models import (PretrainedCfg, build_model_with_cfg, checkpoint_seq, generate_default_cfgs,
-                         register_notrace_function)
+from timm.models import (
+    PretrainedCfg,
+    build_model_with_cfg,
+    checkpoint_seq,
+    generate_default_cfgs,
+    register_notrace_function,
+)
 from timm.models._features import feature_take_indices
 from torch import nn
 
