@@ -76,7 +76,7 @@ def test_phm_linear_with_n1_is_nn_linear_and_applies_its_bias() -> None:
 
 def test_phconv_forward_is_conv_with_kron_weight_for_any_n_and_groups() -> None:
     ph = PHConv2d(12, 6, (3, 1), n=2, stride=(2, 1), padding=(1, 0), groups=3, bias=True)
-    assert ph.weight.shape == (6, 4, 3, 1)
+    assert ph.composed_weight().shape == (6, 4, 3, 1) and ph.F is ph.weight and ph.weight.shape == (2, 3, 2, 3, 1)
     x = torch.randn(1, 12, 6, 5)
     ref = F.conv2d(x, _block_matrix(ph.A.detach(), ph.F.detach()), ph.bias, (2, 1), (1, 0), 1, 3)
     torch.testing.assert_close(ph(x), ref)
@@ -168,14 +168,17 @@ OFFICIAL_R18_KEYS = {
 
 
 def _to_official_layout(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Our CIFAR state dict written the way the official code saves it (shortcut/linear names, PHConv biases)."""
+    """Our CIFAR state dict written the way the official code saves it (shortcut/linear names, PH factor ``F``
+    instead of our ``weight``, PHConv biases)."""
+    ph = {name: mod for name, mod in model.named_modules() if isinstance(mod, PHConv2d)}
     sd = {}
     for k, v in model.state_dict().items():
+        if k.endswith(".weight") and k[:-len(".weight")] in ph:
+            k = k[:-len(".weight")] + ".F"
         k = k.replace(".downsample.", ".shortcut.")
         sd["linear." + k[3:] if k.startswith("fc.") else k] = v
-    for name, mod in model.named_modules():
-        if isinstance(mod, PHConv2d):
-            sd[name.replace(".downsample.", ".shortcut.") + ".bias"] = torch.randn(mod.out_channels) * 10
+    for name, mod in ph.items():
+        sd[name.replace(".downsample.", ".shortcut.") + ".bias"] = torch.randn(mod.out_channels) * 10
     return sd
 
 
@@ -275,7 +278,7 @@ def test_reset_classifier_without_pool_gives_the_unpooled_map_on_the_models_devi
 def test_eval_composes_the_ph_weights_once_and_never_serves_a_stale_one() -> None:
     layer = PHConv2d(8, 8, 3, n=4, padding=1)
     x = torch.randn(1, 8, 5, 5)
-    ref = F.conv2d(x, layer.weight, layer.bias, padding=1)
+    ref = F.conv2d(x, layer.composed_weight(), layer.bias, padding=1)
     assert layer._cache is None  # training: composed in every forward, gradients reach A and F
     layer(x).sum().backward()
     assert layer.A.grad is not None and layer.F.grad is not None
@@ -285,18 +288,18 @@ def test_eval_composes_the_ph_weights_once_and_never_serves_a_stale_one() -> Non
         torch.testing.assert_close(layer(x), ref, rtol=0, atol=0)
         assert layer._forward_weight() is cached  # no composition per forward
         layer.A.mul_(2.0)  # an in-place edit: the cache is stale and is not used
-        torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight, layer.bias, padding=1))
+        torch.testing.assert_close(layer(x), F.conv2d(x, layer.composed_weight(), layer.bias, padding=1))
     layer.load_state_dict({k: v * 3 for k, v in layer.state_dict().items()})
     with torch.no_grad():
         assert layer._forward_weight() is layer._cache[0]
-        torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight, layer.bias, padding=1))
+        torch.testing.assert_close(layer(x), F.conv2d(x, layer.composed_weight(), layer.bias, padding=1))
     layer.double()
     with torch.no_grad():
         assert layer(x.double()).dtype == torch.float64
     copy = __import__("copy").deepcopy(layer)
     with torch.no_grad():
         copy.A.add_(1.0)
-        torch.testing.assert_close(copy(x.double()), F.conv2d(x.double(), copy.weight, copy.bias, padding=1))
+        torch.testing.assert_close(copy(x.double()), F.conv2d(x.double(), copy.composed_weight(), copy.bias, padding=1))
     assert layer.train()._cache is None
 
 

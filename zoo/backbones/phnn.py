@@ -33,8 +33,9 @@ For inference the PH layers compose their weights once (on ``eval()``) instead o
 ``zoo.layers.hypercomplex``. The input check is an FX leaf (timm's ``register_notrace_function`` and
 ``torch.fx.wrap``), so ``torch.fx``/torchvision feature extraction traces the network and keeps the check.
 
-Key names follow torchvision (``downsample``, ``fc``); ``checkpoint_filter_fn`` renames the official ``shortcut``
-and ``linear`` keys.
+Key names follow torchvision (``downsample``, ``fc``) and timm (a PH layer's filter factor ``F`` is its ``weight``,
+so ``conv1.weight`` and ``fc.weight`` name the first conv and the classifier as timm's contract expects);
+``checkpoint_filter_fn`` renames the official ``shortcut``, ``linear`` and ``<layer>.F`` keys.
 """
 
 from __future__ import annotations
@@ -298,8 +299,9 @@ class PHCResNet(nn.Module):
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Official HyperNets checkpoints -> our keys: ``shortcut`` -> ``downsample``, ``linear`` -> ``fc``, and the
-    PHC conv biases (``<conv>.bias`` next to ``<conv>.A``) dropped, since the official forward never applies them.
+    """Official HyperNets checkpoints -> our keys: ``shortcut`` -> ``downsample``, ``linear`` -> ``fc``, a PH
+    layer's filter factor ``<layer>.F`` -> ``<layer>.weight`` (see ``zoo.layers.hypercomplex``), and the PHC conv
+    biases (``<conv>.bias`` next to ``<conv>.A``) dropped, since the official forward never applies them.
     Our own state dicts pass through unchanged."""
     own = model.state_dict()
     out: dict[str, torch.Tensor] = {}
@@ -309,6 +311,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
             k2 = "fc." + k2[len("linear."):]
         if k2.endswith(".bias") and k2[:-len(".bias")] + ".A" in own and k2 not in own:
             continue  # an unused official PHConv bias
+        if k2.endswith(".F") and k2[:-len(".F")] + ".A" in own:
+            k2 = k2[:-len(".F")] + ".weight"
         out[k2] = v
     return out
 

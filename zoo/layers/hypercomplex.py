@@ -16,8 +16,13 @@ it is built once -- when the layer enters ``eval()``, loads a state dict or move
 every no-grad forward; a later in-place change of ``A`` or ``F`` (their version counters move) makes the layer
 compose afresh until the next refresh, so a stale weight is never used. The bias is optional and, when present,
 actually applied (the official ``PHConv`` allocates a bias but never passes it to ``conv2d``), and stride,
-padding, dilation and groups are those of ``nn.Conv2d``. The factors keep the official names ``A`` and ``F`` and
-the official initialisation (Xavier-uniform on the factor tensors as shaped), so official checkpoints load as is.
+padding, dilation and groups are those of ``nn.Conv2d``. The factors keep the official initialisation
+(Xavier-uniform on the factor tensors as shaped). The filter factor ``F`` is stored as the layer's ``weight``
+parameter (``F`` is an alias), ``A`` under its official name: timm's model contract names a network's first conv
+and classifier by a ``<module>.weight`` state-dict key, and timm's pretrained loader drops ``<classifier>.weight``
+and ``.bias`` when the class count changes -- for a PHM classifier exactly the class-dependent factors (``A`` is
+n x n x n whatever the class count). The full composed matrix is :meth:`composed_weight`. Official checkpoints
+(``<layer>.A``, ``<layer>.F``) load through ``zoo.backbones.phnn.checkpoint_filter_fn``, which renames ``F``.
 """
 
 from __future__ import annotations
@@ -102,12 +107,17 @@ class _PHLayer(nn.Module):
     """Shared by the PH layers: the composed weight, and its inference cache (see the module docstring)."""
 
     A: nn.Parameter
-    F: nn.Parameter
+    weight: nn.Parameter
     _cache: _WeightCache | None = None
 
     @property
-    def weight(self) -> torch.Tensor:
-        """The full weight, ``sum_i kron(A_i, F_i)``, rebuilt from ``A`` and ``F``."""
+    def F(self) -> nn.Parameter:  # noqa: N802  (the paper's and the official code's name)
+        """The filter factor ``F`` (n, out/n, in/n, *kernel), stored as the ``weight`` parameter."""
+        return self.weight
+
+    def composed_weight(self) -> torch.Tensor:
+        """The full weight, ``sum_i kron(A_i, F_i)``, rebuilt from ``A`` and ``F`` (what an ``nn.Conv2d`` /
+        ``nn.Linear`` computing the same function holds)."""
         return kron_weight(self.A, self.F)
 
     def _forward_weight(self) -> torch.Tensor:
@@ -167,7 +177,7 @@ class PHConv2d(_PHLayer):
         self.kernel_size = (kh, kw)
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.A = nn.Parameter(torch.empty(n, n, n, **dd))
-        self.F = nn.Parameter(torch.empty(n, out_channels // n, in_channels // groups // n, kh, kw, **dd))
+        self.weight = nn.Parameter(torch.empty(n, out_channels // n, in_channels // groups // n, kh, kw, **dd))
         self.bias = nn.Parameter(torch.empty(out_channels, **dd)) if bias else None
         self.reset_parameters()
 
@@ -208,7 +218,7 @@ class PHMLinear(_PHLayer):
         _check_n(n, "PHMLinear", {"in_features": in_features, "out_features": out_features})
         self.in_features, self.out_features, self.n = in_features, out_features, n
         self.A = nn.Parameter(torch.empty(n, n, n, **dd))
-        self.F = nn.Parameter(torch.empty(n, out_features // n, in_features // n, **dd))
+        self.weight = nn.Parameter(torch.empty(n, out_features // n, in_features // n, **dd))
         self.bias = nn.Parameter(torch.empty(out_features, **dd)) if bias else None
         self.reset_parameters()
 
@@ -249,7 +259,7 @@ def materialize_ph_layers(model: nn.Module) -> nn.Module:
         else:
             materialize_ph_layers(child)
             continue
-        real.weight.copy_(child.weight)
+        real.weight.copy_(child.composed_weight())
         if child.bias is not None:
             real.bias.copy_(child.bias)
         real.train(child.training)
