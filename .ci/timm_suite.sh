@@ -35,7 +35,10 @@ tmp, version = pathlib.Path(sys.argv[1]), sys.argv[2]
 archive = next((tmp / "sdist").glob(f"timm-{version}.tar.gz"))
 member = f"timm-{version}/tests/test_models.py"
 with tarfile.open(archive) as tar:
-    src = tar.extractfile(member)
+    try:
+        src = tar.extractfile(member)
+    except KeyError:
+        src = None
     if src is None:
         sys.exit(f"timm_suite: {member} not found in {archive.name}")
     (tmp / "suite").mkdir()
