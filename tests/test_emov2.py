@@ -13,9 +13,8 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from timm.layers import set_exportable
+from torch import nn
 
 import zoo
 from zoo.backbones.emov2 import ConvNormAct, EMOv2, SpanningWindowAttention, checkpoint_filter_fn
