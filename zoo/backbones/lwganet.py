@@ -707,16 +707,25 @@ class DRFD(nn.Module):
             B, C, H, W = x.shape
             x = F.conv2d(x.unsqueeze(2).expand(B, C, 2, H, W).reshape(B, 2 * C, H, W), self.conv.weight,
                          self.conv.bias, 1, 1, 1, self.conv.out_channels)
-        elif self.bit_exact or x.is_meta:  # meta: shape-only counting sees the module, as in the official code
+        elif self.bit_exact:
             x = self.conv(x)
         else:
-            # 1 -> 2 channels per group as a depthwise conv on the input with each channel repeated: oneDNN's
-            # depthwise kernel is 2-3x faster than its grouped one here, and rounds differently (~1e-7)
-            x = F.conv2d(x.repeat_interleave(2, dim=1), self.conv.weight, self.conv.bias, 1, 1, 1,
-                         self.conv.out_channels)
+            x = _grouped_conv_as_depthwise(self.conv, x)
         c = self.norm_c(self.act_c(self.conv_c(x)))
         m = self.norm_m(max_pool_3x3(x, 2))
         return self.fusion(torch.cat((c, m), dim=1))
+
+
+@register_notrace_function
+@torch.fx.wrap
+def _grouped_conv_as_depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """DRFD's 1 -> 2 channels-per-group conv as a depthwise conv on the input with each channel repeated: oneDNN's
+    depthwise kernel is 2-3x faster than its grouped one here, and rounds differently (~1e-7). Meta tensors
+    (shape-only counting) see the module itself, as in the official code; one call for FX, which cannot ask a
+    proxy whether it is meta."""
+    if x.is_meta:
+        return conv(x)
+    return F.conv2d(x.repeat_interleave(2, dim=1), conv.weight, conv.bias, 1, 1, 1, conv.out_channels)
 
 
 class Stem(nn.Module):
