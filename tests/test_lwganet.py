@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.layers import set_exportable
 
 import zoo
 from zoo.backbones.lwganet import (
@@ -313,10 +314,8 @@ def test_eager_fast_paths_equal_the_plain_ops_bit_for_bit() -> None:
 
 def test_pointwise_conv_uses_the_product_only_where_it_is_bit_identical(monkeypatch) -> None:
     """Inference 1x1 convs run as ``mm`` only for configurations where the first call proved it equal to conv2d
-    bit for bit; a configuration where it is not keeps conv2d, and training always sees conv2d."""
-    from zoo.backbones import lwganet as L
-
-    monkeypatch.setattr(L, "_GEMM_EQUALS_CONV", {})
+    bit for bit (the answer is kept on the layer itself); a configuration where it is not keeps conv2d, and
+    training always sees conv2d."""
     torch.manual_seed(0)
     conv = PointwiseConv2d(16, 24).eval()
     x = torch.randn(1, 16, 10, 6)
@@ -324,13 +323,15 @@ def test_pointwise_conv_uses_the_product_only_where_it_is_bit_identical(monkeypa
         first, second = conv(x), conv(x)
     ref = F.conv2d(x, conv.weight, conv.bias)
     assert torch.equal(first, ref) and torch.equal(second, ref)
-    assert list(L._GEMM_EQUALS_CONV.values()) == [True]  # one thread (conftest): the same GEMM as the conv
+    assert list(conv.gemm_equals_conv.values()) == [True]  # one thread (conftest): the same GEMM as the conv
+    other = PointwiseConv2d(16, 24).eval()
+    assert other.gemm_equals_conv == {}  # per layer: no state shared between layers or models
     # a product that rounds differently is detected and never used for that configuration
-    monkeypatch.setattr(L, "_GEMM_EQUALS_CONV", {})
+    conv.gemm_equals_conv.clear()
     monkeypatch.setattr(PointwiseConv2d, "_gemm", lambda self, t: F.conv2d(t, self.weight, self.bias) + 1e-7)
     with torch.inference_mode():
         assert torch.equal(conv(x), ref) and torch.equal(conv(x), ref)
-    assert list(L._GEMM_EQUALS_CONV.values()) == [False]
+    assert list(conv.gemm_equals_conv.values()) == [False]
     # where rounding is free (stage 4, head) the product is used without the check
     conv.bit_exact = False
     with torch.inference_mode():
@@ -569,7 +570,8 @@ def test_lwganet_l0_onnx_legacy_exporter_matches_onnxruntime(l0) -> None:
     ort = pytest.importorskip("onnxruntime")
     x = torch.randn(1, 3, SMALL, 128)
     buf = io.BytesIO()
-    torch.onnx.export(l0, (x,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
+    with set_exportable(True):  # the export switch, as the exporter sets it
+        torch.onnx.export(l0, (x,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
     sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"x": x.numpy()})
     with torch.no_grad():
@@ -591,6 +593,7 @@ def test_lwganet_l0_onnx_legacy_exporter_matches_onnxruntime(l0) -> None:
 @pytest.mark.slow
 def test_lwganet_l0_torch_export(l0) -> None:
     x = torch.randn(1, 3, SMALL, SMALL)
-    ep = torch.export.export(l0, (x,))
+    with set_exportable(True):
+        ep = torch.export.export(l0, (x,))
     with torch.no_grad():
         assert torch.allclose(ep.module()(x), l0(x), atol=1e-5)

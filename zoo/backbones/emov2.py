@@ -28,6 +28,17 @@ returns ``{'out': x, 'out_kd': x}``, the same tensor twice; there is no separate
 dropped from its checkpoints); the network runs channels_last; attention is one batched call for the close and
 remote partitions (``F.scaled_dot_product_attention`` where PyTorch has a fused kernel for its shapes); window
 partitions are single strided copies instead of chains of ``rearrange(...).contiguous()``.
+
+Inference and export. In ``eval()`` every BatchNorm that follows a conv is folded into that conv's weights once
+(on ``eval()`` or :meth:`EMOv2.fuse`) and kept in a :class:`zoo.layers.weight_cache.WeightDerivedCache`, which
+rebuilds the fold when a weight changes (``load_state_dict`` after ``eval()``, in-place edits, ``.to()``); training,
+and eval with autograd on the weights, run the plain conv + BN. While ``timm.layers.is_exportable()`` is true (the
+exporter sets it with ``timm.layers.set_layer_config(exportable=True)``; it is the only export switch the model
+reads) the forward takes graph-shaped paths written for onnxruntime: folds computed from the weights inside the
+graph (the exporter turns them into constants), block pre-norm BNs folded into the expansion conv, erf-GELU spelled
+the way onnxruntime fuses it, and one attention call per window partition. For FX (timm's and torchvision's feature
+extraction) the input check and the window attention are single opaque calls (``register_notrace_function`` plus
+``torch.fx.wrap``), because their window arithmetic on input shapes cannot run on FX proxies.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, is_exportable, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
@@ -48,6 +59,7 @@ from torch import nn
 
 from ..checkpoint import unwrap_state_dict
 from ..errors import InputShapeError
+from ..layers.weight_cache import WeightDerivedCache
 from ..manifest import pretrained_cfgs
 from ..registry import register_zoo_model
 from ..weights import verified_pretrained_kwargs
@@ -64,9 +76,9 @@ class LayerNorm2d(nn.Module):
     weights (``stage3.1.norm.norm.weight``, ``norm.norm.weight``).
     """
 
-    def __init__(self, num_channels: int, eps: float = NORM_EPS) -> None:
+    def __init__(self, num_channels: int, eps: float = NORM_EPS, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(num_channels, eps=eps)
+        self.norm = nn.LayerNorm(num_channels, eps=eps, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.layer_norm(x.permute(0, 2, 3, 1), self.norm.normalized_shape, self.norm.weight, self.norm.bias,
@@ -87,59 +99,101 @@ _ACTS: dict[str, Callable[[], nn.Module]] = {"silu": partial(nn.SiLU, inplace=Tr
                                             "none": nn.Identity}
 
 
+def _needs_weight_grad(*params: torch.Tensor | None) -> bool:
+    """Whether autograd must reach these parameters (then a cached, detached rewrite of them cannot be used)."""
+    return torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params)
+
+
 class ConvNormAct(nn.Module):
     """Conv2d (+ BN) (+ activation) with the official ``ceil((k - s) / 2)`` padding and child names
-    ``conv`` / ``norm`` / ``act``."""
+    ``conv`` / ``norm`` / ``act``.
+
+    In ``eval()`` the BN is folded into the conv (:meth:`folded_conv`): one pass over the output instead of two,
+    ~3% of EMOv2-5M's CPU latency, results equal to float rounding. The fold is computed once and cached until a
+    weight changes; under the export switch it is written into the graph instead.
+    """
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
-                 bias: bool = False, norm: bool = False, act: str = "none") -> None:
+                 bias: bool = False, norm: bool = False, act: str = "none", device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         padding = math.ceil((kernel_size - stride) / 2)
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, groups=groups, bias=bias)
-        self.norm = nn.BatchNorm2d(out_chs, eps=NORM_EPS) if norm else nn.Identity()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, groups=groups, bias=bias, **dd)
+        self.norm = nn.BatchNorm2d(out_chs, eps=NORM_EPS, **dd) if norm else nn.Identity()
         self.act = _ACTS[act]()
+        self._fold_cache = WeightDerivedCache()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or not isinstance(self.norm, nn.BatchNorm2d):
             return _act(self.act, self.norm(self.conv(x)))
-        # Inference: fold the frozen BN into the conv's weights on the fly (a few thousand weights) instead of one
-        # more pass over a large activation map; ~3% of EMOv2-5M's CPU latency, results equal to float rounding.
+        if is_exportable():
+            weight, bias = self._fold_bn()  # in the graph, from the weights: the exporter folds it to constants
+            return _act(self.act, self._conv(x, weight, bias))
+        return _conv_bn_act_inference(self, x)
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        c = self.conv
+        return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
+
+    def _fold_bn(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the conv with the frozen BN after it folded in: ``conv(W * s) + (b - mean) * s + beta``
+        with ``s = gamma / sqrt(var + eps)``."""
         c, bn = self.conv, self.norm
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         bias = bn.bias - bn.running_mean * scale
         if c.bias is not None:
             bias = bias + c.bias * scale
-        return _act(self.act, F.conv2d(x, c.weight * scale.view(-1, 1, 1, 1), bias, c.stride, c.padding,
-                                       c.dilation, c.groups))
+        return c.weight * scale.view(-1, 1, 1, 1), bias
+
+    def folded_conv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached fold (computed again only after a weight or running statistic changed)."""
+        c, bn = self.conv, self.norm
+        return self._fold_cache.get("conv_bn", (c.weight, c.bias, bn.weight, bn.bias, bn.running_mean,
+                                                bn.running_var), self._fold_bn)
+
+    def train(self, mode: bool = True) -> ConvNormAct:
+        super().train(mode)
+        if mode:
+            self._fold_cache.clear()
+        elif isinstance(self.norm, nn.BatchNorm2d):
+            self.folded_conv()  # fold once, on eval(), not on every forward
+        return self
+
+
+@register_notrace_function
+@torch.fx.wrap
+def _conv_bn_act_inference(m: ConvNormAct, x: torch.Tensor) -> torch.Tensor:
+    """Eval forward of a :class:`ConvNormAct` with a BN: the cached fold, or conv + BN when autograd needs the
+    weights (eval-mode fine-tuning, where a detached fold would cut their gradients). One call for FX, so the
+    choice is made when the graph runs, not when it is traced."""
+    if _needs_weight_grad(m.conv.weight, m.norm.weight):
+        return _act(m.act, m.norm(m.conv(x)))
+    weight, bias = m.folded_conv()
+    return _act(m.act, m._conv(x, weight, bias))
 
 
 class PointwiseExpansion(nn.Module):
     """The convolutional expansion op of an i2RMB: 1x1 conv with bias + activation (official ``Conv``; the extra
     ``net`` level keeps the official key ``eops.0.net.conv.weight``)."""
 
-    def __init__(self, in_chs: int, out_chs: int, act: str, bias: bool = True) -> None:
+    def __init__(self, in_chs: int, out_chs: int, act: str, bias: bool = True, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
-        self.net = ConvNormAct(in_chs, out_chs, 1, bias=bias, act=act)
+        self.net = ConvNormAct(in_chs, out_chs, 1, bias=bias, act=act, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
-def _graph_export() -> bool:
-    """True while the model is being turned into a static graph: ONNX export (both the TorchScript and the dynamo
-    exporter set ``is_in_onnx_export``), ``torch.export`` and TorchScript tracing. Those take the graph-shaped
-    forward paths below; eager PyTorch (and ``torch.compile``) keeps the memory-format-aware ones."""
-    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_exporting()
-
-
 def _act(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply ``act``; in a graph export, erf-GELU is spelled ``x * (erf(x / sqrt(2)) + 1) * 0.5``.
+    """Apply ``act``; under the export switch, erf-GELU is spelled ``x * (erf(x / sqrt(2)) + 1) * 0.5``.
 
     That is the op order onnxruntime's GeluFusion recognises. The dynamo exporter decomposes ``F.gelu`` as
     ``x * (0.5 * (erf(x / sqrt(2)) + 1))``, which it does not, so every GELU would run as five elementwise passes
     instead of one fused kernel. Same function, same rounding to within an ulp.
     """
-    if type(act) is nn.GELU and act.approximate == "none" and _graph_export():
+    if type(act) is nn.GELU and act.approximate == "none" and is_exportable():
         return x * (torch.erf(x / math.sqrt(2.0)) + 1.0) * 0.5
     return act(x)
 
@@ -178,7 +232,7 @@ class SpanningWindowAttention(nn.Module):
     """
 
     def __init__(self, dim: int, dim_out: int, dim_head: int, window_size: int, act: str = "gelu",
-                 qkv_bias: bool = True, attn_drop: float = 0.0) -> None:
+                 qkv_bias: bool = True, attn_drop: float = 0.0, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         if dim % dim_head:
             raise ValueError(f"attention width {dim} is not a multiple of dim_head {dim_head}")
@@ -188,12 +242,17 @@ class SpanningWindowAttention(nn.Module):
             raise ValueError(f"expanded width {dim_out} is not a multiple of {self.num_heads} heads")
         self.window_size = window_size
         self.attn_drop = attn_drop
-        self.qk = ConvNormAct(dim, dim * 2, 1, bias=qkv_bias)
-        self.v = ConvNormAct(dim, dim_out, 1, bias=qkv_bias, act=act)
+        self.qk = ConvNormAct(dim, dim * 2, 1, bias=qkv_bias, device=device, dtype=dtype)
+        self.v = ConvNormAct(dim, dim_out, 1, bias=qkv_bias, act=act, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _graph_export():
+        if is_exportable():
             return self._forward_graph(x)
+        return _spanning_window_attention(self, x)
+
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        """Eager forward: both partitions as one batched attention call, windows as strided copies of the
+        channels-last map, the remote partition added in place."""
         B, C, H, W = x.shape
         ws_h = self.window_size if self.window_size > 0 else H  # window_size <= 0: one global window (official)
         ws_w = self.window_size if self.window_size > 0 else W
@@ -232,7 +291,7 @@ class SpanningWindowAttention(nn.Module):
         return out.permute(0, 3, 1, 2)
 
     def _forward_graph(self, x: torch.Tensor) -> torch.Tensor:
-        """The same function written for a static graph (ONNX, ``torch.export``, TorchScript tracing).
+        """The same function written for a static graph, taken under the export switch (ONNX, ``torch.export``).
 
         In a graph every permute is a real Transpose and every stack/chunk a Concat/Split copy, while in eager
         PyTorch under channels_last most of them are free views; so this path is shaped by what onnxruntime runs:
@@ -297,12 +356,20 @@ class SpanningWindowAttention(nn.Module):
         return out.permute(0, 3, 1, 2)
 
 
+@register_notrace_function
+@torch.fx.wrap
+def _spanning_window_attention(attn: SpanningWindowAttention, x: torch.Tensor) -> torch.Tensor:
+    """:meth:`SpanningWindowAttention._forward_eager` as one call for FX: its padding and window counts are Python
+    arithmetic on the input size, which FX proxies cannot branch on."""
+    return attn._forward_eager(x)
+
+
 class LayerScale2d(nn.Module):
     """Per-channel output scale; ``gamma`` has the official (1, C, 1, 1) shape so checkpoints load as they are."""
 
-    def __init__(self, dim: int, init_value: float = 1e-6) -> None:
+    def __init__(self, dim: int, init_value: float = 1e-6, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        self.gamma = nn.Parameter(init_value * torch.ones(1, dim, 1, 1))
+        self.gamma = nn.Parameter(torch.full((1, dim, 1, 1), init_value, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma
@@ -318,28 +385,29 @@ class IRMB2(nn.Module):
     def __init__(self, dim_in: int, dim_out: int, exp_ratio: float, norm: str, act: str, dw_kernel: int = 5,
                  stride: int = 1, attention: bool = False, dim_head: int = 32, window_size: int = 7,
                  qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0, drop_path: float = 0.0,
-                 ls_init: float = 1e-6) -> None:
+                 ls_init: float = 1e-6, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         dim_mid = int(dim_in * exp_ratio)
         self.has_skip = dim_in == dim_out and stride == 1
-        self.norm = _norm_layer(norm)(dim_in)
+        self.norm = _norm_layer(norm)(dim_in, **dd)
         if attention:
             expansion: nn.Module = SpanningWindowAttention(dim_in, dim_mid, dim_head, window_size, act=act,
-                                                           qkv_bias=qkv_bias, attn_drop=attn_drop)
+                                                           qkv_bias=qkv_bias, attn_drop=attn_drop, **dd)
         else:
-            expansion = PointwiseExpansion(dim_in, dim_mid, act=act, bias=qkv_bias)
+            expansion = PointwiseExpansion(dim_in, dim_mid, act=act, bias=qkv_bias, **dd)
         self.eops = nn.ModuleList([expansion])  # official name: "efficient operators", a list of one here
         self.conv_local = ConvNormAct(dim_mid, dim_mid, dw_kernel, stride=stride, groups=dim_mid, norm=True,
-                                      act="silu")
+                                      act="silu", **dd)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.proj = ConvNormAct(dim_mid, dim_out, 1)
-        self.ls = LayerScale2d(dim_out, ls_init)
+        self.proj = ConvNormAct(dim_mid, dim_out, 1, **dd)
+        self.ls = LayerScale2d(dim_out, ls_init, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def _expand_graph(self, x: torch.Tensor) -> torch.Tensor:
         """``expansion(norm(x))`` with a frozen BN pre-norm folded into the 1x1 expansion conv.
 
-        For graph export only: onnxruntime fuses a BN into the conv *before* it, never into the one after, so the
+        Under the export switch only: onnxruntime fuses a BN into the conv *before* it, never into the one after, so the
         pre-norm of every inner stage-1/2 block otherwise runs as its own pass over the block's largest input.
         conv(W, s * x + t) = conv(W * s, x) + W t, exact up to float rounding.
         """
@@ -354,7 +422,7 @@ class IRMB2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (not self.training and isinstance(self.norm, nn.BatchNorm2d)
-                and isinstance(self.eops[0], PointwiseExpansion) and _graph_export()):
+                and isinstance(self.eops[0], PointwiseExpansion) and is_exportable()):
             e = self._expand_graph(x)
         else:
             e = self.eops[0](self.norm(x))
@@ -390,8 +458,11 @@ class EMOv2(nn.Module):
         attn_drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        device: Any = None,
+        dtype: Any = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if global_pool not in ("avg", ""):
             raise ValueError(f"EMOv2 pools by mean ('avg') or not at all (''); got global_pool={global_pool!r}")
         self.num_classes = num_classes
@@ -403,11 +474,11 @@ class EMOv2(nn.Module):
 
         stem_dim = embed_dims[0] // 2
         self.stage0 = nn.ModuleList([
-            ConvNormAct(in_chans, stem_dim, 3, stride=2, bias=True, norm=True, act="silu"),
-            ConvNormAct(stem_dim, stem_dim, 3, groups=stem_dim, norm=True, act="silu"),
-            ConvNormAct(stem_dim, stem_dim, 1),
+            ConvNormAct(in_chans, stem_dim, 3, stride=2, bias=True, norm=True, act="silu", **dd),
+            ConvNormAct(stem_dim, stem_dim, 3, groups=stem_dim, norm=True, act="silu", **dd),
+            ConvNormAct(stem_dim, stem_dim, 1, **dd),
         ])
-        dprs = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dprs = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.feature_info: list[dict[str, Any]] = []
         dim_prev, reduction, block_idx = stem_dim, 2, 0
         for i, depth in enumerate(depths):
@@ -418,7 +489,7 @@ class EMOv2(nn.Module):
                     dim_prev, embed_dims[i], exp_ratios[i] * (2 if first else 1), norm=norms[i], act=acts[i],
                     dw_kernel=dw_kernel, stride=2 if first else 1, attention=attention[i] and not first,
                     dim_head=dim_heads[i], window_size=window_size, qkv_bias=qkv_bias, attn_drop=attn_drop_rate,
-                    proj_drop=proj_drop_rate, drop_path=dprs[block_idx], ls_init=ls_init,
+                    proj_drop=proj_drop_rate, drop_path=dprs[block_idx], ls_init=ls_init, **dd,
                 ))
                 dim_prev = embed_dims[i]
                 block_idx += 1
@@ -427,9 +498,9 @@ class EMOv2(nn.Module):
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f"stage{i + 1}"))
 
         self.num_features = self.head_hidden_size = embed_dims[-1]
-        self.norm = _norm_layer(norms[-1])(embed_dims[-1])
+        self.norm = _norm_layer(norms[-1])(embed_dims[-1], **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -468,19 +539,27 @@ class EMOv2(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new ``num_classes``-way Linear head (0: none, ``forward`` then returns the pooled features);
+        ``global_pool=''`` also drops the pooling, so ``forward`` returns the (B, C, H, W) map. The new head is
+        created on the model's device and dtype, in its train/eval mode."""
         self.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("avg", ""):
                 raise ValueError(f"EMOv2 pools by mean ('avg') or not at all (''); got {global_pool!r}")
             self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        ref = self.stage0[0].conv.weight
+        self.head = (nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+                     if num_classes > 0 else nn.Identity()).train(self.training)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise InputShapeError(
-                f"EMOv2 expects a (B, {self.in_chans}, H, W) image batch, got shape {tuple(x.shape)}; "
-                f"e.g. (1, {self.in_chans}, 224, 224). Any H, W >= 1 works (the attention pads to its window)."
-            )
+    @torch.jit.ignore
+    def fuse(self) -> EMOv2:
+        """Fold every BN that follows a conv into it now (``eval()`` does this too). The folds are kept until a
+        weight changes and are used by eval forwards that need no gradient for the weights; the state_dict and the
+        training forward are unchanged."""
+        for m in self.modules():
+            if isinstance(m, ConvNormAct) and isinstance(m.norm, nn.BatchNorm2d):
+                m.folded_conv()
+        return self
 
     def _run_stage(self, stage: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
         for blk in stage:
@@ -491,7 +570,7 @@ class EMOv2(nn.Module):
         return x
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        x = _check_image_batch(x, self.in_chans)
         # channels_last all the way: depthwise and 1x1 convs run faster on CPU, the channel LayerNorms and the
         # attention's token layout become free views. Results are the same tensors, only their strides differ.
         x = x.contiguous(memory_format=torch.channels_last)
@@ -556,6 +635,19 @@ class EMOv2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+@register_notrace_function
+@torch.fx.wrap
+def _check_image_batch(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """``x`` unchanged if it is a (B, in_chans, H, W) batch, else a one-line :class:`InputShapeError`. Returns its
+    input so that FX graphs keep the check (an opaque call: FX proxies cannot branch on shapes)."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise InputShapeError(
+            f"EMOv2 expects a (B, {in_chans}, H, W) image batch, got shape {tuple(x.shape)}; "
+            f"e.g. (1, {in_chans}, 224, 224). Any H, W >= 1 works (the attention pads to its window)."
+        )
+    return x
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

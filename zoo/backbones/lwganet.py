@@ -16,42 +16,61 @@ Differences from the official code, none of which changes a result the official 
   (``point_attn``, ``local_attn``, ``medium_attn``, ``global_attn``); ``checkpoint_filter_fn`` renames official keys.
 - The official shear used by the medium-range branch only works on square maps; ours shears by the number of rows,
   which is the same operation on square maps and also handles rectangular ones (needed for detection inputs).
-- Max-unpooling is written with comparisons and selects (first maximum of each 2x2 window, as ``max_pool2d``
-  picks it), which is exactly ``max_unpool2d`` for non-overlapping windows but also exports with the legacy
-  TorchScript-based ONNX exporter, where the official ``MaxUnpool2d`` fails its output-shape check.
+- Under the export switch (``timm.layers.is_exportable()``, which the exporter turns on with
+  ``timm.layers.set_layer_config(exportable=True)``; the model reads no other signal) max-unpooling is written with
+  comparisons and selects (first maximum of each 2x2 window, as ``max_pool2d`` picks it), which is exactly
+  ``max_unpool2d`` for non-overlapping windows but exports with every exporter (the official ``MaxUnpool2d`` fails
+  the legacy exporter's output-shape check), and every other op is the plain operator.
 - Eager mode uses faster forms of the pure data-movement and max operations (3x3 max pools as maxima of shifted
   views, 2x2 max pool in channels-last, ``x + unpool(y)`` as one scatter-add, shears as strided copies/views,
   the nearest-upsampled gate as an expanded repeat). Every convolution, norm and activation is the same call on
   the same values as in the official code, so logits are bit-identical: this matters because the 2x2
-  max-pool/unpool pairs turn any rounding difference into a possibly different window maximum. Graph capture
-  (tracing, ``torch.export``, ``torch.compile``) keeps the plain operators.
-- In inference on single images, 1x1 convolutions run as one matrix product where the first call of a
-  configuration shows it bit-identical to ``conv2d`` (it skips PyTorch's convolution dispatch and, with several
-  threads, oneDNN's per-call weight reorder); from stage 4 on, where no max-pool/unpool follows, the product is
-  used without that check (~1e-7 relative rounding differences).
+  max-pool/unpool pairs turn any rounding difference into a possibly different window maximum.
+- In inference on single images, 1x1 convolutions run as one matrix product (it skips PyTorch's convolution
+  dispatch and, with several threads, oneDNN's per-call weight reorder), but before the last 2x2 max-pool only
+  where that product is bit-identical to ``conv2d``. Whether it is depends on the input size and the thread count
+  (PyTorch hands larger 1x1 convolutions to oneDNN, which rounds differently, only with more than one thread), so
+  it cannot be settled once at ``eval()``: each layer finds out on its first inference call of a configuration
+  (its input and a fixed random probe through both; public ops only) and remembers the answer on itself. Dropping
+  the product would cost LWGANet its margin against the official code; from stage 4 on, where no max-pool/unpool
+  follows, the product is used without the check (~1e-7 relative rounding differences).
+- Stage 4's medium-range branch (blur pool + four strip convs on 3x3 maps) runs in inference as one per-channel
+  matrix composed from the conv weights. That matrix depends only on the weights and the input size: it is built
+  once per input size and kept until a weight changes (``zoo.layers.weight_cache``), and not used when autograd
+  needs the weights (training, eval-mode fine-tuning), which see the convolutions.
 - Inference norms call the native batch-norm kernel directly (``EvalBatchNorm2d``, same kernel, same bits), and
   the medium-range strip convolutions read a channels-last copy of their small input (same bits, faster kernel;
   the sum goes back to NCHW before the sigmoid, whose rounding depends on the layout).
+- For FX (timm's and torchvision's feature extraction) the input check, the medium-range branch, the 2x2 / 3x3 pools,
+  the unpool-add and the inference forms of norms and 1x1 convs are single opaque calls (timm's
+  ``register_notrace_function`` plus ``torch.fx.wrap``, which torchvision's tracer honours): they decide on input
+  sizes, which FX proxies cannot branch on. The graph runs them as the eager model does.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, SelectAdaptivePool2d, get_act_layer, trunc_normal_
+from timm.layers import (
+    DropPath,
+    SelectAdaptivePool2d,
+    get_act_layer,
+    is_exportable,
+    register_notrace_function,
+    trunc_normal_,
+)
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ..checkpoint import unwrap_state_dict
 from ..errors import InputShapeError
 from ..layers.blurpool import BlurPool2dAsym, binomial_filter
+from ..layers.weight_cache import WeightDerivedCache
 from ..manifest import pretrained_cfgs
 from ..registry import register_zoo_model
 from ..weights import verified_pretrained_kwargs
@@ -94,22 +113,13 @@ def max_unpool_2x2_masked(y: torch.Tensor, mask: tuple[torch.Tensor, ...]) -> to
     return out.reshape(B, C, 2 * h, 2 * w)
 
 
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting()
-
-
-def _graph_capture() -> bool:
-    """Tracing, scripting, torch.compile or torch.export: keep plain ops that every exporter knows (no as_strided)."""
-    return _tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
-
-
+@register_notrace_function
+@torch.fx.wrap
 def max_pool_2x2(x: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """2x2/2 max pool keeping what unpooling needs: ``max_pool2d`` indices in eager mode (two native kernels,
-    fastest), the position masks while tracing (the legacy ONNX exporter cannot export ``max_unpool2d``)."""
-    if _tracing():
+    fastest), the position masks under the export switch (exporters have no portable ``max_unpool2d``)."""
+    if is_exportable():
         return max_pool_2x2_with_mask(x)
-    if _graph_capture():
-        return F.max_pool2d(x, 2, 2, return_indices=True)
     # PyTorch's channels-last CPU kernel is vectorised over channels and several times faster than the NCHW one,
     # enough to pay for the layout copy; it scans each window in the same order and keeps the first maximum, so
     # values and indices are identical (the pooled map goes back to NCHW so the convolutions after it see the
@@ -125,6 +135,8 @@ def max_unpool_2x2(y: torch.Tensor, where: Any) -> torch.Tensor:
     return F.max_unpool2d(y, where, 2, 2)
 
 
+@register_notrace_function
+@torch.fx.wrap
 def add_max_unpool_2x2(x: torch.Tensor, y: torch.Tensor, where: Any) -> torch.Tensor:
     """``x + max_unpool_2x2(y, where)`` for ``x`` of the pooled map's size.
 
@@ -139,14 +151,16 @@ def add_max_unpool_2x2(x: torch.Tensor, y: torch.Tensor, where: Any) -> torch.Te
     return out.scatter_add_(2, where.reshape(B, C, -1), y.reshape(B, C, -1)).view(B, C, H, W)
 
 
+@register_notrace_function
+@torch.fx.wrap
 def max_pool_3x3(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """``F.max_pool2d(x, 3, stride, padding=1)`` for stride 1 or 2, as maxima of shifted views in eager mode.
 
     A maximum is exact in any order, so the result is bit-identical; PyTorch's CPU max-pool kernel is several
-    times slower than three ``maximum`` calls per axis on these small maps. Traced graphs keep the pooling op
-    (onnxruntime's MaxPool is fast).
+    times slower than three ``maximum`` calls per axis on these small maps. Under the export switch the pooling op
+    stays (onnxruntime's MaxPool is fast).
     """
-    if _tracing() or stride not in (1, 2):
+    if is_exportable() or stride not in (1, 2):
         return F.max_pool2d(x, 3, stride, 1)
     H, W = x.shape[-2:]
     if stride == 2 and H % 2 == 0 and W % 2 == 0 and not (torch.is_grad_enabled() and x.requires_grad):
@@ -177,8 +191,9 @@ def _max_pool_3x3_s2_even(x: torch.Tensor, dim: int) -> torch.Tensor:
 # Building blocks
 # ---------------------------------------------------------------------------------------------------------------
 
-# (batch, in, height, width, out, bias, dtype, threads) -> whether the matrix product equals conv2d bit for bit
-_GEMM_EQUALS_CONV: dict[tuple[Any, ...], bool] = {}
+def _needs_weight_grad(*params: torch.Tensor | None) -> bool:
+    """Whether autograd must reach these parameters (then inference-only rewrites of them cannot be used)."""
+    return torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params)
 
 
 class EvalBatchNorm2d(nn.BatchNorm2d):
@@ -186,16 +201,22 @@ class EvalBatchNorm2d(nn.BatchNorm2d):
 
     The module's Python forward (momentum bookkeeping, argument checks) and two dispatch layers cost more than the
     arithmetic on LWGANet's small maps, and a forward runs some 60 norms. ``native_batch_norm`` with running
-    statistics is the very kernel ``F.batch_norm`` ends in, so the values are bit-identical. Training, graph
-    capture and dispatch modes use the ordinary forward; parameters, buffers and keys are those of the parent.
+    statistics is the very kernel ``F.batch_norm`` ends in, so the values are bit-identical. Training, autograd and
+    the export switch use the ordinary forward; parameters, buffers and keys are those of the parent.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.training or self.running_mean is None or torch.is_grad_enabled() or _graph_capture()
-                or x.is_meta or is_in_torch_dispatch_mode()):
-            return super().forward(x)
-        return torch.native_batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var, False, 0.0,
-                                       self.eps)[0]
+        return _batch_norm(self, x)
+
+
+@register_notrace_function
+@torch.fx.wrap
+def _batch_norm(bn: EvalBatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """:class:`EvalBatchNorm2d`'s forward, one call for FX (``nn.BatchNorm2d.forward`` checks ``x.dim()``, which
+    FX proxies cannot answer, and FX only treats ``torch.nn``'s own classes as leaves)."""
+    if bn.training or bn.running_mean is None or torch.is_grad_enabled() or is_exportable():
+        return nn.BatchNorm2d.forward(bn, x)
+    return torch.native_batch_norm(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, False, 0.0, bn.eps)[0]
 
 
 class PointwiseConv2d(nn.Conv2d):
@@ -204,36 +225,28 @@ class PointwiseConv2d(nn.Conv2d):
 
     Why: at batch 1 PyTorch sends small 1x1 convolutions through a layer of dispatch (and, with more than one
     thread, oneDNN with a per-call weight reorder) that costs more than the GEMM itself on LWGANet's maps. Whether
-    ``mm`` rounds exactly like the convolution backend PyTorch picks is not assumed: the first call of each
-    configuration computes both, on its input and on a fixed random probe, and keeps the product only if both
-    agree to the bit (otherwise that configuration keeps ``conv2d``). Bit-identity matters here because the 2x2
-    max-pool/unpool pairs downstream turn any rounding change into a possibly different window maximum.
-    Training, graph capture and dispatch modes (MAC counting) always see the convolution. Parameters and
-    state-dict keys are those of ``nn.Conv2d``.
+    ``mm`` rounds exactly like the convolution backend PyTorch picks is not assumed: the first inference call of
+    each configuration (input shape, bias, dtype, thread count) computes both, on its input and on a fixed random
+    probe, and keeps the product only if both agree to the bit (otherwise that configuration keeps ``conv2d``).
+    The answers live on the layer (``gemm_equals_conv``), not in any module-level state. Bit-identity matters here
+    because the 2x2 max-pool/unpool pairs downstream turn any rounding change into a possibly different window
+    maximum. Training, autograd and the export switch always see the convolution. Parameters and state-dict keys
+    are those of ``nn.Conv2d``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, 1, bias=bias)
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, device: Any = None,
+                 dtype: Any = None) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype)
         # False where no 2x2 max-pool/unpool follows (stage 4, head): the product is then used even where it
         # rounds differently from the convolution backend (~1e-7 relative)
         self.bit_exact = True
+        # (batch, in, height, width, out, bias, dtype, threads) -> whether the product equals conv2d bit for bit
+        self.gemm_equals_conv: dict[tuple[Any, ...], bool] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.is_grad_enabled() or x.ndim != 4 or x.shape[0] != 1 or x.dtype != torch.float32
-                or x.device.type != "cpu" or not x.is_contiguous() or _graph_capture() or x.is_meta
-                or is_in_torch_dispatch_mode()):
+        if self.training or is_exportable():
             return super().forward(x)
-        if not self.bit_exact:
-            return self._gemm(x)
-        key = (*x.shape, self.out_channels, self.bias is not None, x.dtype, torch.get_num_threads())
-        ok = _GEMM_EQUALS_CONV.get(key)
-        if ok is None:
-            probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
-            ref = super().forward(x)
-            ok = torch.equal(self._gemm(x), ref) and torch.equal(self._gemm(probe), super().forward(probe))
-            _GEMM_EQUALS_CONV[key] = ok
-            return ref
-        return self._gemm(x) if ok else super().forward(x)
+        return _pointwise_conv_inference(self, x)
 
     def _gemm(self, x: torch.Tensor) -> torch.Tensor:
         _, C, H, W = x.shape
@@ -241,6 +254,26 @@ class PointwiseConv2d(nn.Conv2d):
         x2 = x.view(C, H * W)
         y = torch.mm(w, x2) if self.bias is None else torch.addmm(self.bias.view(-1, 1), w, x2)
         return y.view(1, self.out_channels, H, W)
+
+
+@register_notrace_function
+@torch.fx.wrap
+def _pointwise_conv_inference(conv: PointwiseConv2d, x: torch.Tensor) -> torch.Tensor:
+    """:class:`PointwiseConv2d`'s eval forward, one call for FX (it decides on the input's shape and layout)."""
+    if (torch.is_grad_enabled() or x.ndim != 4 or x.shape[0] != 1 or x.dtype != torch.float32
+            or x.device.type != "cpu" or not x.is_contiguous()):
+        return F.conv2d(x, conv.weight, conv.bias)
+    if not conv.bit_exact:
+        return conv._gemm(x)
+    key = (*x.shape, conv.out_channels, conv.bias is not None, x.dtype, torch.get_num_threads())
+    ok = conv.gemm_equals_conv.get(key)
+    if ok is None:
+        probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+        ref = F.conv2d(x, conv.weight, conv.bias)
+        ok = torch.equal(conv._gemm(x), ref) and torch.equal(conv._gemm(probe), F.conv2d(probe, conv.weight, conv.bias))
+        conv.gemm_equals_conv[key] = ok
+        return ref
+    return conv._gemm(x) if ok else F.conv2d(x, conv.weight, conv.bias)
 
 
 def _inplace_act(act_layer: LayerFn) -> nn.Module:
@@ -258,13 +291,14 @@ def _inplace_act(act_layer: LayerFn) -> nn.Module:
 class ConvMlp(nn.Module):
     """1x1 conv -> norm -> act -> 1x1 conv, both convs bias-free (the block MLP and the point-attention gate)."""
 
-    def __init__(self, dim: int, hidden_dim: int, norm_layer: LayerFn, act_layer: LayerFn, out_dim: int | None = None
-                 ) -> None:
+    def __init__(self, dim: int, hidden_dim: int, norm_layer: LayerFn, act_layer: LayerFn, out_dim: int | None = None,
+                 device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        self.fc1 = PointwiseConv2d(dim, hidden_dim, bias=False)
-        self.norm = norm_layer(hidden_dim)
+        dd = dict(device=device, dtype=dtype)
+        self.fc1 = PointwiseConv2d(dim, hidden_dim, bias=False, **dd)
+        self.norm = norm_layer(hidden_dim, **dd)
         self.act = _inplace_act(act_layer)
-        self.fc2 = PointwiseConv2d(hidden_dim, out_dim or dim, bias=False)
+        self.fc2 = PointwiseConv2d(hidden_dim, out_dim or dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.norm(self.fc1(x))))
@@ -273,9 +307,10 @@ class ConvMlp(nn.Module):
 class PointAttention(nn.Module):
     """PA: a per-pixel sigmoid gate from a 4x-expanded 1x1 MLP, added back to its input (``x + x * sigma(mlp(x))``)."""
 
-    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn) -> None:
+    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
-        self.mlp = ConvMlp(dim, dim * 4, norm_layer, act_layer)
+        self.mlp = ConvMlp(dim, dim * 4, norm_layer, act_layer, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = torch.sigmoid(self.mlp(x))
@@ -287,10 +322,11 @@ class PointAttention(nn.Module):
 class LocalAttention(nn.Module):
     """LA: 3x3 conv (no bias) -> norm -> act; it replaces its group (no residual, as the official block)."""
 
-    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn) -> None:
+    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(dim, dim, 3, 1, 1, bias=False)
-        self.norm = norm_layer(dim)
+        self.conv = nn.Conv2d(dim, dim, 3, 1, 1, bias=False, device=device, dtype=dtype)
+        self.norm = norm_layer(dim, device=device, dtype=dtype)
         self.act = _inplace_act(act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -302,11 +338,11 @@ def shear_rows(x: torch.Tensor) -> torch.Tensor:
 
     The official code pads each row with ``W`` zeros and re-reads the flat buffer with rows one shorter, which is
     this operation on the square maps it supports. In eager mode the map is copied once into a zero buffer through
-    a strided view (row stride ``W + H``); under graph capture the pad-and-reshape form is kept.
+    a strided view (row stride ``W + H``); under the export switch the pad-and-reshape form is kept.
     """
     B, C, H, W = x.shape
     Ws = W + H - 1
-    if _graph_capture():
+    if is_exportable():
         x = F.pad(x, (0, H)).reshape(B, C, H * (W + H))[..., : H * Ws]
         return x.reshape(B, C, H, Ws)
     if _is_channels_last(x):  # same shear, output in channels-last (see MediumRangeAttention.forward)
@@ -326,7 +362,7 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 def unshear_rows(y: torch.Tensor, width: int) -> torch.Tensor:
     """Inverse of :func:`shear_rows`: ``(B, C, H, W + H - 1) -> (B, C, H, W)`` (a strided view in eager mode)."""
     B, C, H, Ws = y.shape
-    if _graph_capture():
+    if is_exportable():
         y = F.pad(y.reshape(B, C, H * Ws), (0, H))
         return y.reshape(B, C, H, Ws + 1)[..., :width]
     if _is_channels_last(y):
@@ -341,7 +377,7 @@ def shear_cols(x: torch.Tensor) -> torch.Tensor:
     convolution reads it without a layout copy."""
     B, C, H, W = x.shape
     Hs = H + W - 1
-    if _graph_capture():
+    if is_exportable():
         return shear_rows(x.transpose(-1, -2)).transpose(-1, -2)
     if _is_channels_last(x):
         out = torch.empty(B, C, Hs, W, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).zero_()
@@ -355,7 +391,7 @@ def shear_cols(x: torch.Tensor) -> torch.Tensor:
 def unshear_cols(y: torch.Tensor, height: int) -> torch.Tensor:
     """Inverse of :func:`shear_cols`: ``(B, C, H + W - 1, W) -> (B, C, H, W)`` (a strided view in eager mode)."""
     B, C, Hs, W = y.shape
-    if _graph_capture():
+    if is_exportable():
         return unshear_rows(y.transpose(-1, -2), height).transpose(-1, -2)
     if _is_channels_last(y):
         return y.as_strided((B, C, height, W), (C * Hs * W, 1, W * C, (W + 1) * C))
@@ -363,8 +399,7 @@ def unshear_cols(y: torch.Tensor, height: int) -> torch.Tensor:
     return y.as_strided((B, C, height, W), (C * Hs * W, Hs * W, W, W + 1))
 
 
-@functools.lru_cache(maxsize=64)
-def _nearest_is_block_repeat(n_in: int, n_out: int, k: int) -> bool:
+def nearest_is_block_repeat(n_in: int, n_out: int, k: int) -> bool:
     """Whether nearest interpolation from ``n_in`` to ``n_out`` samples reads source ``i // k`` for output ``i``
     (asked of ``F.interpolate`` itself, so the shortcut can never disagree with it)."""
     src = F.interpolate(torch.arange(n_in, dtype=torch.float32, device="cpu").view(1, 1, n_in, 1),
@@ -373,16 +408,19 @@ def _nearest_is_block_repeat(n_in: int, n_out: int, k: int) -> bool:
                                                                     rounding_mode="floor").float())
 
 
-def mul_nearest_upsampled(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+def mul_nearest_upsampled(x: torch.Tensor, gate: torch.Tensor, block_repeat: bool | None = None) -> torch.Tensor:
     """``x * F.interpolate(gate, size=x.shape[-2:], mode="nearest")``, bit-identical.
 
     PyTorch's CPU nearest upsampling is slow on these maps; when its index map is a plain ``k``-fold repeat
     (always the case for the stride-3 blur pool's ``ceil(n / 3)`` maps) the gate is repeated by an expand and one
-    copy instead. Other sizes and graph capture use ``F.interpolate``.
+    copy instead. ``block_repeat`` is that answer for these sizes when the caller already knows it (``None``: ask
+    :func:`nearest_is_block_repeat`). Other sizes and the export switch use ``F.interpolate``.
     """
     (H, W), (h, w) = x.shape[-2:], gate.shape[-2:]
     kh, kw = -(-H // h), -(-W // w)
-    if _graph_capture() or not (_nearest_is_block_repeat(h, H, kh) and _nearest_is_block_repeat(w, W, kw)):
+    if block_repeat is None:
+        block_repeat = nearest_is_block_repeat(h, H, kh) and nearest_is_block_repeat(w, W, kw)
+    if is_exportable() or not block_repeat:
         return x * F.interpolate(gate, size=(H, W), mode="nearest")
     B, C = gate.shape[:2]
     up = gate[:, :, :, None, :, None].expand(B, C, h, kh, w, kw).reshape(B, C, h * kh, w * kw)
@@ -397,29 +435,42 @@ class MediumRangeAttention(nn.Module):
     summed, normalised and turned into the gate.
     """
 
-    def __init__(self, dim: int, kernel_size: int, norm_layer: LayerFn, linear_form: bool = False) -> None:
+    def __init__(self, dim: int, kernel_size: int, norm_layer: LayerFn, linear_form: bool = False,
+                 device: Any = None, dtype: Any = None) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         k, p = kernel_size, kernel_size // 2
-        self.blur = BlurPool2dAsym(dim, filt_size=4, stride=3)
-        self.h_strip = nn.Conv2d(dim, dim, (k, 3), 1, (p, 1), groups=dim, bias=False)
-        self.v_strip = nn.Conv2d(dim, dim, (3, k), 1, (1, p), groups=dim, bias=False)
-        self.h_strip_sheared = nn.Conv2d(dim, dim, (k, 3), 1, (p, 1), groups=dim, bias=False)
-        self.v_strip_sheared = nn.Conv2d(dim, dim, (3, k), 1, (1, p), groups=dim, bias=False)
-        self.norm = norm_layer(dim)
-        # Only for blocks whose output reaches no later 2x2 max-pool (stage 4): see forward.
+        self.blur = BlurPool2dAsym(dim, filt_size=4, stride=3, **dd)
+        self.h_strip = nn.Conv2d(dim, dim, (k, 3), 1, (p, 1), groups=dim, bias=False, **dd)
+        self.v_strip = nn.Conv2d(dim, dim, (3, k), 1, (1, p), groups=dim, bias=False, **dd)
+        self.h_strip_sheared = nn.Conv2d(dim, dim, (k, 3), 1, (p, 1), groups=dim, bias=False, **dd)
+        self.v_strip_sheared = nn.Conv2d(dim, dim, (3, k), 1, (1, p), groups=dim, bias=False, **dd)
+        self.norm = norm_layer(dim, **dd)
+        # Only for blocks whose output reaches no later 2x2 max-pool (stage 4): see _forward_eager.
         self.linear_form = linear_form
+        # per input size: the composed strip operator (rebuilt when a weight changes), whether the gate's nearest
+        # upsampling is a block repeat
+        self._operators = WeightDerivedCache()
+        self._block_repeat: dict[tuple[int, int, int, int], bool] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.linear_form and not _graph_capture() and not x.is_meta and not is_in_torch_dispatch_mode():
-            # (FlopCounterMode and other dispatch modes see the convolutional form, so counted MACs stay those
-            # of the architecture)
-            return mul_nearest_upsampled(x, torch.sigmoid(self.norm(self._linear_att(max_pool_3x3(x, 1)))))
+        if is_exportable():
+            return self._forward_convs(x)
+        return _medium_range_attention(self, x)
+
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        # meta tensors (shape-only MAC counting) see the convolutions, so counted MACs stay the architecture's
+        if self.linear_form and not x.is_meta and not _needs_weight_grad(*self._strips()):
+            return self._gate(x, torch.sigmoid(self.norm(self._linear_att(max_pool_3x3(x, 1)))))
+        return self._forward_convs(x)
+
+    def _forward_convs(self, x: torch.Tensor) -> torch.Tensor:
         # Same convolutions, in the same order, as the official code. Merging them (e.g. the two strips into one
         # k x k kernel) is mathematically equal but rounds differently, and the 2x2 max-unpooling downstream is
         # discontinuous: a 1e-8 change can move a window's maximum and change the logits by ~1e-2.
         # The sums run in the official order, ((h + v) + h_sheared) + v_sheared, accumulated in place.
         t = self.blur(max_pool_3x3(x, 1))
-        if not _graph_capture():
+        if not is_exportable():
             # oneDNN's depthwise kernel is ~30% faster on channels-last input for these k x 3 strips and sums the
             # same products in the same order: the strips, the shears, the sums and the norm give the same bits
             # in either layout (the test checks it on random maps at 1 and 2 threads)
@@ -431,29 +482,54 @@ class MediumRangeAttention(nn.Module):
         att += unshear_cols(self.v_strip_sheared(shear_cols(t)), h)
         # back to NCHW before the sigmoid: its vectorised and scalar tails round differently, so the same values
         # in another layout can give other bits
-        return mul_nearest_upsampled(x, torch.sigmoid(self.norm(att.contiguous())))
+        return self._gate(x, torch.sigmoid(self.norm(att.contiguous())))
+
+    def _gate(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """``x`` times the gate upsampled (nearest) to its size; whether that upsampling is a block repeat is
+        asked once per size."""
+        (H, W), (h, w) = x.shape[-2:], gate.shape[-2:]
+        key = (h, H, w, W)
+        block_repeat = self._block_repeat.get(key)
+        if block_repeat is None:
+            block_repeat = nearest_is_block_repeat(h, H, -(-H // h)) and nearest_is_block_repeat(w, W, -(-W // w))
+            self._block_repeat[key] = block_repeat
+        return mul_nearest_upsampled(x, gate, block_repeat)
+
+    def _strips(self) -> tuple[torch.Tensor, ...]:
+        return (self.h_strip.weight, self.v_strip.weight, self.h_strip_sheared.weight, self.v_strip_sheared.weight)
 
     def _linear_att(self, m: torch.Tensor) -> torch.Tensor:
         """Blur pool + four (sheared) strip convs + sum as one per-channel matrix, ``(h*w) x (H*W)``.
 
         On stage 4's 7x7 maps the five depthwise convolutions work on 3x3 maps and cost far more in call overhead
-        than in arithmetic; the composed operator is built from the conv weights with two small matrix products.
-        It rounds differently (~1e-7), which is harmless here because no 2x2 max-pool follows stage 4.
+        than in arithmetic. The composed operator depends only on the strip weights and the map size: it is built
+        once per size (two small matrix products) and kept until a weight changes. It rounds differently (~1e-7),
+        which is harmless here because no 2x2 max-pool follows stage 4.
         """
         Bn, C, H, W = m.shape
-        strips = (self.h_strip, self.v_strip, self.h_strip_sheared, self.v_strip_sheared)
-        basis, blur = _mra_linear_operators(H, W, self.h_strip.kernel_size[0], self.blur.stride,
-                                            self.blur.padding, self.blur.pad_mode)
-        basis, blur = basis.to(m), blur.to(m)
-        hw = blur.shape[0]
-        weights = torch.cat([c.weight.reshape(C, -1) for c in strips], dim=1)  # C, taps
-        op = (weights @ basis).view(C, hw, hw) @ blur  # C, h*w, H*W
+        op = self._operators.get((H, W, m.dtype, m.device), self._strips(), lambda: self._compose(H, W, m))
         att = torch.matmul(op, m.reshape(Bn, C, H * W, 1))
         h, w = -(-H // self.blur.stride), -(-W // self.blur.stride)
         return att.view(Bn, C, h, w)
 
+    def _compose(self, H: int, W: int, like: torch.Tensor) -> torch.Tensor:
+        C = like.shape[1]
+        basis, blur = _mra_linear_operators(H, W, self.h_strip.kernel_size[0], self.blur.stride, self.blur.padding,
+                                            self.blur.pad_mode)
+        basis, blur = basis.to(like), blur.to(like)
+        hw = blur.shape[0]
+        weights = torch.cat([w.reshape(C, -1) for w in self._strips()], dim=1)  # C, taps
+        return (weights @ basis).view(C, hw, hw) @ blur  # C, h*w, H*W
 
-@functools.lru_cache(maxsize=16)
+
+@register_notrace_function
+@torch.fx.wrap
+def _medium_range_attention(mra: MediumRangeAttention, x: torch.Tensor) -> torch.Tensor:
+    """:meth:`MediumRangeAttention._forward_eager`, one call for FX: the shears, the upsampling shortcut and the
+    composed stage-4 operator all depend on the map size."""
+    return mra._forward_eager(x)
+
+
 def _mra_linear_operators(H: int, W: int, k: int, stride: int, padding: tuple[int, ...], pad_mode: str
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """(strip basis ``(4 * 3k, hw * hw)``, blur matrix ``(hw, H * W)``) for :meth:`MediumRangeAttention._linear_att`.
@@ -461,8 +537,7 @@ def _mra_linear_operators(H: int, W: int, k: int, stride: int, padding: tuple[in
     Both are obtained by running the very operations of the convolutional form (reflect-padded blur, strip
     convs with one-hot kernels, the shears) on one-hot images, so they cannot drift from it.
     """
-    # plain tensors even when first called under inference_mode, so training can use the cached operators later
-    with torch.inference_mode(False), torch.no_grad(), torch.device("cpu"):
+    with torch.device("cpu"):
         eye = torch.eye(H * W, device="cpu").view(H * W, 1, H, W)
         filt = binomial_filter(4)[None, None]
         blur = F.conv2d(F.pad(eye, padding, mode=pad_mode), filt, stride=stride)  # HW, 1, h, w
@@ -484,22 +559,21 @@ def _mra_linear_operators(H: int, W: int, k: int, stride: int, padding: tuple[in
             parts.append(out.reshape(h * w, taps, h * w).permute(1, 2, 0))  # taps, out position, in position
         basis = torch.cat(parts, dim=0).reshape(-1, h * w * h * w).contiguous()
     return basis, blur
-
-
 class LargeSelectiveKernel(nn.Module):
     """LSK-style spatial selection between a 5x5 and a dilated 7x7 depthwise branch (official ``GA12`` core)."""
 
-    def __init__(self, dim: int, act_layer: LayerFn) -> None:
+    def __init__(self, dim: int, act_layer: LayerFn, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        self.proj_1 = PointwiseConv2d(dim, dim)
+        dd = dict(device=device, dtype=dtype)
+        self.proj_1 = PointwiseConv2d(dim, dim, **dd)
         self.act = _inplace_act(act_layer)
-        self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
-        self.conv_spatial = nn.Conv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
-        self.conv1 = PointwiseConv2d(dim, dim // 2)
-        self.conv2 = PointwiseConv2d(dim, dim // 2)
-        self.conv_squeeze = nn.Conv2d(2, 2, 7, padding=3)
-        self.conv = PointwiseConv2d(dim // 2, dim)
-        self.proj_2 = PointwiseConv2d(dim, dim)
+        self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim, **dd)
+        self.conv_spatial = nn.Conv2d(dim, dim, 7, padding=9, groups=dim, dilation=3, **dd)
+        self.conv1 = PointwiseConv2d(dim, dim // 2, **dd)
+        self.conv2 = PointwiseConv2d(dim, dim // 2, **dd)
+        self.conv_squeeze = nn.Conv2d(2, 2, 7, padding=3, **dd)
+        self.conv = PointwiseConv2d(dim // 2, dim, **dd)
+        self.proj_2 = PointwiseConv2d(dim, dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.proj_1(x))
@@ -516,14 +590,14 @@ class LargeSelectiveKernel(nn.Module):
 class MultiHeadSelfAttention(nn.Module):
     """MHSA over all positions of an NCHW map with 4-channel heads, bias-free qkv and projection (official ``GA``)."""
 
-    def __init__(self, dim: int, head_dim: int = 4) -> None:
+    def __init__(self, dim: int, head_dim: int = 4, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.num_heads = max(dim // head_dim, 1)
         self.attn_dim = self.num_heads * head_dim
         self.scale = head_dim ** -0.5
-        self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=False)
-        self.proj = nn.Linear(self.attn_dim, dim, bias=False)
+        self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=False, device=device, dtype=dtype)
+        self.proj = nn.Linear(self.attn_dim, dim, bias=False, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -540,10 +614,11 @@ class MultiHeadSelfAttention(nn.Module):
 class SelectiveGlobalAttention(nn.Module):
     """Global branch of stages 1-2: ``norm(x + unpool(LSK(maxpool2(x))))``."""
 
-    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn) -> None:
+    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
-        self.attn = LargeSelectiveKernel(dim, act_layer)
-        self.norm = norm_layer(dim)
+        self.attn = LargeSelectiveKernel(dim, act_layer, device=device, dtype=dtype)
+        self.norm = norm_layer(dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled, where = max_pool_2x2(x)
@@ -553,10 +628,11 @@ class SelectiveGlobalAttention(nn.Module):
 class SparseGlobalAttention(nn.Module):
     """Global branch of stage 3: ``x + unpool(norm(MHSA(maxpool2(x))))`` (attention on a quarter of the tokens)."""
 
-    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn) -> None:
+    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
-        self.attn = MultiHeadSelfAttention(dim)
-        self.norm = norm_layer(dim)
+        self.attn = MultiHeadSelfAttention(dim, device=device, dtype=dtype)
+        self.norm = norm_layer(dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled, where = max_pool_2x2(x)
@@ -566,10 +642,11 @@ class SparseGlobalAttention(nn.Module):
 class DenseGlobalAttention(nn.Module):
     """Global branch of stage 4: ``norm(x + MHSA(x))``."""
 
-    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn) -> None:
+    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
-        self.attn = MultiHeadSelfAttention(dim)
-        self.norm = norm_layer(dim)
+        self.attn = MultiHeadSelfAttention(dim, device=device, dtype=dtype)
+        self.norm = norm_layer(dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x + self.attn(x))
@@ -583,19 +660,20 @@ class LWGABlock(nn.Module):
     """LWGA block: four channel groups (PA, LA, MRA, GA), concatenated, then ``x + norm(drop_path(mlp(.)))``."""
 
     def __init__(self, dim: int, stage_idx: int, kernel_size: int, mlp_ratio: float, drop_path: float,
-                 norm_layer: LayerFn, act_layer: LayerFn) -> None:
+                 norm_layer: LayerFn, act_layer: LayerFn, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if dim % 4:
             raise ValueError(f"LWGA block width must be divisible by 4, got {dim}")
         self.split = dim // 4
-        self.point_attn = PointAttention(self.split, norm_layer, act_layer)
-        self.local_attn = LocalAttention(self.split, norm_layer, act_layer)
-        self.medium_attn = MediumRangeAttention(self.split, kernel_size, norm_layer, linear_form=stage_idx == 3)
-        self.global_attn = GLOBAL_ATTENTION[stage_idx](self.split, norm_layer, act_layer)
-        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), norm_layer, act_layer)
+        self.point_attn = PointAttention(self.split, norm_layer, act_layer, **dd)
+        self.local_attn = LocalAttention(self.split, norm_layer, act_layer, **dd)
+        self.medium_attn = MediumRangeAttention(self.split, kernel_size, norm_layer, linear_form=stage_idx == 3, **dd)
+        self.global_attn = GLOBAL_ATTENTION[stage_idx](self.split, norm_layer, act_layer, **dd)
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), norm_layer, act_layer, **dd)
         # the official block normalises the MLP output *after* drop path, before the residual add
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.mlp_norm = norm_layer(dim)
+        self.mlp_norm = norm_layer(dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2, x3, x4 = torch.split(x, self.split, dim=1)
@@ -611,44 +689,56 @@ class DRFD(nn.Module):
     3x3/2 max-pool (-> norm) branch are concatenated and fused by a 1x1 conv. Both branches give ``ceil(H / 2)``.
     """
 
-    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn) -> None:
+    def __init__(self, dim: int, norm_layer: LayerFn, act_layer: LayerFn, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         out_dim = dim * 2
-        self.conv = nn.Conv2d(dim, out_dim, 3, 1, 1, groups=dim)
-        self.conv_c = nn.Conv2d(out_dim, out_dim, 3, 2, 1, groups=out_dim)
+        self.conv = nn.Conv2d(dim, out_dim, 3, 1, 1, groups=dim, **dd)
+        self.conv_c = nn.Conv2d(out_dim, out_dim, 3, 2, 1, groups=out_dim, **dd)
         self.act_c = _inplace_act(act_layer)
-        self.norm_c = norm_layer(out_dim)
-        self.norm_m = norm_layer(out_dim)
-        self.fusion = PointwiseConv2d(out_dim * 2, out_dim)
+        self.norm_c = norm_layer(out_dim, **dd)
+        self.norm_m = norm_layer(out_dim, **dd)
+        self.fusion = PointwiseConv2d(out_dim * 2, out_dim, **dd)
         self.bit_exact = True  # False where no 2x2 max-pool/unpool follows (stage 4): see forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.onnx.is_in_onnx_export():
-            # The exported graph spells the 1 -> 2 grouped conv as a depthwise conv on repeated channels too:
+        if is_exportable():
+            # The exported graph spells the 1 -> 2 grouped conv as a depthwise conv on repeated channels:
             # onnxruntime's int8 grouped-conv kernel takes 30-100x its fp32 time on it (depthwise is a fast path),
             # and both exporters write the repeat as Unsqueeze/Expand/Reshape.
             B, C, H, W = x.shape
             x = F.conv2d(x.unsqueeze(2).expand(B, C, 2, H, W).reshape(B, 2 * C, H, W), self.conv.weight,
                          self.conv.bias, 1, 1, 1, self.conv.out_channels)
-        elif self.bit_exact or _graph_capture() or is_in_torch_dispatch_mode() or x.is_meta:
+        elif self.bit_exact:
             x = self.conv(x)
         else:
-            # 1 -> 2 channels per group as a depthwise conv on the input with each channel repeated: oneDNN's
-            # depthwise kernel is 2-3x faster than its grouped one here, and rounds differently (~1e-7)
-            x = F.conv2d(x.repeat_interleave(2, dim=1), self.conv.weight, self.conv.bias, 1, 1, 1,
-                         self.conv.out_channels)
+            x = _grouped_conv_as_depthwise(self.conv, x)
         c = self.norm_c(self.act_c(self.conv_c(x)))
         m = self.norm_m(max_pool_3x3(x, 2))
         return self.fusion(torch.cat((c, m), dim=1))
 
 
+@register_notrace_function
+@torch.fx.wrap
+def _grouped_conv_as_depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """DRFD's 1 -> 2 channels-per-group conv as a depthwise conv on the input with each channel repeated: oneDNN's
+    depthwise kernel is 2-3x faster than its grouped one here, and rounds differently (~1e-7). Meta tensors
+    (shape-only counting) see the module itself, as in the official code; one call for FX, which cannot ask a
+    proxy whether it is meta."""
+    if x.is_meta:
+        return conv(x)
+    return F.conv2d(x.repeat_interleave(2, dim=1), conv.weight, conv.bias, 1, 1, 1, conv.out_channels)
+
+
 class Stem(nn.Module):
     """4x4 stride-4 patchify conv (no bias) + norm."""
 
-    def __init__(self, in_chans: int, dim: int, norm_layer: LayerFn | None) -> None:
+    def __init__(self, in_chans: int, dim: int, norm_layer: LayerFn | None, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_chans, dim, 4, 4, bias=False)
-        self.norm = norm_layer(dim) if norm_layer is not None else nn.Identity()
+        self.conv = nn.Conv2d(in_chans, dim, 4, 4, bias=False, device=device, dtype=dtype)
+        self.norm = norm_layer(dim, device=device, dtype=dtype) if norm_layer is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
@@ -658,11 +748,13 @@ class LWGAStage(nn.Module):
     """Optional DRFD downsampling followed by ``depth`` LWGA blocks."""
 
     def __init__(self, in_dim: int, dim: int, stage_idx: int, depth: int, kernel_size: int, mlp_ratio: float,
-                 drop_path: list[float], norm_layer: LayerFn, act_layer: LayerFn) -> None:
+                 drop_path: list[float], norm_layer: LayerFn, act_layer: LayerFn, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
-        self.downsample = DRFD(in_dim, norm_layer, act_layer) if stage_idx > 0 else nn.Identity()
+        dd = dict(device=device, dtype=dtype)
+        self.downsample = DRFD(in_dim, norm_layer, act_layer, **dd) if stage_idx > 0 else nn.Identity()
         self.blocks = nn.Sequential(*[
-            LWGABlock(dim, stage_idx, kernel_size, mlp_ratio, drop_path[i], norm_layer, act_layer)
+            LWGABlock(dim, stage_idx, kernel_size, mlp_ratio, drop_path[i], norm_layer, act_layer, **dd)
             for i in range(depth)
         ])
         self.grad_checkpointing = False
@@ -702,8 +794,11 @@ class LWGANet(nn.Module):
             global_pool: str = "avg",
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.1,
+            device: Any = None,
+            dtype: Any = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if len(depths) != 4 or len(kernel_sizes) != 4:
             raise ValueError("LWGANet has four stages: depths and kernel_sizes need four entries each")
         act_layer = get_act_layer(act_layer) if isinstance(act_layer, str) else act_layer
@@ -712,12 +807,12 @@ class LWGANet(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
-        self.stem = Stem(in_chans, stem_dim, norm_layer if stem_norm else None)
+        self.stem = Stem(in_chans, stem_dim, norm_layer if stem_norm else None, **dd)
         dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
         dims = [stem_dim * 2 ** i for i in range(4)]
         self.stages = nn.Sequential(*[
             LWGAStage(dims[max(i - 1, 0)], dims[i], i, depths[i], kernel_sizes[i], mlp_ratio, dpr[i],
-                      norm_layer, act_layer)
+                      norm_layer, act_layer, **dd)
             for i in range(4)
         ])
         self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}") for i in range(4)]
@@ -725,10 +820,10 @@ class LWGANet(nn.Module):
         self.num_features = dims[-1]
         self.head_hidden_size = head_hidden_size
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
-        self.conv_head = PointwiseConv2d(self.num_features, head_hidden_size, bias=False)
+        self.conv_head = PointwiseConv2d(self.num_features, head_hidden_size, bias=False, **dd)
         self.head_act = _inplace_act(act_layer)
         self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
-        self.classifier = nn.Linear(head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = nn.Linear(head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
         # No 2x2 max-pool/unpool after the last block of stage 3 takes its own (from the block input): from the rest
         # of that block on, rounding changes stay ~1e-7.
         for m in (*self.stages[2].blocks[-1].modules(), *self.stages[3].modules(), self.conv_head):
@@ -773,31 +868,22 @@ class LWGANet(nn.Module):
         return self.classifier
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """New classifier for ``num_classes`` (0 = none); the 1x1 ``conv_head`` to 1280 is kept (pre-logits)."""
+        """New classifier for ``num_classes`` (0 = none); the 1x1 ``conv_head`` to 1280 is kept (pre-logits).
+
+        ``global_pool=''`` drops the pooling too: ``forward`` then returns the ``conv_head`` map, (B, 1280, H, W).
+        The new classifier is created on the model's device and dtype, in its train/eval mode.
+        """
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
             self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
-        self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        ref = self.stem.conv.weight
+        self.classifier = (nn.Linear(self.head_hidden_size, num_classes, device=ref.device, dtype=ref.dtype)
+                           if num_classes > 0 else nn.Identity()).train(self.training)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise :class:`InputShapeError` for inputs the network cannot take, naming one that works."""
-        if torch.jit.is_tracing() or torch.jit.is_scripting():
-            return
-        if x.ndim != 4:
-            raise InputShapeError(f"LWGANet expects a 4-D NCHW batch, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise InputShapeError(
-                f"LWGANet was built for {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
-                f"pass in_chans={x.shape[1]} to create_model or convert the images")
-        sides = [int(s) for s in x.shape[-2:]]
-        if all(s >= 96 and (s // 4) % 8 == 0 for s in sides):
-            return
-        fix = "x".join(str(max(96, 32 * round(s / 32))) for s in sides)
-        raise InputShapeError(
-            f"LWGANet needs height and width that are multiples of 32 (plus at most 3 pixels) and at least 96: "
-            f"got {sides[0]}x{sides[1]}. Resize or pad to e.g. {fix}. (Stages 1-3 max-pool/unpool 2x2 windows, "
-            f"which needs even maps; the stride-3 blur pool needs stage-4 maps of at least 3x3.)")
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` unchanged, or :class:`InputShapeError` for inputs the network cannot take, naming one that works."""
+        return _check_lwganet_input(x, self.in_chans)
 
     def forward_intermediates(
             self,
@@ -814,7 +900,7 @@ class LWGANet(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError("LWGANet intermediates are NCHW only")
-        self.check_input(x)
+        x = self.check_input(x)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
         x = self.stem(x)
@@ -840,7 +926,7 @@ class LWGANet(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        x = self.check_input(x)
         x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.stages, x)
@@ -858,6 +944,27 @@ class LWGANet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+@register_notrace_function
+@torch.fx.wrap
+def _check_lwganet_input(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """``x`` if LWGANet can take it, else a one-line :class:`InputShapeError` naming a size that works. Returns its
+    input so that FX graphs keep the check (an opaque call: FX proxies cannot branch on shapes)."""
+    if x.ndim != 4:
+        raise InputShapeError(f"LWGANet expects a 4-D NCHW batch, got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise InputShapeError(
+            f"LWGANet was built for {in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
+            f"pass in_chans={x.shape[1]} to create_model or convert the images")
+    sides = [int(s) for s in x.shape[-2:]]
+    if all(s >= 96 and (s // 4) % 8 == 0 for s in sides):
+        return x
+    fix = "x".join(str(max(96, 32 * round(s / 32))) for s in sides)
+    raise InputShapeError(
+        f"LWGANet needs height and width that are multiples of 32 (plus at most 3 pixels) and at least 96: "
+        f"got {sides[0]}x{sides[1]}. Resize or pad to e.g. {fix}. (Stages 1-3 max-pool/unpool 2x2 windows, "
+        f"which needs even maps; the stride-3 blur pool needs stage-4 maps of at least 3x3.)")
 
 
 # ---------------------------------------------------------------------------------------------------------------

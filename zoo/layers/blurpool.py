@@ -42,9 +42,11 @@ class BlurPool2dAsym(nn.Module):
         filt_size: taps of the binomial filter (the reference default is 4).
         stride: subsampling step.
         pad_mode: ``reflect`` (reference default), ``replicate`` or ``zero``.
+        device, dtype: where and in which float type the ``filt`` buffer is created (timm's factory passes them).
     """
 
-    def __init__(self, channels: int, filt_size: int = 4, stride: int = 2, pad_mode: str = "reflect") -> None:
+    def __init__(self, channels: int, filt_size: int = 4, stride: int = 2, pad_mode: str = "reflect",
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if pad_mode not in _PAD_MODES:
             raise ValueError(f"pad_mode must be one of {sorted(_PAD_MODES)}, got {pad_mode!r}")
@@ -55,7 +57,8 @@ class BlurPool2dAsym(nn.Module):
         before, after = (filt_size - 1) // 2, math.ceil((filt_size - 1) / 2)
         self.padding = (before, after, before, after)  # F.pad order: left, right, top, bottom
         # persistent on purpose: official checkpoints store it, and strict loading expects it
-        self.register_buffer("filt", binomial_filter(filt_size)[None, None].repeat(channels, 1, 1, 1))
+        filt = binomial_filter(filt_size).to(device=device, dtype=dtype or torch.get_default_dtype())
+        self.register_buffer("filt", filt[None, None].repeat(channels, 1, 1, 1))
 
     @property
     def min_input_size(self) -> int:
