@@ -24,10 +24,6 @@ from torch import nn
 
 from .errors import InputShapeError
 
-#: Positional arguments that are images, per task (the others are targets, which the heads check themselves).
-IMAGE_ARGS = {"classification": 1, "segmentation": 1, "detection": 1, "change_detection": 2}
-
-
 def _capturing() -> bool:
     """True while a graph is being captured (TorchScript, ONNX, dynamo): checks must stay out of the graph."""
     if torch.jit.is_tracing() or torch.jit.is_scripting():
@@ -87,11 +83,14 @@ def input_check_hook(model: nn.Module, args: tuple[Any, ...]) -> None:
             check_image_tensor(a, names[min(i, 1)], want)
 
 
-def install_input_check(model: nn.Module, task: str = "classification") -> nn.Module:
-    """Register the input check on ``model`` (once) and return it."""
+def install_input_check(model: nn.Module, task: str | None = None) -> nn.Module:
+    """Register the input check on ``model`` (once) and return it. The positional arguments that are images are
+    the model's task's inputs (the others are targets, which the heads check themselves)."""
     if getattr(model, "_zoo_input_check", False):
         return model
-    model._zoo_image_args = IMAGE_ARGS.get(task, 1)  # type: ignore[assignment]
+    from .heads import task_class
+
+    model._zoo_image_args = len(task_class(model, task).input_names)  # type: ignore[assignment]
     model._zoo_input_check = True  # type: ignore[assignment]
     model.register_forward_pre_hook(input_check_hook)
     return model
