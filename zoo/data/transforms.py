@@ -41,18 +41,33 @@ DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "c
 def resolve_data_config(model: Any, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The preprocessing of ``model`` (a task model or a bare timm module): timm's ``resolve_data_config`` on its
     ``pretrained_cfg`` (which a checkpoint's sidecar overlays), then ``overrides``, then the task's rules."""
-    from timm.data import resolve_data_config as timm_resolve
-
     from ..heads import task_class
 
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    return _resolve(dict(getattr(model, "pretrained_cfg", None) or {}), task_class(model).data_rules, overrides)
+
+
+def resolve_model_data_config(name: str, task: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`resolve_data_config` before the model exists (training builds its data first): from the timm
+    ``pretrained_cfg`` registered for ``name`` and the rules of ``task``."""
+    import timm.models
+
+    from ..heads import get_task
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    return _resolve(cfg.to_dict() if cfg is not None else {}, get_task(task).data_rules, overrides)
+
+
+def _resolve(cfg: dict[str, Any], rules: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    from timm.data import resolve_data_config as timm_resolve
+
     cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    rules = task_class(model).data_rules
+    if cfg.get("input_size") is None:
+        cfg.pop("input_size", None)  # volumetric models: timm's default 2D size, the caller gives the real one
     out = timm_resolve(pretrained_cfg={k: v for k, v in cfg.items() if k in DATA_CONFIG_KEYS})
     in_chans = int(cfg.get("in_chans") or out["input_size"][0])
     out["input_size"] = (in_chans, *tuple(int(v) for v in out["input_size"][1:]))
     out["color"] = cfg.get("color") or ("gray" if in_chans == 1 else "rgb")
-    out["crop_mode"] = out.get("crop_mode") or "center"
+    out["crop_mode"] = cfg.get("crop_mode") or out.get("crop_mode") or "center"
     out["resize_in_model"] = bool(cfg.get("resize_in_model", False))
     out["normalize_in_model"] = bool(cfg.get("normalize_in_model", False))
     out.update(rules)

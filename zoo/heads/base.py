@@ -105,6 +105,8 @@ class TaskModel(nn.Module):
     needs_features: ClassVar[bool] = True
     #: validation metric that selects the best checkpoint (higher is better)
     metric: ClassVar[str] = ""
+    #: keys of the images in a collated batch dict (``zoo.data.collate``), in ``forward``'s order
+    batch_keys: ClassVar[tuple[str, ...]] = ("images",)
     #: data-config entries that hold for every model of the task (dense tasks never crop: masks must align)
     data_rules: ClassVar[Mapping[str, Any]] = {}
 
@@ -186,6 +188,11 @@ class TaskModel(nn.Module):
         graphs that normalise themselves."""
         draw = torch.randn if spec.normalized else torch.rand
         return tuple(draw(batch, *spec.shape, generator=generator) for _ in spec.input_names)
+
+    @classmethod
+    def meter(cls, num_classes: int) -> Any:
+        """A fresh ``zoo.metrics`` accumulator of the task's validation metrics (``update(outputs, targets)``)."""
+        raise NotImplementedError(f"{cls.__name__} has no metric meter")
 
     # ------------------------------------------------------------------------------------------ prediction
     @classmethod

@@ -42,7 +42,14 @@ class ChangeModel(DenseTaskModel):
     task = "change_detection"
     default_num_classes = 2
     input_names = ("input_a", "input_b")
+    batch_keys = ("image_a", "image_b")
     metric = "f1"
+
+    @classmethod
+    def meter(cls, num_classes: int) -> Any:
+        from ..metrics import ChangeMeter
+
+        return ChangeMeter(num_classes)
 
     def __init__(self, backbone: FeatureBackbone, num_classes: int = 2, fpn_channels: int = 128,
                  deep_supervision: bool = False, aux_weight: float = 0.4, ignore_index: int = 255,

@@ -158,6 +158,12 @@ class DetectionModel(TaskModel):
         cfg["mean"], cfg["std"] = tuple(t.image_mean), tuple(t.image_std)
         return cfg
 
+    @classmethod
+    def meter(cls, num_classes: int) -> Any:
+        from ..metrics import CocoEvaluator
+
+        return CocoEvaluator(num_classes)
+
     @staticmethod
     def size_kwargs(img_size: int) -> dict[str, Any]:
         """Builder arguments that make the internal resize keep ``img_size`` images as they are."""

@@ -157,6 +157,12 @@ class DenseTaskModel(TaskModel):
     metric = "miou"
 
     @classmethod
+    def meter(cls, num_classes: int) -> Any:
+        from ..metrics import ConfusionMeter
+
+        return ConfusionMeter(num_classes)
+
+    @classmethod
     def postprocess_outputs(cls, outputs: Sequence[Any], params: Mapping[str, Any] | None = None) -> torch.Tensor:
         """Logits ``(N, C, H, W)`` -> class map ``(N, H, W)``."""
         return torch.as_tensor(outputs[0]).argmax(1)
