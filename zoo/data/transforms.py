@@ -188,34 +188,60 @@ def _hw(size: int | Sequence[int]) -> tuple[int, int]:
 def build_transforms(task: str, train: bool, size: int | Sequence[int] | None = 224,
                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                      crop_pct: float = 0.875) -> A.Compose:
-    """The default pipeline for ``task``; ``size`` is the training crop (``None``: keep the image size, dense
-    tasks only). Datasets accept any other ``albumentations.Compose`` with the same targets."""
-    norm = A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)
-    if task == "classification":
-        h, w = _hw(size or 224)
-        if train:
-            ops = [A.RandomResizedCrop(size=(h, w), scale=(0.08, 1.0)), A.HorizontalFlip(p=0.5)]
-        else:  # timm's eval: resize the short side to size / crop_pct, centre crop
-            ops = [A.SmallestMaxSize(max_size=int(round(min(h, w) / crop_pct))), A.CenterCrop(height=h, width=w)]
-        return A.Compose([*ops, norm, ToTensorV2()])
-    if task == "detection":
-        ops = [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(p=0.3)] if train else [A.NoOp()]
-        return A.Compose([*ops, A.ToFloat(max_value=255.0), ToTensorV2()],
-                         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.1,
-                                                  min_width=1, min_height=1))
-    if task in ("segmentation", "change_detection"):
-        extra = {"image_b": "image"} if task == "change_detection" else {}
-        ops: list[A.BasicTransform] = []
-        if train:
-            if size is not None:
-                h, w = _hw(size)
-                ops += [A.PadIfNeeded(min_height=h, min_width=w, fill=0, fill_mask=255),
-                        A.RandomResizedCrop(size=(h, w), scale=(0.25, 1.0))]
-            ops += [A.HorizontalFlip(p=0.5)]
-            if task == "change_detection":  # overhead imagery has no "up": flips and right-angle turns
-                ops += [A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
-        elif size is not None:
+    """The default albumentations pipeline for ``task`` (chosen by the task model class: what its samples carry); ``size`` is the training crop (``None``: keep the image size, dense tasks only).
+    Datasets accept any other ``albumentations.Compose`` with the same targets."""
+    from ..heads import get_task
+
+    try:
+        model_cls = get_task(task)
+    except ConfigError as e:
+        raise ConfigError(f"unknown task {task!r}") from e
+    table = _augmentation_table()
+    build = next(table[c] for c in model_cls.__mro__ if c in table)
+    return build(model_cls, train, size, A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
+                 crop_pct)
+
+
+def _image_pipeline(model_cls: type, train: bool, size: Any, norm: A.Normalize, crop_pct: float) -> A.Compose:
+    """Images and a class: random resized crop and flip; evaluation as timm's (short side to size / crop_pct)."""
+    h, w = _hw(size or 224)
+    if train:
+        ops = [A.RandomResizedCrop(size=(h, w), scale=(0.08, 1.0)), A.HorizontalFlip(p=0.5)]
+    else:  # timm's eval: resize the short side to size / crop_pct, centre crop
+        ops = [A.SmallestMaxSize(max_size=int(round(min(h, w) / crop_pct))), A.CenterCrop(height=h, width=w)]
+    return A.Compose([*ops, norm, ToTensorV2()])
+
+
+def _box_pipeline(model_cls: type, train: bool, size: Any, norm: A.Normalize, crop_pct: float) -> A.Compose:
+    """Images and boxes: flips and photometric jitter; [0, 1] output (the detector resizes and normalises)."""
+    ops = [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(p=0.3)] if train else [A.NoOp()]
+    return A.Compose([*ops, A.ToFloat(max_value=255.0), ToTensorV2()],
+                     bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.1,
+                                              min_width=1, min_height=1))
+
+
+def _mask_pipeline(model_cls: Any, train: bool, size: Any, norm: A.Normalize, crop_pct: float) -> A.Compose:
+    """Images (one, or a co-registered pair sharing one geometric transform) and a mask."""
+    extra = {f"image_{k}": "image" for k in "b"[: len(model_cls.batch_keys) - 1]}
+    ops: list[A.BasicTransform] = []
+    if train:
+        if size is not None:
             h, w = _hw(size)
-            ops += [A.Resize(height=h, width=w)]
-        return A.Compose([*ops, norm, ToTensorV2()], additional_targets=extra)
-    raise ConfigError(f"unknown task {task!r}")
+            ops += [A.PadIfNeeded(min_height=h, min_width=w, fill=0, fill_mask=255),
+                    A.RandomResizedCrop(size=(h, w), scale=(0.25, 1.0))]
+        ops += [A.HorizontalFlip(p=0.5)]
+        if model_cls.augment_rotations:  # overhead imagery has no "up": flips and right-angle turns
+            ops += [A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+    elif size is not None:
+        h, w = _hw(size)
+        ops += [A.Resize(height=h, width=w)]
+    return A.Compose([*ops, norm, ToTensorV2()], additional_targets=extra)
+
+
+def _augmentation_table() -> dict[type, Callable[..., A.Compose]]:
+    """Task model class -> its training pipeline (looked up along the class's MRO)."""
+    from ..heads.classification import ClassificationModel
+    from ..heads.detection import DetectionModel
+    from ..heads.segmentation import DenseTaskModel
+
+    return {ClassificationModel: _image_pipeline, DetectionModel: _box_pipeline, DenseTaskModel: _mask_pipeline}

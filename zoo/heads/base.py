@@ -107,6 +107,8 @@ class TaskModel(nn.Module):
     metric: ClassVar[str] = ""
     #: keys of the images in a collated batch dict (``zoo.data.collate``), in ``forward``'s order
     batch_keys: ClassVar[tuple[str, ...]] = ("images",)
+    #: training augmentation may rotate by right angles and flip vertically (overhead imagery has no "up")
+    augment_rotations: ClassVar[bool] = False
     #: data-config entries that hold for every model of the task (dense tasks never crop: masks must align)
     data_rules: ClassVar[Mapping[str, Any]] = {}
 

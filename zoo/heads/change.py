@@ -43,6 +43,7 @@ class ChangeModel(DenseTaskModel):
     default_num_classes = 2
     input_names = ("input_a", "input_b")
     batch_keys = ("image_a", "image_b")
+    augment_rotations = True
     metric = "f1"
 
     @classmethod
