@@ -53,7 +53,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 
 from ..errors import ConfigError, DataError, ExportError, InputShapeError
 from ._backbone import FeatureBackbone, create_backbone
-from .base import InputSpec, TaskModel
+from .base import TaskModel
 from .registry import get_head, register_head, register_task
 # default-box sizes of the 6 SSDLite levels at 320 x 320 (EMOv2 ssdlite_emo2_*_coco.py: min_sizes + final max)
 SSDLITE_BOX_SIZES = (48, 100, 150, 202, 253, 304, 320)
@@ -221,11 +221,6 @@ class DetectionModel(TaskModel):
     @classmethod
     def graph_output_names(cls, model: nn.Module) -> tuple[str, ...]:
         return (*type(cls._exportable(model)).raw_outputs, "anchors")
-
-    @classmethod
-    def input_spec_of(cls, model: nn.Module, input_size: Sequence[int], dynamic_batch: bool = False) -> InputSpec:
-        cls._exportable(model)
-        return super().input_spec_of(model, input_size, dynamic_batch)
 
     @classmethod
     def adapter_for(cls, model: nn.Module, input_size: Sequence[int]) -> nn.Module:
