@@ -28,7 +28,6 @@ from torch import nn
 
 from zoo.errors import ExportError, InputShapeError
 from zoo.heads import get_task, task_class, task_names
-from zoo.heads.base import primary_tensor
 
 TASKS: tuple[str, ...] = task_names()
 

@@ -14,12 +14,12 @@ import zoo.export as export
 from PIL import Image
 from torch import nn
 from zoo.export import onnx_export
-from zoo.data.transforms import data_config_for
 from zoo.export.calib import load_calibration, preprocess
 from zoo.export.parity import agreement, make_session
 from zoo.export.pipeline import export_onnx_verified
 
 import zoo
+from zoo.data.transforms import data_config_for
 from zoo.errors import DataError, ExportError
 
 TINY = "mobilenetv3_small_050"  # timm; 0.57M params, exports in ~1 s with the legacy exporter

@@ -23,7 +23,8 @@ from torch import nn
 import zoo
 from zoo.errors import ConfigError
 from zoo.factory import overlay_data_config
-from zoo.heads import get_head, get_task as get_task_class
+from zoo.heads import get_head
+from zoo.heads import get_task as get_task_class
 from zoo.heads.base import TaskModel
 from zoo.heads.classification import ClassificationModel
 from zoo.metrics import ConfusionMeter

@@ -24,6 +24,7 @@ from torch import nn
 
 from .errors import InputShapeError
 
+
 def _capturing() -> bool:
     """True while a graph is being captured (TorchScript, ONNX, dynamo): checks must stay out of the graph."""
     if torch.jit.is_tracing() or torch.jit.is_scripting():

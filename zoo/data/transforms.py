@@ -25,9 +25,8 @@ from typing import Any
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # never reach for the network on import
 
 import albumentations as A  # noqa: E402
-from albumentations.pytorch import ToTensorV2  # noqa: E402
-
 import torch  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 from ..errors import ConfigError, DataError  # noqa: E402
 
@@ -188,7 +187,8 @@ def _hw(size: int | Sequence[int]) -> tuple[int, int]:
 def build_transforms(task: str, train: bool, size: int | Sequence[int] | None = 224,
                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                      crop_pct: float = 0.875) -> A.Compose:
-    """The default albumentations pipeline for ``task`` (chosen by the task model class: what its samples carry); ``size`` is the training crop (``None``: keep the image size, dense tasks only).
+    """The default albumentations pipeline for ``task`` (chosen by the task model class: what its samples carry);
+    ``size`` is the training crop (``None``: keep the image size, dense tasks only).
     Datasets accept any other ``albumentations.Compose`` with the same targets."""
     from ..heads import get_task
 

@@ -30,10 +30,20 @@ from typing import Any
 
 from torch import nn
 
-# importing the task modules registers them, in the order users see
-from . import classification, detection, segmentation, change  # noqa: F401,I001
 from .base import InputSpec, TaskModel
-from .registry import all_heads, get_head, get_task, head_names, register_head, register_task, task_class, task_names
+from .registry import (
+    _load,
+    all_heads,
+    get_head,
+    get_task,
+    head_names,
+    register_head,
+    register_task,
+    task_class,
+    task_names,
+)
+
+_load()  # the task modules register the tasks and their heads
 
 #: heads per task, default first (a read-only view of the registry)
 TASK_HEADS: Mapping[str, tuple[str, ...]] = MappingProxyType(all_heads())

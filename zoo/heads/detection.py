@@ -55,6 +55,7 @@ from ..errors import ConfigError, DataError, ExportError, InputShapeError
 from ._backbone import FeatureBackbone, create_backbone
 from .base import TaskModel
 from .registry import get_head, register_head, register_task
+
 # default-box sizes of the 6 SSDLite levels at 320 x 320 (EMOv2 ssdlite_emo2_*_coco.py: min_sizes + final max)
 SSDLITE_BOX_SIZES = (48, 100, 150, 202, 253, 304, 320)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from torch import nn
 
@@ -75,8 +75,15 @@ def register_head(task: str, name: str, *, needs: tuple[int, ...] = (), min_leve
     return add
 
 
+#: the modules that register the tasks and heads, in the order users see the tasks
+TASK_MODULES = ("classification", "detection", "segmentation", "change")
+
+
 def _load() -> None:
-    from . import classification, detection, segmentation, change  # noqa: F401,I001  (importing registers; order = the order users see)
+    import importlib
+
+    for module in TASK_MODULES:  # importing registers; a loop keeps the order import sorting would change
+        importlib.import_module(f"{__package__}.{module}")
 
 
 def task_names() -> tuple[str, ...]:
