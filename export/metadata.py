@@ -18,16 +18,11 @@ from typing import Any
 
 from torch import nn
 
-from zoo.checkpoint import atomic_write_bytes
+from zoo.checkpoint import atomic_write_bytes, sidecar_path
 
 from .spec import ExportSpec
 
 SIDECAR_VERSION = 1
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """``<file>.json`` (see the module docstring); checkpoints use :func:`zoo.checkpoint.sidecar_path`."""
-    return Path(str(path) + ".json")
 
 
 def sha256(path: str | os.PathLike) -> str:
