@@ -73,7 +73,7 @@ def create_model(
         head_cls = get_head(task_cls.task, head).model_class or task_cls
         size_kw = head_cls.size_kwargs(int(size[-1])) if size else {}
         kwargs = {**size_kw, **meta.get("model_kwargs", {}), **kwargs}
-    model = task_cls.create(name, pretrained=pretrained and not checkpoint_path, head=head,
+    model = task_cls.create(name, pretrained=False if checkpoint_path else pretrained, head=head,
                             num_classes=num_classes, in_chans=in_chans, **kwargs)
     if checkpoint_path:
         load_checkpoint(model, checkpoint_path)

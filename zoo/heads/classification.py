@@ -51,9 +51,9 @@ class ClassificationModel(TaskModel):
     @classmethod
     def create(cls, name: str, *, pretrained: bool | str = False, head: str | None = None,
                num_classes: int | None = None, in_chans: int | None = None, **kwargs: Any) -> nn.Module:
-        """The plain timm classifier, as ``timm.create_model`` gives it (LightZoo's weights resolve through
-        ``weights_manifest.json``, timm's through timm's hub)."""
-        from ..registry import _ZOO_MODELS
+        """The plain timm classifier, as ``timm.create_model`` gives it (timm's loader for every model; ours resolve
+        their tags from ``weights_manifest.json``, checked on download)."""
+        from ..weights import timm_pretrained_args
         from .registry import get_head
 
         get_head(cls.task, head)  # an unknown head is an error here too
@@ -61,13 +61,7 @@ class ClassificationModel(TaskModel):
             kwargs["num_classes"] = num_classes
         if in_chans is not None:
             kwargs["in_chans"] = in_chans
-        ours = name in _ZOO_MODELS
-        model = timm.create_model(name, pretrained=bool(pretrained) and not ours, **kwargs)
-        if pretrained and ours:
-            from ..weights import load_pretrained
-
-            load_pretrained(model, name, None if pretrained is True else str(pretrained))
-        return model
+        return timm.create_model(name, **timm_pretrained_args(name, pretrained), **kwargs)
 
     @classmethod
     def postprocess_outputs(cls, outputs: Sequence[Any], params: Mapping[str, Any] | None = None) -> torch.Tensor:
@@ -88,17 +82,13 @@ def build_classification_model(backbone_name: str, head: str = "linear", num_cla
                                in_chans: int = 3, pretrained_backbone: bool | str = False,
                                label_smoothing: float = 0.0, **kwargs: object) -> ClassificationModel:
     """The backbone's timm classifier (global pool + linear, or the family's own head) wrapped as a task model."""
-    from ..registry import _ZOO_MODELS, check_model_name
+    from ..registry import check_model_name
+    from ..weights import timm_pretrained_args
 
     check_model_name(backbone_name)
-    ours = backbone_name in _ZOO_MODELS
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    model = timm.create_model(backbone_name, pretrained=bool(pretrained_backbone) and not ours, in_chans=in_chans,
-                              **kwargs)
-    if pretrained_backbone and ours:
-        from ..weights import load_pretrained
-
-        load_pretrained(model, backbone_name, None if pretrained_backbone is True else str(pretrained_backbone))
+    model = timm.create_model(backbone_name, **timm_pretrained_args(backbone_name, pretrained_backbone),
+                              in_chans=in_chans, **kwargs)
     return ClassificationModel(model, label_smoothing, head)
 
