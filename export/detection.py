@@ -46,7 +46,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.heads import get_task
 from zoo.heads.detection import DetectionAdapter, DetectionModel
 
 __all__ = ["DetectionAdapter", "detection_postprocess", "output_names"]
@@ -54,7 +53,7 @@ __all__ = ["DetectionAdapter", "detection_postprocess", "output_names"]
 
 def output_names(model: nn.Module) -> list[str]:
     """Graph output names for this detector (FCOS adds ``bbox_ctrness``)."""
-    return list(get_task("detection").graph_output_names(model))
+    return list(DetectionModel.graph_output_names(model))
 
 
 def detection_postprocess(outputs: Mapping[str, Any] | Sequence[Any], params: Mapping[str, Any],
