@@ -6,9 +6,9 @@ from typing import Any
 
 import timm
 
-from .bench import count_macs, count_params
-from .manifest import entries_for
-from .registry import check_model_name, model_family
+from ..bench import count_macs, count_params
+from ..manifest import entries_for
+from ..registry import check_model_name, model_family
 
 
 def model_info(name: str, macs: bool = True, input_size: tuple[int, ...] | None = None) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def model_info(name: str, macs: bool = True, input_size: tuple[int, ...] | None 
     if macs and input_size:
         info["macs"] = count_macs(model, input_size)
     try:
-        from .heads import supported_heads
+        from ..heads import supported_heads
     except ImportError:  # heads not installed in this build
         pass
     else:
