@@ -146,3 +146,21 @@ def test_predict_eval_and_the_exported_sidecar_recipe_agree_on_a_real_image(tmp_
     (logits,) = ort.InferenceSession(str(result.onnx.path)).run(None, {"input": x})
     onnx_probs = torch.from_numpy(logits).softmax(-1)[0]
     torch.testing.assert_close(onnx_probs, predicted, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("head", ["retinanet", "fcos", "ssdlite"])
+def test_detector_postprocess_of_its_export_adapter_equals_its_eval_forward(head: str) -> None:
+    """``model.postprocess(model.export_adapter()(x))`` is what ``model(x)`` returns in eval mode (the graph + the
+    head class's post-processing reproduce torchvision's path). FCOS's GroupNorm(32) needs 2 channels per group
+    on its 1x1 P7 map."""
+    torch.manual_seed(0)
+    model = zoo.create_model(TIMM, task="detection", head=head, num_classes=3, min_size=64, max_size=64,
+                             score_thresh=0.0, detections_per_img=5, topk_candidates=50,
+                             **{**SMALL[head], **({"fpn_channels": 64} if head == "fcos" else {})}).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model([x[0]])[0]
+        got = model.postprocess(model.export_adapter((3, 64, 64))(x), (3, 64, 64))[0]
+    assert len(expected["boxes"]) == 5
+    for k in ("boxes", "scores", "labels"):
+        torch.testing.assert_close(got[k], expected[k], atol=1e-4, rtol=0)

@@ -26,13 +26,17 @@ from .errors import InputShapeError
 
 
 def _capturing() -> bool:
-    """True while a graph is being captured (TorchScript, ONNX, dynamo): checks must stay out of the graph."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
+    """True while a graph is being captured: checks must stay out of the graph.
+
+    LightZoo's exporter says so through timm's switch (``timm.layers.is_exportable()``), the one models read.
+    This hook is not part of any model but wraps every model the factory returns, including captures a user starts
+    without that switch (``torch.jit.trace``, ``torch.compile``, ``torch.export``), so those are recognised too.
+    """
+    from timm.layers import is_exportable
+
+    if is_exportable() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return True
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and (compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)()):
-        return True
-    return bool(getattr(torch.onnx, "is_in_onnx_export", lambda: False)())
+    return bool(torch.compiler.is_compiling() or torch.compiler.is_exporting())
 
 
 def _param_dtype(model: nn.Module) -> torch.dtype | None:

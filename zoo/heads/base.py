@@ -181,8 +181,10 @@ class TaskModel(nn.Module):
         """Graph outputs (in ``output_names`` order) -> predictions; the default is the primary tensor."""
         return outputs[0]
 
-    def postprocess(self, outputs: Sequence[Any]) -> Any:
-        return self.postprocess_outputs(outputs, self.export_metadata(self, self.data_config["input_size"]))
+    def postprocess(self, outputs: Sequence[Any], input_size: Sequence[int] | None = None) -> Any:
+        """The outputs of :meth:`export_adapter` at ``input_size`` (default: the data config's) -> predictions."""
+        size = input_size or self.data_config["input_size"]
+        return self.postprocess_outputs(outputs, self.export_metadata(self, size))
 
     @classmethod
     def example_inputs(cls, spec: InputSpec, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:

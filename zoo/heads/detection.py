@@ -241,8 +241,9 @@ class DetectionModel(TaskModel):
                                 "function": "zoo.export.detection_postprocess(outputs, sidecar['postprocess'])"},
                 "output_meaning": {n: meaning[n] for n in cls.graph_output_names(det)}}
 
-    def postprocess(self, outputs: Sequence[Any]) -> Any:
-        return self.postprocess_outputs(outputs, DetectionAdapter(self, self.data_config["input_size"]).params)
+    def postprocess(self, outputs: Sequence[Any], input_size: Sequence[int] | None = None) -> Any:
+        size = input_size or self.data_config["input_size"]
+        return self.postprocess_outputs(outputs, DetectionAdapter(self, size).params)
 
     @classmethod
     def postprocess_outputs(cls, outputs: Sequence[Any] | Mapping[str, Any], params: Mapping[str, Any] | None = None
