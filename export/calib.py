@@ -1,67 +1,48 @@
 """Real images for parity checks and int8 calibration, preprocessed the way the exported model expects.
 
-``--calib DIR`` is a folder of images (searched recursively: ``.jpg .jpeg .png .bmp .webp .tif .tiff``). For change
-detection it must hold ``A/`` and ``B/`` sub-folders with the same file names (the before/after pairs, as in the
-LEVIR-CD layout). Preprocessing mirrors evaluation: classification resizes the shorter side to ``size / crop_pct``
-and centre-crops (timm's eval transform); dense tasks resize straight to the input size. Then ``/255``, ``(x -
-mean) / std``, NCHW float32. Detection inputs stay in ``[0, 1]`` (the detector normalises inside).
+``--calib DIR`` is a folder of images (searched recursively; the extensions of :data:`zoo.data.io.IMAGE_EXTENSIONS`).
+For change detection it must hold ``A/`` and ``B/`` sub-folders with the same file names (the before/after pairs, as
+in the LEVIR-CD layout). Each image goes through the model's own evaluation transform
+(:func:`zoo.data.transforms.create_eval_transform` on the model's data config), the same one ``zoo predict``,
+``zoo eval`` and the export sidecar's recipe use.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from zoo.data.io import IMAGE_EXTENSIONS
+from zoo.data.transforms import create_eval_transform, load_image
 from zoo.errors import DataError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"calibration folder {str(folder)!r} does not exist")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def preprocess(path: Path, input_size: Sequence[int], mean: Sequence[float] | None, std: Sequence[float] | None,
-               crop_pct: float | None) -> np.ndarray:
-    """One image file -> ``(C, H, W)`` float32, normalised (see the module docstring)."""
-    from PIL import Image, UnidentifiedImageError
-
-    c, h, w = input_size
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB")
-            if crop_pct:
-                scale = max(h, w) / crop_pct / min(im.size)
-                im = im.resize((max(w, round(im.width * scale)), max(h, round(im.height * scale))),
-                               Image.Resampling.BICUBIC)
-                left, top = (im.width - w) // 2, (im.height - h) // 2
-                im = im.crop((left, top, left + w, top + h))
-            else:
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as e:
-        raise DataError(f"calibration image {str(path)!r} cannot be read ({e})") from e
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    if arr.shape[0] < c:  # e.g. PHC networks take RGB plus a zero channel
-        arr = np.concatenate([arr, np.zeros((c - arr.shape[0], h, w), np.float32)], 0)
-    if mean is not None and std is not None:
-        m = np.asarray(list(mean) + [0.0] * (c - len(mean)), np.float32)[:c, None, None]
-        s = np.asarray(list(std) + [1.0] * (c - len(std)), np.float32)[:c, None, None]
-        arr = (arr - m) / s
-    return np.ascontiguousarray(arr, dtype=np.float32)
+def preprocess(path: Path, data_config: Mapping[str, Any]) -> np.ndarray:
+    """One image file -> ``(C, H, W)`` float32 through the model's evaluation transform."""
+    return create_eval_transform(data_config)(load_image(path, data_config)).numpy().astype(np.float32)
 
 
-def load_calibration(folder: str | os.PathLike, input_size: Sequence[int], n_inputs: int = 1,
-                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                     crop_pct: float | None = None, limit: int = 64) -> tuple[np.ndarray, ...]:
+def load_calibration(folder: str | os.PathLike, data_config: Mapping[str, Any], n_inputs: int = 1,
+                     limit: int = 64) -> tuple[np.ndarray, ...]:
     """Up to ``limit`` preprocessed images as a batch: one ``(N, C, H, W)`` array per graph input."""
     folder = Path(folder)
+    transform = create_eval_transform(data_config)
+
+    def one(path: Path) -> np.ndarray:
+        return transform(load_image(path, data_config)).numpy().astype(np.float32)
+
     if n_inputs == 2:
         a_dir, b_dir = folder / "A", folder / "B"
         if not (a_dir.is_dir() and b_dir.is_dir()):
@@ -70,11 +51,11 @@ def load_calibration(folder: str | os.PathLike, input_size: Sequence[int], n_inp
         pairs = [(a_dir / n, b_dir / n) for n in names if (b_dir / n).is_file()][:limit]
         if not pairs:
             raise DataError(f"no image pairs with the same name in {str(a_dir)!r} and {str(b_dir)!r}")
-        return tuple(np.stack([preprocess(p[i], input_size, mean, std, crop_pct) for p in pairs]) for i in (0, 1))
+        return tuple(np.stack([one(p[i]) for p in pairs]) for i in (0, 1))
     files = list_images(folder)[:limit]
     if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {str(folder)!r}")
-    return (np.stack([preprocess(p, input_size, mean, std, crop_pct) for p in files]),)
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {str(folder)!r}")
+    return (np.stack([one(p) for p in files]),)
 
 
 def synthetic_calibration(input_size: Sequence[int], n_inputs: int = 1, n: int = 16,

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import sys
+import warnings
+from collections.abc import Iterator
 
 from zoo.errors import ExportError
 
@@ -66,7 +71,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _report_to_stderr() -> Iterator[None]:
+    """The library logs and warns; the command line shows both as one ``note:`` / ``warning:`` line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("note: %(message)s"))
+    log = logging.getLogger("zoo.export")
+    old_level, old_propagate = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    old_show = warnings.showwarning
+    warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
+    try:
+        yield
+    finally:
+        warnings.showwarning = old_show
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+        log.propagate = old_propagate
+
+
 def main(argv: list[str] | None = None) -> int:
+    with _report_to_stderr():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     size = args.input_size[0] if args.input_size and len(args.input_size) == 1 else args.input_size
     if args.int8_select == "auto" and args.int8_mode != "static":

@@ -18,17 +18,11 @@ from typing import Any
 
 from torch import nn
 
-from zoo.checkpoint import atomic_write_bytes
+from zoo.checkpoint import atomic_write_bytes, sidecar_path
 
 from .spec import ExportSpec
 
 SIDECAR_VERSION = 1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    return Path(str(path) + ".json")
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -39,26 +33,19 @@ def sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def find_pretrained_cfg(model: nn.Module) -> dict[str, Any]:
-    """timm's ``pretrained_cfg`` of the model or, for task models, of the first sub-module that has one."""
-    for m in model.modules():
-        cfg = getattr(m, "pretrained_cfg", None)
-        if isinstance(cfg, Mapping) and cfg:
-            return dict(cfg)
-    return {}
+def preprocessing(model_or_config: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
+    """The sidecar's ``preprocessing`` block: the model's data config (the one preprocessing that training's
+    evaluation, ``zoo eval``, ``zoo predict`` and int8 calibration use) and its recipe step by step."""
+    from zoo.data.transforms import describe_eval_transform, resolve_data_config
 
-
-def preprocessing(model: nn.Module, checkpoint_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Normalisation and resize policy: the checkpoint's sidecar first, else the backbone's timm config."""
-    meta = dict(checkpoint_meta or {})
-    cfg = find_pretrained_cfg(model)
+    dc = resolve_data_config(model_or_config) if isinstance(model_or_config, nn.Module) else dict(model_or_config)
     return {
-        "mean": list(meta.get("mean") or cfg.get("mean") or IMAGENET_MEAN),
-        "std": list(meta.get("std") or cfg.get("std") or IMAGENET_STD),
-        "crop_pct": meta.get("crop_pct", cfg.get("crop_pct")),
-        "interpolation": meta.get("interpolation", cfg.get("interpolation", "bilinear")),
-        "default_input_size": list(meta.get("input_size") or cfg.get("input_size") or (3, 224, 224)),
-        "min_input_size": list(cfg["min_input_size"]) if cfg.get("min_input_size") else None,
+        "mean": list(dc["mean"]), "std": list(dc["std"]),
+        "crop_pct": dc["crop_pct"], "crop_mode": dc["crop_mode"], "interpolation": dc["interpolation"],
+        "color": dc["color"], "default_input_size": list(dc["input_size"]),
+        "resize_in_model": dc["resize_in_model"], "normalize_in_model": dc["normalize_in_model"],
+        "input_range": "[0, 1] (normalised inside)" if dc["normalize_in_model"] else "(x / 255 - mean) / std",
+        "recipe": describe_eval_transform(dc),
     }
 
 

@@ -4,7 +4,7 @@ Choice of exporter. ``dynamo`` (``torch.onnx.export(..., dynamo=True)``, torch.e
 because it is the exporter PyTorch maintains: it handles models the TorchScript tracer cannot (the official
 LWGANet only exports with it) and yields an optimised graph. It is slow (15-30 s per model on 2 cores, most of it
 decompositions), so ``legacy`` (the TorchScript tracer, ``dynamo=False``; about 1-2 s) stays available. When the
-chosen exporter raises, the other is tried automatically with a printed note, and the exporter actually used is
+chosen exporter raises, the other is tried automatically (logged as a warning), and the exporter actually used is
 recorded in the result and the metadata sidecar. An exporter can also succeed and write a *wrong* graph (the
 tracer drops in-place writes through views, as in EMOv2's window attention), so
 :func:`export.pipeline.export_onnx_verified` (what the CLI uses) also falls back when the parity check fails.
@@ -14,20 +14,25 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
-import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import onnx
 import torch
+from timm.layers import set_layer_config
 from torch import nn
 
 from zoo.errors import ExportError
 
-from .spec import ExportSpec, as_tuple, build_adapter, build_spec, infer_task, normalize_input_size
+from .spec import ExportSpec, as_tuple, build_adapter, build_spec, normalize_input_size, resolve_task
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXPORTERS = ("dynamo", "legacy")
 DEFAULT_OPSET = 18
@@ -82,6 +87,47 @@ class OnnxExport:
         return self.spec.output_names
 
 
+class ExporterFailed(ExportError):
+    """One exporter did not produce a usable graph (raised inside :func:`try_exporters` to move to the next)."""
+
+
+def exporter_order(exporter: str, fallback: bool) -> list[str]:
+    """``exporter`` first, then (with ``fallback``) the others."""
+    if exporter not in EXPORTERS:
+        raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    return [exporter] + ([e for e in EXPORTERS if e != exporter] if fallback else [])
+
+
+def try_exporters(order: Sequence[str], attempt: Callable[[str], T]) -> tuple[T, list[str]]:
+    """The one fallback policy: ``attempt(exporter)`` for each exporter in ``order`` until one returns.
+
+    ``attempt`` raises :class:`ExporterFailed` to hand over to the next exporter (a logged warning says why);
+    any other exception stops the loop. Returns the result and the reasons of the exporters that failed before
+    it; when every exporter failed, the last :class:`ExporterFailed` propagates with all the reasons in its
+    ``reasons`` attribute.
+    """
+    reasons: list[str] = []
+    for i, name in enumerate(order):
+        try:
+            return attempt(name), reasons
+        except ExporterFailed as e:
+            reasons.append(str(e))
+            if i + 1 == len(order):
+                e.reasons = list(reasons)  # type: ignore[attr-defined]
+                raise
+            logger.warning("%s; retrying with the %s exporter", e, order[i + 1])
+    raise ExportError("no exporter to try")
+
+
+@contextlib.contextmanager
+def exporting(model: nn.Module) -> Iterator[None]:
+    """The one export switch: eval mode, no autograd, and timm's ``exportable`` layer config, which models read
+    through ``timm.layers.is_exportable()`` to take their graph-friendly paths."""
+    model.eval()
+    with torch.no_grad(), set_layer_config(exportable=True):
+        yield
+
+
 def model_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
@@ -133,7 +179,7 @@ def _simplify(path: Path, required: bool) -> bool:
     try:
         simplified, ok = onnxsim.simplify(model)
     except Exception as e:  # noqa: BLE001 - an optional optimisation must never break an export
-        print(f"note: onnxsim failed ({_first_line(e)}); keeping the unsimplified graph", file=sys.stderr)
+        logger.info("onnxsim failed (%s); keeping the unsimplified graph", _first_line(e))
         return False
     if ok:
         onnx.save(simplified, str(path))
@@ -159,55 +205,53 @@ def to_onnx(
     ``input_size`` is ``H``, ``(H, W)`` or ``(C, H, W)``. Graph inputs/outputs are named per task (see
     :mod:`export.spec`); the batch axis is ``batch`` (dynamic) with ``dynamic_batch`` and 1 otherwise.
     ``exporter`` picks ``"dynamo"`` (default) or ``"legacy"``; with ``fallback`` the other one is tried when it
-    raises (a note is printed and ``OnnxExport.fallback_reason`` says why). ``simplify``: run onnx-simplifier
+    raises (a logged warning and ``OnnxExport.fallback_reason`` say why). ``simplify``: run onnx-simplifier
     (``None`` = when installed). ``optimize=False`` skips the dynamo exporter's onnxscript graph optimiser (about
     half its run time; onnxruntime optimises the graph again at load anyway). Weights above ~1.8 GB go to
     ``<path>.data`` (protobuf's 2 GiB limit).
     Parity is *not* checked here; :func:`export.check_parity` does that and the CLI always calls it.
     """
-    if exporter not in EXPORTERS:
-        raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    order = exporter_order(exporter, fallback)
     check_opset(opset)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().float().cpu()
     size = normalize_input_size(input_size, in_chans)
-    task = infer_task(model, size, task)
-    spec = build_spec(task, size, dynamic_batch, model)
-    adapter = build_adapter(model, spec)
-    # a dynamic batch is exported from batch 2: torch.export specialises sizes 0 and 1
-    args = spec.example_inputs(2 if dynamic_batch else 1)
-    with torch.no_grad():
+    spec = build_spec(resolve_task(model, task), size, dynamic_batch, model)
+    external = model_bytes(model) > EXTERNAL_DATA_BYTES
+    with exporting(model):
+        adapter = build_adapter(model, spec)
+        # a dynamic batch is exported from batch 2: torch.export specialises sizes 0 and 1
+        args = spec.example_inputs(2 if dynamic_batch else 1)
         try:
             as_tuple(adapter(*args))
         except ExportError:
             raise
         except Exception as e:
             raise ModelDoesNotRun(f"the model does not run on inputs of size {tuple(args[0].shape)} in PyTorch "
-                              f"({_first_line(e)}); pick another --input-size") from e
-    external = model_bytes(model) > EXTERNAL_DATA_BYTES
-    order = [exporter] + ([e for e in EXPORTERS if e != exporter] if fallback else [])
-    failures: list[str] = []
-    for name in order:
-        for stale in (path, Path(str(path) + ".data")):
-            stale.unlink(missing_ok=True)
+                                  f"({_first_line(e)}); pick another --input-size") from e
+
+        def attempt(name: str) -> OnnxExport:
+            for stale in (path, Path(str(path) + ".data")):
+                stale.unlink(missing_ok=True)
+            try:
+                writer = {"dynamo": _export_dynamo, "legacy": _export_legacy}[name]  # looked up now: tests patch them
+                writer(adapter, args, path, spec, opset, external, optimize)
+                onnx.checker.check_model(str(path))
+                written = _written_opset(path)
+                if written != opset:  # the dynamo exporter keeps 18 when it cannot convert down, and says so quietly
+                    raise ExportError(f"asked for opset {opset}, the exporter wrote opset {written}")
+            except Exception as e:  # noqa: BLE001 - any exporter failure is reported (and may fall back)
+                raise ExporterFailed(f"the {name} exporter failed ({_first_line(e)})") from e
+            return OnnxExport(path=path, spec=spec, opset=opset, exporter=name, requested_exporter=exporter,
+                              external_data=external)
+
         try:
-            with torch.no_grad():
-                (_export_dynamo if name == "dynamo" else _export_legacy)(adapter, args, path, spec, opset, external,
-                                                                          optimize)
-            onnx.checker.check_model(str(path))
-            written = _written_opset(path)
-            if written != opset:  # the dynamo exporter keeps 18 when it cannot convert down, and says so quietly
-                raise ExportError(f"asked for opset {opset}, the exporter wrote opset {written}")
-        except Exception as e:  # noqa: BLE001 - any exporter failure is reported (and may fall back)
-            failures.append(f"{name} exporter: {_first_line(e)}")
-            if name != order[-1]:
-                print(f"note: the {name} exporter failed ({_first_line(e)}); retrying with the "
-                      f"{order[order.index(name) + 1]} exporter", file=sys.stderr)
-            continue
-        result = OnnxExport(path=path, spec=spec, opset=opset, exporter=name, requested_exporter=exporter,
-                            fallback_reason=failures[0] if failures else None, external_data=external)
-        if simplify is not False:
-            result.simplified = _simplify(path, required=bool(simplify))
-        return result
-    raise ExportError(f"ONNX export of {type(model).__name__} failed: " + " | ".join(failures))
+            result, failures = try_exporters(order, attempt)
+        except ExporterFailed as e:
+            raise ExportError(f"ONNX export of {type(model).__name__} failed: "
+                              + " | ".join(getattr(e, "reasons", [str(e)]))) from e
+    result.fallback_reason = failures[0] if failures else None
+    if simplify is not False:
+        result.simplified = _simplify(path, required=bool(simplify))
+    return result

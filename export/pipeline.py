@@ -8,8 +8,9 @@ and :class:`zoo.errors.ExportError` carries the report.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,15 +19,28 @@ from typing import Any
 from torch import nn
 
 import zoo
+from zoo.data.transforms import resolve_data_config
 from zoo.errors import ExportError
+from zoo.heads import task_class
 
 from .calib import load_calibration, synthetic_calibration
 from .metadata import io_description, preprocessing, write_sidecar
 from .mobile import OrtConversion, to_ort
-from .onnx_export import DEFAULT_OPSET, EXPORTERS, ModelDoesNotRun, OnnxExport, to_onnx
+from .onnx_export import (
+    DEFAULT_OPSET,
+    EXPORTERS,
+    ExporterFailed,
+    ModelDoesNotRun,
+    OnnxExport,
+    exporter_order,
+    to_onnx,
+    try_exporters,
+)
 from .parity import Batch, ParityReport, ParitySet, check_parity, compare_files, torch_outputs
 from .quantize import QuantReport, quantize_int8
-from .spec import ExportSpec, build_adapter, infer_task, normalize_input_size
+from .spec import ExportSpec, build_adapter, normalize_input_size, resolve_task
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "ort", "pte", "tflite")
 #: formats written by an optional runtime instead of ONNX (export.executorch, export.tflite); no .onnx is written
@@ -87,12 +101,12 @@ def load_model(source: str | nn.Module, *, model_name: str | None = None, task: 
         if not name:
             raise ExportError(f"{source!r} has no LightZoo sidecar naming its model; pass --model NAME")
         task = task or meta.get("task")
-        model = zoo.create_model(name, checkpoint_path=source, task=task or "classification", head=head,
+        model = zoo.create_model(name, checkpoint_path=source, task=task, head=head,
                                  num_classes=num_classes)
         return model.eval(), meta, f"{name}_{Path(source).stem}", task
     if _looks_like_path(source):
         raise ExportError(f"checkpoint file {source!r} does not exist")
-    model = zoo.create_model(source, pretrained=pretrained, task=task or "classification", head=head,
+    model = zoo.create_model(source, pretrained=pretrained, task=task, head=head,
                              num_classes=num_classes)
     return model.eval(), meta, source, task
 
@@ -146,10 +160,11 @@ def export_model(
     calib_limit: int = 64,
     target_platform: str | None = None,
     latency_rounds: int = 20,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export a model name, a checkpoint (``.safetensors`` with sidecar, or an official file with ``model_name``)
     or an ``nn.Module`` to ``out_dir``; see the module docstring and ``zoo export --help`` for the options."""
+    log = log or logger.info
     if format not in FORMATS:
         raise ExportError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     if format in RUNTIME_FORMATS:
@@ -159,25 +174,26 @@ def export_model(
                               "--dynamic-batch are for onnx/ort")
     model, meta, default_name, task = load_model(source, model_name=model_name, task=task, head=head,
                                                  num_classes=num_classes, pretrained=pretrained)
-    pre = preprocessing(model, meta)
-    in_chans = int(meta.get("in_chans") or pre["default_input_size"][0])
-    size = normalize_input_size(input_size if input_size is not None else pre["default_input_size"][1:], in_chans)
-    task = infer_task(model, size, task)
+    task = resolve_task(model, task)
+    data_config = resolve_data_config(model)
+    in_chans = int(data_config["input_size"][0])
+    size = normalize_input_size(input_size if input_size is not None else data_config["input_size"][1:], in_chans)
+    if len(size) == 3:
+        data_config["input_size"] = size  # the sidecar's recipe is for the exported size
+    n_inputs = len(task_class(model, task).input_names)
     exporter = exporter or preferred_exporter(model)
     name = name or default_name
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    # detection inputs are [0, 1] images: the detector normalises inside the graph
-    norm = (None, None) if task == "detection" else (pre["mean"], pre["std"])
-    crop = pre["crop_pct"] if task == "classification" else None
     images: Batch | None = None
     if calib is not None:
         if len(size) != 3:
             raise ExportError("--calib reads 2D images; volumetric models (input C,D,H,W) calibrate on synthetic data")
-        n_inputs = 2 if task == "change_detection" else 1
-        images = load_calibration(calib, size, n_inputs, *norm, crop_pct=crop, limit=calib_limit)
+        images = load_calibration(calib, data_config, n_inputs, limit=calib_limit)
         log(f"calibration images: {len(images[0])} from {calib}")
+    norm = (None, None) if data_config["normalize_in_model"] else (data_config["mean"], data_config["std"])
+    pre = preprocessing(data_config)
 
     if format in RUNTIME_FORMATS:
         return _export_runtime(format, model, meta, name, task, size, pre, out / f"{name}.{format}", images,
@@ -188,9 +204,9 @@ def export_model(
     spec = ex.spec
     scale = parity.sets[0].max_abs_ref[spec.primary_output]  # not detection's anchors (hundreds of pixels)
     if scale < 10 * parity.atol:
-        print(f"warning: the model's outputs are tiny (max |output| {scale:.1e}, as in an untrained network), so a "
-              f"tolerance of {parity.atol:.0e} cannot tell a right graph from a wrong one; export trained weights "
-              "(or see export.probe.make_informative)", file=sys.stderr)
+        warnings.warn(f"the model's outputs are tiny (max |output| {scale:.1e}, as in an untrained network), so a "
+                      f"tolerance of {parity.atol:.0e} cannot tell a right graph from a wrong one; export trained "
+                      "weights (or see export.probe.make_informative)", stacklevel=2)
     result = ExportResult(name, task, ex, parity=[parity])
     base = _base_fields(model, meta, name, task, spec, pre, ex, _output_shapes(model, spec))
     result.files.append(ex.path)
@@ -200,8 +216,9 @@ def export_model(
         calibration = images
         source_desc = f"{len(images[0])} images from {calib}" if images is not None else ""
         if calibration is None:
-            print("warning: no --calib folder given: int8 calibration runs on synthetic images, whose activation "
-                  "ranges differ from real photos; accuracy of the int8 model is only indicative", file=sys.stderr)
+            warnings.warn("no --calib folder given: int8 calibration runs on synthetic images, whose activation "
+                          "ranges differ from real photos; accuracy of the int8 model is only indicative",
+                          stacklevel=2)
             calibration = synthetic_calibration(size, len(spec.input_names), 16, *norm)
             source_desc = "synthetic"
         int8_path = out / f"{name}.int8.onnx"
@@ -259,38 +276,41 @@ def export_onnx_verified(
 
     An exporter can succeed and still write a wrong graph: the TorchScript tracer (legacy) silently drops in-place
     writes through views (e.g. ``out.view(...).add_(...)``), which EMOv2's window attention uses. So a parity
-    failure, like an exception, triggers the other exporter (with a printed note) when ``fallback`` is on; the
-    result records why. Raises :class:`ExportError` with every report when no exporter gives a matching graph
-    (the last file is then renamed ``*.parity_failed.onnx``).
+    failure, like an exception, triggers the other exporter (through :func:`export.onnx_export.try_exporters`, the
+    one fallback policy, which logs a warning) when ``fallback`` is on; the result records why. Raises
+    :class:`ExportError` with every report when no exporter gives a matching graph (the last file is then renamed
+    ``*.parity_failed.onnx``).
     """
-    order = [exporter] + ([e for e in EXPORTERS if e != exporter] if fallback else [])
-    reasons: list[str] = []
-    for i, name in enumerate(order):
-        last = i == len(order) - 1
+    failed_parity: list[ParityReport] = []
+
+    def attempt(name: str) -> tuple[OnnxExport, ParityReport]:
         try:
             ex = to_onnx(model, path, input_size, task=task, dynamic_batch=dynamic_batch, opset=opset, exporter=name,
                          fallback=False, simplify=simplify, in_chans=in_chans, optimize=optimize)
         except ModelDoesNotRun:
             raise
         except ExportError as e:
-            reasons.append(str(e))
-            if last:
-                raise ExportError("no exporter produced a graph: " + " | ".join(reasons)) from e
-            print(f"note: {e}; retrying with the {order[i + 1]} exporter", file=sys.stderr)
-            continue
+            failed_parity.clear()
+            raise ExporterFailed(str(e)) from e
         parity = check_parity(model, ex.path, ex.spec, images=images, n_random=n_random, atol=atol,
                               raise_on_fail=False)
-        if parity.passed:
-            ex.requested_exporter = exporter
-            ex.fallback_reason = " | ".join(reasons) or None
-            return ex, parity
-        reasons.append(f"the {name} exporter wrote a graph that does not match PyTorch (max abs diff "
-                       f"{parity.max_abs_diff:.2e}, top-1 agreement {100 * parity.agreement:.2f}%)")
-        if last:
-            raise _fail(ex.path, f"the exported model does not match PyTorch:\n{parity.summary()}\n"
-                                 f"tried: {' | '.join(reasons)}")
-        print(f"note: {reasons[-1]}; retrying with the {order[i + 1]} exporter", file=sys.stderr)
-    raise AssertionError("unreachable: the last exporter either returns or raises")
+        if not parity.passed:
+            failed_parity[:] = [parity]
+            raise ExporterFailed(f"the {name} exporter wrote a graph that does not match PyTorch (max abs diff "
+                                 f"{parity.max_abs_diff:.2e}, top-1 agreement {100 * parity.agreement:.2f}%)")
+        return ex, parity
+
+    try:
+        (ex, parity), reasons = try_exporters(exporter_order(exporter, fallback), attempt)
+    except ExporterFailed as e:
+        tried = " | ".join(getattr(e, "reasons", [str(e)]))
+        if failed_parity:  # the last exporter wrote a file, and it is wrong
+            raise _fail(Path(path), f"the exported model does not match PyTorch:\n{failed_parity[0].summary()}\n"
+                                    f"tried: {tried}") from e
+        raise ExportError("no exporter produced a graph: " + tried) from e
+    ex.requested_exporter = exporter
+    ex.fallback_reason = " | ".join(reasons) or None
+    return ex, parity
 
 
 def _output_shapes(model: nn.Module, spec: ExportSpec) -> dict[str, list[Any]]:
@@ -354,11 +374,10 @@ def _export_runtime(format: str, model: nn.Module, meta: dict[str, Any], name: s
 def _base_fields(model: nn.Module, meta: dict[str, Any], name: str, task: str, spec: ExportSpec,
                  pre: dict[str, Any], ex: OnnxExport | None, output_shapes: dict[str, list[Any]]) -> dict[str, Any]:
     fields: dict[str, Any] = {
-        "model": meta.get("model") or name, "task": task, "head": meta.get("head") or getattr(model, "head_name", None),
+        "model": meta.get("model") or name, "task": task, "head": meta.get("head") or getattr(model, "head", None),
         "num_classes": _num_classes(model, meta), "class_names": _class_names(model, meta),
         "input_size": list(spec.input_size), "dynamic_batch": spec.dynamic_batch,
-        "preprocessing": {**pre, "input_range": "[0, 1] (normalised inside)" if task == "detection"
-                          else "(x / 255 - mean) / std"},
+        "preprocessing": pre,
         **io_description(spec, output_shapes),
         "source_checkpoint_metrics": meta.get("metrics"),
     }
@@ -366,18 +385,6 @@ def _base_fields(model: nn.Module, meta: dict[str, Any], name: str, task: str, s
         fields.update({"opset": ex.opset, "exporter": ex.exporter, "exporter_requested": ex.requested_exporter,
                        "exporter_fallback_reason": ex.fallback_reason, "simplified": ex.simplified,
                        "external_data": ex.external_data})
-    if task == "detection":
-        from .detection import DetectionAdapter
-
-        # what export.detection_postprocess needs (decode, thresholds, NMS), read from the detector itself
-        fields["postprocess"] = {**DetectionAdapter(model, spec.input_size).params,
-                                 "function": "zoo.export.detection_postprocess(outputs, sidecar['postprocess'])"}
-        meaning = {
-            "cls_logits": "raw class logits per anchor (N, A, C); scores per postprocess.score",
-            "bbox_regression": "box deltas per anchor (N, A, 4), decoded against anchors by postprocess.box_coder",
-            "bbox_ctrness": "FCOS centerness logits per anchor (N, A, 1)",
-            "anchors": "anchor boxes (A, 4), xyxy in input pixels, no batch axis; levels in "
-                       "postprocess.num_anchors_per_level",
-        }
-        fields["output_meaning"] = {n: meaning[n] for n in spec.output_names}
+    # what an app needs to turn the outputs into predictions (detection: decoding, thresholds, NMS)
+    fields.update(task_class(model, task).export_metadata(model, spec.input_size))
     return fields

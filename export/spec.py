@@ -1,7 +1,7 @@
-"""What an exported graph looks like for each task: input/output names, shapes, and the adapter that produces them.
+"""What an exported graph looks like: input/output names and shapes, read from the task model.
 
-Every task model is wrapped in a small adapter before export so that the ONNX graph has the same, documented
-interface whatever the model returns in PyTorch (a tensor, a dict such as torchvision's ``{"out": ...}``, ...):
+The graph's interface is the task model's (:class:`zoo.heads.TaskModel`): its ``input_names``, its
+``graph_output_names`` and its export adapter (what the graph computes). For LightZoo's tasks:
 
 =================  ==============================  ===================================================
 task               inputs (float32, normalised)    outputs
@@ -21,19 +21,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 from torch import nn
 
 from zoo.errors import ExportError, InputShapeError
+from zoo.heads import get_task, task_class, task_names
 
-TASKS = ("classification", "segmentation", "change_detection", "detection")
+TASKS: tuple[str, ...] = task_names()
 
-#: default parity tolerance (max abs diff) per task. Classification logits are few and small, so 1e-4 holds with
-#: margin for float32 re-association in onnxruntime's fused kernels. Dense outputs are produced through a decoder,
-#: upsampling and many more accumulation steps over larger values, and are compared at every pixel / anchor: the
-#: worst of ~10^5 values drifts further than the worst of 10, so they get 1e-3.
-DEFAULT_ATOL = {"classification": 1e-4, "segmentation": 1e-3, "change_detection": 1e-3, "detection": 1e-3}
+#: default parity tolerance (max abs diff) per task, from the task classes (``TaskModel.export_atol``)
+DEFAULT_ATOL: Mapping[str, float] = MappingProxyType({t: get_task(t).export_atol for t in TASKS})
 
 
 def normalize_input_size(input_size: int | Sequence[int], in_chans: int = 3) -> tuple[int, ...]:
@@ -65,121 +64,55 @@ class ExportSpec:
     class_axis: int = 1
     #: outputs that carry no batch dimension (detection anchors)
     batchless_outputs: list[str] = field(default_factory=list)
+    #: True: inputs are normalised images; False: ``[0, 1]`` images the graph normalises itself (detection)
+    normalized_inputs: bool = True
 
     def example_inputs(self, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-        """Standard-normal inputs (the scale of normalised images), reproducible by ``seed``; detection graphs take
-        [0, 1] images (they normalise inside), so they get uniform [0, 1) inputs."""
+        """Standard-normal inputs (the scale of normalised images), reproducible by ``seed``; graphs that take
+        [0, 1] images (they normalise inside) get uniform [0, 1) inputs."""
         g = torch.Generator().manual_seed(seed)
-        if self.task == "detection":
-            return tuple(torch.rand(batch, *self.input_size, generator=g) for _ in self.input_names)
-        return tuple(torch.randn(batch, *self.input_size, generator=g) for _ in self.input_names)
+        draw = torch.randn if self.normalized_inputs else torch.rand
+        return tuple(draw(batch, *self.input_size, generator=g) for _ in self.input_names)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         names = self.input_names + [o for o in self.output_names if o not in self.batchless_outputs]
         return {n: {0: "batch"} for n in names}
 
 
-class ClassificationAdapter(nn.Module):
-    """``input`` -> ``logits``; accepts models returning a tensor or a one-entry dict."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002  (the graph input's name)
-        return _primary_tensor(self.model(input))
-
-
-class DenseAdapter(ClassificationAdapter):
-    """Segmentation: ``input`` -> per-pixel ``logits``; torchvision-style ``{"out": ..., "aux": ...}`` keeps ``out``."""
-
-
-class ChangeAdapter(nn.Module):
-    """Change detection: two co-registered images (``input_a`` before, ``input_b`` after) -> ``logits``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_a: torch.Tensor, input_b: torch.Tensor) -> torch.Tensor:
-        return _primary_tensor(self.model(input_a, input_b))
-
-
-def _primary_tensor(out: object) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, Mapping):
-        if "out" in out:
-            return out["out"]
-        if len(out) == 1:
-            return next(iter(out.values()))
-    if isinstance(out, (list, tuple)) and len(out) == 1 and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise ExportError(
-        f"the model returns {type(out).__name__} in eval mode; export needs a tensor (or a dict with 'out'). "
-        "Wrap the model so that forward() returns the tensor an app should receive."
-    )
-
-
-def guess_task(model: nn.Module) -> str:
-    """The task of a model built by ``zoo.create_model`` (its ``task`` attribute), else classification."""
-    task = getattr(model, "task", None)
-    return task if task in TASKS else "classification"
-
-
-@torch.no_grad()
-def infer_task(model: nn.Module, input_size: tuple[int, ...], task: str | None) -> str:
-    """``task`` when given; else a model whose plain output is a map (rank > 2, e.g. LightM-UNet, which is a
-    complete segmentation network registered as a backbone) is segmentation, anything else classification."""
-    if task is not None:
-        return task
-    guess = guess_task(model)
-    if guess != "classification":
-        return guess
+def resolve_task(model: nn.Module, task: str | None = None) -> str:
+    """The task of ``model``: its own for a task model, else its declared ``task``, else ``task``, else
+    classification (see :func:`zoo.heads.task_class`)."""
     try:
-        out = model.eval()(torch.zeros(1, *input_size))
-    except Exception:  # noqa: BLE001 - to_onnx reports a model that cannot run with a clear error
-        return guess
-    out = _primary_tensor(out) if not isinstance(out, torch.Tensor) else out
-    return "segmentation" if out.ndim > 2 else guess
+        return task_class(model, task).task
+    except Exception as e:  # noqa: BLE001 - ConfigError from the registry becomes an export error here
+        raise ExportError(str(e)) from e
 
 
-def build_spec(task: str, input_size: tuple[int, ...], dynamic_batch: bool = False,
+def build_spec(task: str | None, input_size: tuple[int, ...], dynamic_batch: bool = False,
                model: nn.Module | None = None) -> ExportSpec:
-    """The graph interface for ``task`` (see the module docstring)."""
-    if task not in TASKS:
-        raise ExportError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    if task == "classification":
-        return ExportSpec(task, input_size, ["input"], ["logits"], dynamic_batch)
-    if task == "segmentation":
-        return ExportSpec(task, input_size, ["input"], ["logits"], dynamic_batch)
-    if task == "change_detection":
-        return ExportSpec(task, input_size, ["input_a", "input_b"], ["logits"], dynamic_batch)
-    if model is None:
-        raise ExportError("a detection export spec needs the model (its head decides the outputs)")
-    from .detection import output_names
-
-    # agreement is counted per anchor on the arg-max class of the raw logits
-    return ExportSpec(task, input_size, ["images"], output_names(model), dynamic_batch, primary_output="cls_logits",
-                      class_axis=2, batchless_outputs=["anchors"])
+    """The graph interface of ``model`` (or of ``task`` when no model is given) at ``input_size``."""
+    try:
+        cls = task_class(model, task) if model is not None else get_task(task or TASKS[0])
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(str(e)) from e
+    outputs = cls.graph_output_names(model) if model is not None else cls.output_names
+    if not outputs:
+        raise ExportError(f"a {cls.task} export spec needs the model (its head decides the outputs)")
+    spec = cls.input_spec_of(model, input_size, dynamic_batch) if model is not None else None
+    normalized = spec.normalized if spec is not None else not cls.data_rules.get("normalize_in_model", False)
+    return ExportSpec(cls.task, tuple(input_size), list(cls.input_names), list(outputs), dynamic_batch,
+                      primary_output=cls.primary_output, class_axis=cls.class_axis,
+                      batchless_outputs=list(cls.batchless_outputs), normalized_inputs=normalized)
 
 
 def build_adapter(model: nn.Module, spec: ExportSpec) -> nn.Module:
-    """Wrap ``model`` so its forward takes the spec's inputs and returns its outputs as a tuple or tensor."""
-    if isinstance(model, (ClassificationAdapter, ChangeAdapter)) or getattr(model, "is_export_adapter", False):
+    """Wrap ``model`` so its forward takes the spec's inputs and returns its outputs (the task model's adapter)."""
+    if getattr(model, "is_export_adapter", False):
         return model
-    if spec.task == "classification":
-        return ClassificationAdapter(model).eval()
-    if spec.task == "segmentation":
-        return DenseAdapter(model).eval()
-    if spec.task == "change_detection":
-        return ChangeAdapter(model).eval()
-    if spec.task == "detection":
-        from .detection import DetectionAdapter
-
-        return DetectionAdapter(model, spec.input_size).eval()
-    raise ExportError(f"no export adapter for task {spec.task!r}")
+    return task_class(model, spec.task).adapter_for(model, spec.input_size)
 
 
 def as_tuple(out: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return (out,) if isinstance(out, torch.Tensor) else tuple(out)
+
+

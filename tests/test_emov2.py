@@ -415,7 +415,7 @@ def test_emov2_torch_export() -> None:
 
 # --- zoo bench -----------------------------------------------------------------------------------------------------
 def test_zoo_bench_prints_params_macs_and_latency_columns(capsys) -> None:
-    from zoo.cli_bench import main
+    from zoo.bench.cli import main
 
     assert main(["emov2_1m", "--peer", "none", "--batch", "1", "2", "--size", "32", "--rounds", "1",
                  "--warmup", "0", "--threads", "1"]) == 0
@@ -426,7 +426,7 @@ def test_zoo_bench_prints_params_macs_and_latency_columns(capsys) -> None:
 
 
 def test_zoo_bench_ratio_to_peer_is_one_for_the_peer() -> None:
-    from zoo.cli_bench import bench
+    from zoo.bench.cli import bench
 
     rows = bench(["emov2_1m"], peer="emov2_1m_256", batches=(1,), size=(32, 32), rounds=1, warmup=0)
     assert [r["name"] for r in rows] == ["emov2_1m_256", "emov2_1m"]

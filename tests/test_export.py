@@ -19,6 +19,7 @@ from zoo.export.parity import agreement, make_session
 from zoo.export.pipeline import export_onnx_verified
 
 import zoo
+from zoo.data.transforms import data_config_for
 from zoo.errors import DataError, ExportError
 
 TINY = "mobilenetv3_small_050"  # timm; 0.57M params, exports in ~1 s with the legacy exporter
@@ -89,7 +90,7 @@ def test_session_spinning_options_reach_onnxruntime(tmp_path: Path) -> None:
     assert entries(stop_spinning_after_run=True) == ("", "1")
 
 
-def test_exporter_exception_falls_back_and_is_recorded(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_exporter_exception_falls_back_and_is_recorded(tmp_path: Path, monkeypatch, caplog) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated dynamo failure")
 
@@ -97,7 +98,7 @@ def test_exporter_exception_falls_back_and_is_recorded(tmp_path: Path, monkeypat
     ex = export.to_onnx(tiny_model(), tmp_path / "m.onnx", 64)
     assert ex.exporter == "legacy" and ex.requested_exporter == "dynamo"
     assert "simulated dynamo failure" in ex.fallback_reason
-    assert "retrying with the legacy exporter" in capsys.readouterr().err
+    assert "retrying with the legacy exporter" in caplog.text
     with pytest.raises(ExportError, match="simulated dynamo failure"):
         export.to_onnx(tiny_model(), tmp_path / "n.onnx", 64, fallback=False)
 
@@ -115,7 +116,7 @@ class ViewInplace(nn.Module):
         return self.fc(out)
 
 
-def test_wrong_graph_from_an_exporter_triggers_fallback_on_parity(tmp_path: Path, capsys) -> None:
+def test_wrong_graph_from_an_exporter_triggers_fallback_on_parity(tmp_path: Path, caplog) -> None:
     model = ViewInplace().eval()
     with pytest.raises(ExportError, match="does not match PyTorch") as err:
         export_onnx_verified(model, tmp_path / "v.onnx", 8, exporter="legacy", fallback=False, n_random=2)
@@ -124,7 +125,7 @@ def test_wrong_graph_from_an_exporter_triggers_fallback_on_parity(tmp_path: Path
     assert not (tmp_path / "v.onnx").exists() and (tmp_path / "v.parity_failed.onnx").exists()
     ex, parity = export_onnx_verified(model, tmp_path / "v.onnx", 8, exporter="legacy", n_random=2, optimize=False)
     assert ex.exporter == "dynamo" and "legacy exporter wrote a graph that does not match" in ex.fallback_reason
-    assert parity.passed and "retrying with the dynamo exporter" in capsys.readouterr().err
+    assert parity.passed and "retrying with the dynamo exporter" in caplog.text
 
 
 def test_unknown_exporter_and_bad_size_are_clear_errors(tmp_path: Path) -> None:
@@ -162,24 +163,24 @@ def test_parity_failure_reports_both_figures(tmp_path: Path) -> None:
 def test_preprocess_normalises_like_the_model_expects(tmp_path: Path) -> None:
     Image.new("RGB", (40, 20), (255, 0, 128)).save(tmp_path / "c.png")
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    arr = preprocess(tmp_path / "c.png", (3, 16, 16), mean, std, crop_pct=0.875)
+    arr = preprocess(tmp_path / "c.png", data_config_for((3, 16, 16), mean, std, crop_pct=0.875))
     assert arr.shape == (3, 16, 16) and arr.dtype == np.float32
     expected = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
     np.testing.assert_allclose(arr.mean((1, 2)), expected, atol=1e-5)
-    four = preprocess(tmp_path / "c.png", (4, 8, 8), mean, std, crop_pct=None)  # RGB + a zero channel (PHC nets)
+    four = preprocess(tmp_path / "c.png", data_config_for((4, 8, 8), mean, std))  # RGB + a zero channel (PHC nets)
     assert four.shape == (4, 8, 8) and np.all(four[3] == 0)
 
 
 def test_change_detection_calibration_needs_a_and_b(tmp_path: Path) -> None:
     write_images(tmp_path / "A", 2)
     with pytest.raises(DataError, match="A/ and B/"):
-        load_calibration(tmp_path, (3, 16, 16), n_inputs=2)
+        load_calibration(tmp_path, data_config_for((3, 16, 16)), n_inputs=2)
     write_images(tmp_path / "B", 3)
-    a, b = load_calibration(tmp_path, (3, 16, 16), n_inputs=2)
+    a, b = load_calibration(tmp_path, data_config_for((3, 16, 16)), n_inputs=2)
     assert a.shape == b.shape == (2, 3, 16, 16)  # only names present in both folders
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no images"):
-        load_calibration(tmp_path / "empty", (3, 16, 16))
+        load_calibration(tmp_path / "empty", data_config_for((3, 16, 16)))
 
 
 # ---------------------------------------------------------------------------------- checkpoint -> ort + int8 (CLI)
@@ -230,15 +231,15 @@ def test_cli_checkpoint_to_ort_with_int8_and_sidecars(tmp_path: Path, capsys) ->
         np.testing.assert_allclose(y, model(torch.from_numpy(x)).numpy(), atol=1e-4)
 
 
-def test_dynamic_int8_and_synthetic_calibration_warning(tmp_path: Path, capsys) -> None:
+def test_dynamic_int8_and_synthetic_calibration_warning(tmp_path: Path) -> None:
     model = tiny_model()
-    result = export.export_model(model, tmp_path, name="m", input_size=64, exporter="legacy", int8=True,
-                                 int8_mode="dynamic", latency_rounds=0, n_random=2)
+    with pytest.warns(UserWarning, match="synthetic images"):
+        result = export.export_model(model, tmp_path, name="m", input_size=64, exporter="legacy", int8=True,
+                                     int8_mode="dynamic", latency_rounds=0, n_random=2)
     assert result.quant is not None and result.quant.mode == "dynamic"
     assert result.quant.size_int8 < result.quant.size_fp32
     ops = {n.op_type for n in onnx.load(str(tmp_path / "m.int8.onnx")).graph.node}
     assert "ConvInteger" in ops or "DynamicQuantizeLinear" in ops
-    assert "synthetic images" in capsys.readouterr().err
 
 
 def test_cli_errors_are_reported_by_the_dispatcher(tmp_path: Path, capsys) -> None:

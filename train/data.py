@@ -19,6 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zoo.errors import ConfigError
+from zoo.heads.change import ChangeModel
+from zoo.heads.detection import DetectionModel
+from zoo.heads.segmentation import SegmentationModel
 
 
 class ResumableSampler(Sampler):
@@ -112,6 +115,8 @@ class DataBundle:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     color: str = "rgb"  # how predict reads a user's image: "rgb" or "gray" (grey copied to in_chans channels)
     collate_fn: Callable[[list[Any]], Any] | None = None
+    #: the evaluation preprocessing (``zoo.data.transforms``'s data config) the model and checkpoint carry
+    data_config: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -145,14 +150,28 @@ def build_classification_data(cfg: Any, in_chans: int | None) -> DataBundle:
         mean = tuple(d.mean) if d.mean else DIGITS_MEAN * c
         std = tuple(d.std) if d.std else DIGITS_STD * c
         kw = dict(img_size=d.img_size, in_chans=c, val_fraction=d.val_fraction, mean=mean, std=std)
+        # the digits are 8x8 arrays upsampled straight to img_size (bilinear): a user's digit image the same way
+        dc = _data_config(cfg, c, mean, std, color="gray", crop_pct=1.0, crop_mode="squash", interpolation="bilinear")
         return DataBundle(DigitsDataset("train", augment=d.augment, **kw), DigitsDataset("val", **kw),
                           num_classes=10, class_names=list(DIGITS_CLASSES), in_chans=c, mean=mean, std=std,
-                          color="gray")
+                          color="gray", data_config=dc)
     if d.dataset == "folder":
         return _image_folder(cfg, in_chans)
     if d.dataset == "synthetic":
         return _synthetic_classification(cfg, in_chans)
     raise ConfigError(f"data.dataset {d.dataset!r} is not a classification dataset; use digits, folder or synthetic")
+
+
+def _data_config(cfg: Any, in_chans: int, mean: Any = None, std: Any = None, **values: Any) -> dict[str, Any]:
+    """The model's evaluation preprocessing for this run: the backbone's timm config, the task's rules and the
+    data settings (``data.img_size``, mean/std, how images are read)."""
+    from zoo.data.transforms import resolve_model_data_config
+
+    size = cfg.data.img_size
+    overrides = {"input_size": (in_chans, size, size), "in_chans": in_chans,
+                 "mean": tuple(mean) if mean is not None else None, "std": tuple(std) if std is not None else None,
+                 **values}
+    return resolve_model_data_config(cfg.model.name, cfg.task, overrides)
 
 
 def _image_folder(cfg: Any, in_chans: int | None) -> DataBundle:
@@ -161,6 +180,8 @@ def _image_folder(cfg: Any, in_chans: int | None) -> DataBundle:
 
     from torchvision import datasets
     from torchvision.transforms import v2 as T
+
+    from zoo.data.transforms import create_eval_transform
 
     d = cfg.data
     if not d.root:
@@ -175,9 +196,10 @@ def _image_folder(cfg: Any, in_chans: int | None) -> DataBundle:
     mode = "L" if c == 1 else "RGB"
     common = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
     size = d.img_size
+    dc = _data_config(cfg, c, mean, std)
+    val_tf = create_eval_transform(dc)  # the model's one evaluation preprocessing (zoo eval, predict, export)
     train_tf = T.Compose([T.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), T.RandomHorizontalFlip(),
-                          *common] if d.augment else [T.Resize((size, size), antialias=True), *common])
-    val_tf = T.Compose([T.Resize((size, size), antialias=True), *common])
+                          *common]) if d.augment else val_tf
 
     def loader(path: str) -> Any:
         from PIL import Image
@@ -190,7 +212,7 @@ def _image_folder(cfg: Any, in_chans: int | None) -> DataBundle:
     if train.classes != val.classes:
         raise ConfigError(f"train and val folders list different classes: {train.classes} vs {val.classes}")
     return DataBundle(train, val, num_classes=len(train.classes), class_names=list(train.classes), in_chans=c,
-                      mean=mean, std=std, color="gray" if c == 1 else "rgb")
+                      mean=mean, std=std, color="gray" if c == 1 else "rgb", data_config=dc)
 
 
 class _RandomImages(Dataset):
@@ -221,7 +243,7 @@ def _synthetic_classification(cfg: Any, in_chans: int | None) -> DataBundle:
     size = cfg.data.img_size
     return DataBundle(_RandomImages(n, k, size, c, seed=1), _RandomImages(max(n // 4, 8), k, size, c, seed=2),
                       num_classes=k, class_names=[f"class{i}" for i in range(k)], in_chans=c,
-                      mean=(0.0,) * c, std=(1.0,) * c)
+                      mean=(0.0,) * c, std=(1.0,) * c, data_config=_data_config(cfg, c, (0.0,) * c, (1.0,) * c))
 
 
 
@@ -255,14 +277,13 @@ def build_dense_data(cfg: Any, task: str) -> DataBundle:
     """
     from pathlib import Path
 
-    from zoo.data.collate import collate_fn
-    from zoo.data.datasets import ChangeDetectionDataset, CocoDetectionDataset, SegmentationFolderDataset
-    from zoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+    from zoo.heads import get_task
 
+    model_cls = get_task(task)
+    dataset, build = next(_DENSE_DATA[c] for c in model_cls.__mro__ if c in _DENSE_DATA)
     d = cfg.data
-    expected = {"detection": "coco", "segmentation": "seg_folder", "change_detection": "levir_cd"}[task]
-    if d.dataset not in (expected, "synthetic"):
-        raise ConfigError(f"data.dataset {d.dataset!r} does not fit task {task}; use {expected} or synthetic")
+    if d.dataset not in (dataset, "synthetic"):
+        raise ConfigError(f"data.dataset {d.dataset!r} does not fit task {task}; use {dataset} or synthetic")
     synth_classes = None
     if d.dataset == "synthetic":
         root, synth_classes = _synth_root(cfg, task)
@@ -270,41 +291,85 @@ def build_dense_data(cfg: Any, task: str) -> DataBundle:
         raise ConfigError(f"data.root is required for data.dataset={d.dataset}")
     else:
         root = Path(d.root)
+    from zoo.data.collate import collate_fn
+    from zoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
     mean = tuple(d.mean) if d.mean else tuple(IMAGENET_MEAN)
     std = tuple(d.std) if d.std else tuple(IMAGENET_STD)
-    size = d.img_size
-    if task == "detection":
-        tf = {s: build_transforms(task, train=s == "train") for s in ("train", "val")}
+    bundle = build(cfg, task, root, synth_classes, mean, std)
+    bundle.collate_fn = collate_fn(task)
+    return bundle
 
-        def coco(split: str, train: bool) -> Any:
-            ann = root / "annotations" / f"instances_{split}.json"
-            if not ann.is_file():
-                raise ConfigError(f"no COCO annotation file {ann} (expected root/annotations/instances_{split}.json)")
-            images = root / split if (root / split).is_dir() else root / "images"
-            return CocoDetectionDataset(ann, images, transform=tf["train" if train else "val"],
-                                        num_classes=synth_classes)
 
-        train, val = coco(d.train_split, d.augment), coco(d.val_split, False)
-        # torchvision detectors normalise inside the model: images stay in [0, 1]
-        return DataBundle(train, val, num_classes=train.num_classes, class_names=list(train.classes),
-                          mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), collate_fn=collate_fn(task))
-    tf_train = build_transforms(task, train=d.augment, size=size, mean=mean, std=std)
-    tf_val = build_transforms(task, train=False, size=size, mean=mean, std=std)
+#: task model class -> (the dataset layout its data comes in, the builder); looked up along the class's MRO
+_DENSE_DATA: dict[type, tuple[str, Callable[..., DataBundle]]] = {}
+
+
+def _dense_data(model_cls: type, dataset: str) -> Callable[[Callable[..., DataBundle]], Callable[..., DataBundle]]:
+    def add(build: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
+        _DENSE_DATA[model_cls] = (dataset, build)
+        return build
+
+    return add
+
+
+@_dense_data(DetectionModel, "coco")
+def _coco_data(cfg: Any, task: str, root: Any, synth_classes: int | None, mean: Any, std: Any) -> DataBundle:
+    from zoo.data.datasets import CocoDetectionDataset
+    from zoo.data.transforms import build_transforms
+
+    d = cfg.data
+    tf = {s: build_transforms(task, train=s == "train") for s in ("train", "val")}
+
+    def coco(split: str, train: bool) -> Any:
+        ann = root / "annotations" / f"instances_{split}.json"
+        if not ann.is_file():
+            raise ConfigError(f"no COCO annotation file {ann} (expected root/annotations/instances_{split}.json)")
+        images = root / split if (root / split).is_dir() else root / "images"
+        return CocoDetectionDataset(ann, images, transform=tf["train" if train else "val"], num_classes=synth_classes)
+
+    train, val = coco(d.train_split, d.augment), coco(d.val_split, False)
+    # torchvision detectors normalise (and resize, to data.img_size) inside the model: images stay in [0, 1]
+    return DataBundle(train, val, num_classes=train.num_classes, class_names=list(train.classes),
+                      mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), data_config=_data_config(cfg, 3))
+
+
+def _dense_transforms(cfg: Any, task: str, root: Any, mean: Any, std: Any) -> tuple[Any, Any]:
+    from zoo.data.transforms import build_transforms
+
+    d = cfg.data
     for split in (d.train_split, d.val_split):
         if not (root / split).is_dir():
             raise ConfigError(f"data.root {str(root)!r} has no {split!r} folder")
-    if task == "segmentation":
-        k = synth_classes + 1 if synth_classes else None  # synthetic masks: 0 background + one per shape class
-        train = SegmentationFolderDataset(root / d.train_split, transform=tf_train, num_classes=k)
-        val = SegmentationFolderDataset(root / d.val_split, transform=tf_val, num_classes=k)
-        num = k or cfg.model.num_classes
-        if num is None:
-            raise ConfigError("set model.num_classes for a segmentation folder dataset (classes in the masks)")
-        names = ["background", *(f"class{i}" for i in range(num - 1))] if synth_classes else \
-            [f"class{i}" for i in range(num)]
-    else:
-        train = ChangeDetectionDataset(root / d.train_split, transform=tf_train)
-        val = ChangeDetectionDataset(root / d.val_split, transform=tf_val)
-        num, names = 2, ["unchanged", "changed"]
+    return (build_transforms(task, train=d.augment, size=d.img_size, mean=mean, std=std),
+            build_transforms(task, train=False, size=d.img_size, mean=mean, std=std))
+
+
+@_dense_data(SegmentationModel, "seg_folder")
+def _segmentation_data(cfg: Any, task: str, root: Any, synth_classes: int | None, mean: Any, std: Any) -> DataBundle:
+    from zoo.data.datasets import SegmentationFolderDataset
+
+    d = cfg.data
+    tf_train, tf_val = _dense_transforms(cfg, task, root, mean, std)
+    k = synth_classes + 1 if synth_classes else None  # synthetic masks: 0 background + one per shape class
+    train = SegmentationFolderDataset(root / d.train_split, transform=tf_train, num_classes=k)
+    val = SegmentationFolderDataset(root / d.val_split, transform=tf_val, num_classes=k)
+    num = k or cfg.model.num_classes
+    if num is None:
+        raise ConfigError("set model.num_classes for a segmentation folder dataset (classes in the masks)")
+    names = ["background", *(f"class{i}" for i in range(num - 1))] if synth_classes else \
+        [f"class{i}" for i in range(num)]
     return DataBundle(train, val, num_classes=num, class_names=names, mean=mean, std=std,
-                      collate_fn=collate_fn(task))
+                      data_config=_data_config(cfg, 3, mean, std))
+
+
+@_dense_data(ChangeModel, "levir_cd")
+def _change_data(cfg: Any, task: str, root: Any, synth_classes: int | None, mean: Any, std: Any) -> DataBundle:
+    from zoo.data.datasets import ChangeDetectionDataset
+
+    d = cfg.data
+    tf_train, tf_val = _dense_transforms(cfg, task, root, mean, std)
+    train = ChangeDetectionDataset(root / d.train_split, transform=tf_train)
+    val = ChangeDetectionDataset(root / d.val_split, transform=tf_val)
+    return DataBundle(train, val, num_classes=2, class_names=["unchanged", "changed"], mean=mean, std=std,
+                      data_config=_data_config(cfg, 3, mean, std))

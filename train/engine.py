@@ -669,7 +669,7 @@ class _Trainer:
             "model": cfg.model.name, "task": cfg.task, "head": cfg.model.head, "num_classes": data.num_classes,
             "class_names": data.class_names, "in_chans": data.in_chans,
             "input_size": [data.in_chans, cfg.data.img_size, cfg.data.img_size],
-            "mean": list(data.mean), "std": list(data.std), "color": data.color,
+            "mean": list(data.mean), "std": list(data.std), "color": data.color, "data_config": data.data_config,
             "model_kwargs": {k: v for k, v in cfg.model.kwargs.items() if k != "drop_path_rate"},
             "epoch": self.epoch + 1, "step": self.step, "weights": weights, "metrics": dict(metrics),
             "dataset": cfg.data.dataset, "config": cfg.to_dict(), "git_revision": self._git,

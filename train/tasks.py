@@ -1,8 +1,12 @@
-"""One small adapter per task: the only task-specific code in the trainer.
+"""The trainer's view of a task: two adapters, both driven by the task model class from ``zoo.heads``.
 
 An adapter knows how to build its datasets and model from a config, how to turn a batch into a scalar loss, and
-how to accumulate the task's metrics over a validation set. The engine (``train.engine``) does everything else
-(optimisation, precision, EMA, checkpoints, resume, DDP) identically for all four tasks.
+how to accumulate the task's metrics over a validation set. What differs between tasks (the metric that picks
+the best checkpoint, the batch keys of the images, the metric meter, the detector's internal size) is read from
+the registered task model class, so nothing here compares task names. :class:`ClassificationTask` trains the bare
+timm classifier with an external criterion (mixup, label smoothing); :class:`ModelLossTask` trains every task model
+that returns its own loss dict. The engine (``train.engine``) does everything else (optimisation, precision, EMA,
+checkpoints, resume, DDP) identically for all tasks.
 
 Evaluation accumulators are plain picklable objects with ``update`` / ``merge`` / ``compute`` so that distributed
 evaluation can gather them from every rank and merge them before computing a metric (a mean of per-rank mAPs or
@@ -18,6 +22,12 @@ from torch import nn
 
 import zoo
 from zoo.errors import ConfigError
+from zoo.factory import overlay_data_config
+from zoo.heads import get_head
+from zoo.heads import get_task as get_task_class
+from zoo.heads.base import TaskModel
+from zoo.heads.classification import ClassificationModel
+from zoo.metrics import ConfusionMeter
 
 from .data import DataBundle, build_classification_data
 
@@ -68,20 +78,29 @@ class ClassificationAccumulator(Accumulator):
 
 
 class Task:
-    """Base adapter. ``metric`` is the validation key that selects the best checkpoint (higher is better)."""
+    """Base adapter for the task model class ``model_cls``. ``metric`` is the validation key that selects the best
+    checkpoint (higher is better)."""
 
-    name = ""
-    metric = ""
+    def __init__(self, model_cls: type[TaskModel]) -> None:
+        self.model_cls = model_cls
+        self.name = model_cls.task
+        self.metric = model_cls.metric
 
     def build_data(self, cfg: Any) -> DataBundle:
         raise TypeError
 
     def build_model(self, cfg: Any, data: DataBundle) -> nn.Module:
+        """The model, with size-dependent arguments from ``data.img_size`` (a detector's internal resize) and
+        the data's resolved preprocessing as its data config."""
         m = cfg.model
+        head_cls = get_head(self.name, m.head).model_class or self.model_cls
+        kwargs = {**head_cls.size_kwargs(cfg.data.img_size), **m.kwargs}
         model = zoo.create_model(m.name, pretrained=m.pretrained, num_classes=data.num_classes,
-                                 in_chans=data.in_chans, task=self.name, head=m.head, **m.kwargs)
+                                 in_chans=data.in_chans, task=self.name, head=m.head, **kwargs)
         if m.checkpoint:
             zoo.load_checkpoint(model, m.checkpoint)
+        if data.data_config:
+            overlay_data_config(model, {"data_config": data.data_config})
         return model
 
     def setup(self, cfg: Any, data: DataBundle, device: torch.device) -> None:
@@ -113,10 +132,8 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
 class ClassificationTask(Task):
     """Images ``(N, C, H, W)`` and class indices; timm's losses and ``Mixup``."""
 
-    name = "classification"
-    metric = "top1"
-
-    def __init__(self) -> None:
+    def __init__(self, model_cls: type[TaskModel] = ClassificationModel) -> None:
+        super().__init__(model_cls)
         self.criterion: nn.Module = nn.CrossEntropyLoss()
         self.mixup: Any = None
 
@@ -161,15 +178,12 @@ class ClassificationTask(Task):
         return ClassificationAccumulator(data.num_classes)
 
 
-TASKS: dict[str, Any] = {"classification": ClassificationTask}
-
-
 def get_task(name: str) -> Task:
-    if name not in TASKS:
-        if name in zoo.TASKS:
-            raise ConfigError(f"task {name!r} needs zoo.heads / zoo.data support that is not installed yet")
-        raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(zoo.TASKS)}")
-    return TASKS[name]()
+    """The adapter for the registered task ``name`` (a ``ConfigError`` listing the tasks otherwise)."""
+    model_cls = get_task_class(name)
+    if issubclass(model_cls, ClassificationModel):  # the bare timm classifier and an external criterion
+        return ClassificationTask(model_cls)
+    return ModelLossTask(model_cls)
 
 
 class DetectionAccumulator(Accumulator):
@@ -199,12 +213,11 @@ class DetectionAccumulator(Accumulator):
 
 
 class ConfusionAccumulator(Accumulator):
-    """A confusion matrix summed over the dataset (``zoo.metrics`` meters): mIoU/Dice, or change F1/IoU."""
+    """A confusion matrix summed over the dataset (a ``zoo.metrics`` meter chosen by the task model class:
+    mIoU/Dice, or change F1/IoU)."""
 
-    def __init__(self, num_classes: int, change: bool) -> None:
-        from zoo.metrics import ChangeMeter, ConfusionMeter
-
-        self.meter = ChangeMeter(num_classes) if change else ConfusionMeter(num_classes)
+    def __init__(self, meter: ConfusionMeter) -> None:
+        self.meter = meter
 
     def update(self, output: Any, batch: Any) -> None:
         self.meter.update(output.detach().float().cpu(), batch["targets"].cpu())
@@ -217,15 +230,12 @@ class ConfusionAccumulator(Accumulator):
         return {k: v for k, v in self.meter.compute().items() if isinstance(v, float)}
 
 
-class DenseTask(Task):
+class ModelLossTask(Task):
     """Detection, segmentation and change detection: the task model returns its loss dict in train mode."""
 
-    inputs: tuple[str, ...] = ("images",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.metric = {"detection": "map", "segmentation": "miou", "change_detection": "f1"}[name]
-        self.inputs = ("image_a", "image_b") if name == "change_detection" else ("images",)
+    def __init__(self, model_cls: type[TaskModel]) -> None:
+        super().__init__(model_cls)
+        self.inputs = model_cls.batch_keys
 
     def build_data(self, cfg: Any) -> DataBundle:
         from .data import build_dense_data
@@ -233,16 +243,7 @@ class DenseTask(Task):
         return build_dense_data(cfg, self.name)
 
     def to_device(self, batch: Any, device: torch.device, channels_last: bool) -> Any:
-        out = dict(batch)
-        if self.name == "detection":
-            out["images"] = [im.to(device, non_blocking=True) for im in batch["images"]]
-            out["targets"] = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
-                              for t in batch["targets"]]
-            return out
-        for k in self.inputs:
-            out[k] = _to(batch[k], device, channels_last)
-        out["targets"] = batch["targets"].to(device, non_blocking=True)
-        return out
+        return {k: _move(v, device, channels_last and k in self.inputs) for k, v in batch.items()}
 
     def batch_size(self, batch: Any) -> int:
         return len(batch[self.inputs[0]])
@@ -255,10 +256,18 @@ class DenseTask(Task):
         return model(*(batch[k] for k in self.inputs))
 
     def accumulator(self, data: DataBundle) -> Accumulator:
-        if self.name == "detection":
-            return DetectionAccumulator(data.num_classes)
-        return ConfusionAccumulator(data.num_classes, change=self.name == "change_detection")
+        meter = self.model_cls.meter(data.num_classes)
+        if isinstance(meter, ConfusionMeter):
+            return ConfusionAccumulator(meter)
+        return DetectionAccumulator(data.num_classes)
 
 
-for _name in ("detection", "segmentation", "change_detection"):
-    TASKS[_name] = lambda _n=_name: DenseTask(_n)  # type: ignore[assignment,misc]
+def _move(value: Any, device: torch.device, channels_last: bool) -> Any:
+    """Tensors, lists of image tensors and lists of target dicts (detection) onto ``device``."""
+    if isinstance(value, torch.Tensor):
+        return _to(value, device, channels_last)
+    if isinstance(value, list):
+        return [_move(v, device, False) for v in value]
+    if isinstance(value, dict):
+        return {k: _move(v, device, False) for k, v in value.items()}
+    return value

@@ -28,8 +28,11 @@ StateDict = dict[str, torch.Tensor]
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
-    """The JSON metadata file that travels next to a ``.safetensors`` checkpoint."""
-    return Path(path).with_suffix(".json")
+    """The JSON metadata file that travels next to a model file, for checkpoints and exported files alike:
+    ``model.safetensors`` -> ``model.json``; any other file gets ``<file>.json`` (``model.onnx`` ->
+    ``model.onnx.json``), so ``model.onnx``, ``model.int8.onnx`` and ``model.ort`` in one folder never share one."""
+    path = Path(path)
+    return path.with_suffix(".json") if path.suffix == ".safetensors" else Path(f"{path}.json")
 
 
 def atomic_write_bytes(path: str | os.PathLike, write: Callable[[str], None]) -> None:

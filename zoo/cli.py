@@ -14,12 +14,12 @@ import sys
 from .errors import ZooError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "list": ("zoo.cli_models:list_main", "list LightZoo's models (optionally matching a pattern)"),
-    "info": ("zoo.cli_models:info_main", "parameters, MACs, feature pyramid and weights of a model"),
-    "bench": ("zoo.cli_bench:main", "latency/params/MACs of models side by side with a timm peer"),
+    "list": ("zoo.info.cli:list_main", "list LightZoo's models (optionally matching a pattern)"),
+    "info": ("zoo.info.cli:info_main", "parameters, MACs, feature pyramid and weights of a model"),
+    "bench": ("zoo.bench.cli:main", "latency/params/MACs of models side by side with a timm peer"),
     "train": ("zoo.train.cli:main", "train a model from a YAML config (no arguments: emov2_1m on digits)"),
     "eval": ("zoo.train.cli:eval_main", "evaluate a checkpoint on a dataset with the task's metrics"),
-    "predict": ("zoo.train.predict:main", "run a trained checkpoint on images"),
+    "predict": ("zoo.predict.cli:main", "run a trained checkpoint on images"),
     "export": ("zoo.export.cli:main", "export to ONNX / ORT Mobile / ExecuTorch / LiteRT with parity checks"),
     "xscore": ("zoo.train.xscore_cli:main", "cross-dataset robustness evaluation (xScore)"),
     "weights": ("zoo.weights_cli:main", "list, fetch and convert pretrained weights"),

@@ -24,18 +24,19 @@ from torch import nn
 
 from .errors import InputShapeError
 
-#: Positional arguments that are images, per task (the others are targets, which the heads check themselves).
-IMAGE_ARGS = {"classification": 1, "segmentation": 1, "detection": 1, "change_detection": 2}
-
 
 def _capturing() -> bool:
-    """True while a graph is being captured (TorchScript, ONNX, dynamo): checks must stay out of the graph."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
+    """True while a graph is being captured: checks must stay out of the graph.
+
+    LightZoo's exporter says so through timm's switch (``timm.layers.is_exportable()``), the one models read.
+    This hook is not part of any model but wraps every model the factory returns, including captures a user starts
+    without that switch (``torch.jit.trace``, ``torch.compile``, ``torch.export``), so those are recognised too.
+    """
+    from timm.layers import is_exportable
+
+    if is_exportable() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return True
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and (compiler.is_compiling() or getattr(compiler, "is_exporting", lambda: False)()):
-        return True
-    return bool(getattr(torch.onnx, "is_in_onnx_export", lambda: False)())
+    return bool(torch.compiler.is_compiling() or torch.compiler.is_exporting())
 
 
 def _param_dtype(model: nn.Module) -> torch.dtype | None:
@@ -87,11 +88,14 @@ def input_check_hook(model: nn.Module, args: tuple[Any, ...]) -> None:
             check_image_tensor(a, names[min(i, 1)], want)
 
 
-def install_input_check(model: nn.Module, task: str = "classification") -> nn.Module:
-    """Register the input check on ``model`` (once) and return it."""
+def install_input_check(model: nn.Module, task: str | None = None) -> nn.Module:
+    """Register the input check on ``model`` (once) and return it. The positional arguments that are images are
+    the model's task's inputs (the others are targets, which the heads check themselves)."""
     if getattr(model, "_zoo_input_check", False):
         return model
-    model._zoo_image_args = IMAGE_ARGS.get(task, 1)  # type: ignore[assignment]
+    from .heads import task_class
+
+    model._zoo_image_args = len(task_class(model, task).input_names)  # type: ignore[assignment]
     model._zoo_input_check = True  # type: ignore[assignment]
     model.register_forward_pre_hook(input_check_hook)
     return model

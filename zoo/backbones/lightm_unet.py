@@ -207,6 +207,8 @@ class LightMUNet(nn.Module):
     # `zoo export`'s default for this model: the TorchScript exporter turns each Mamba scan into one ONNX Loop in
     # seconds with dynamic H/W; the dynamo exporter takes minutes re-tracing the scans and fixes the spatial size
     preferred_onnx_exporter = "legacy"
+    #: a complete segmentation network: zoo.heads' task registry describes it (export interface, preprocessing)
+    task = "segmentation"
 
     def __init__(
         self,

@@ -1,7 +1,9 @@
 """Task heads on any backbone: classification, detection, segmentation, change detection.
 
-``zoo.create_model(backbone, task=..., head=..., num_classes=...)`` calls :func:`build_task_model`. Every task
-model follows one contract so the trainer needs only a thin adapter per task:
+``zoo.create_model(backbone, task=..., head=..., num_classes=...)`` calls :func:`build_task_model`. Tasks and heads
+live in one registry (:mod:`zoo.heads.registry`); every task model is a :class:`~zoo.heads.base.TaskModel` that
+knows its task, head, input, data config, export adapter and post-processing, so the trainer, the exporter and
+``zoo predict`` ask the model instead of comparing names. The common contract:
 
 - ``train()`` mode with targets -> a dict of scalar losses (sum them to back-propagate);
 - ``eval()`` mode -> predictions.
@@ -22,30 +24,32 @@ detector normalises with the backbone's mean/std. Detection labels are ``0 .. nu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError
+from .base import InputSpec, TaskModel
+from .registry import (
+    _load,
+    all_heads,
+    get_head,
+    get_task,
+    head_names,
+    register_head,
+    register_task,
+    task_class,
+    task_names,
+)
 
-#: heads per task, default first
-TASK_HEADS: dict[str, tuple[str, ...]] = {
-    "classification": ("linear",),
-    "detection": ("retinanet", "fcos", "ssdlite", "fasterrcnn"),
-    "segmentation": ("fpn", "deeplabv3", "lraspp", "unet"),
-    "change_detection": ("siamese_fpn",),
-}
+_load()  # the task modules register the tasks and their heads
 
-#: default number of classes when none is given: ImageNet, COCO, ADE20K, change/no-change
-DEFAULT_NUM_CLASSES = {"classification": None, "detection": 80, "segmentation": 150, "change_detection": 2}
-
-# strides each head reads; a head is offered for a backbone only if the backbone has them (4 is optional)
-_HEAD_NEEDS: dict[str, dict[str, tuple[int, ...]]] = {
-    "classification": {"linear": ()},
-    "detection": {"retinanet": (8, 16, 32), "fcos": (8, 16, 32), "ssdlite": (16, 32), "fasterrcnn": (8, 16, 32)},
-    "segmentation": {"fpn": (8, 16, 32), "deeplabv3": (), "lraspp": (8,), "unet": ()},
-    "change_detection": {"siamese_fpn": (8, 16, 32)},
-}
+#: heads per task, default first (a read-only view of the registry)
+TASK_HEADS: Mapping[str, tuple[str, ...]] = MappingProxyType(all_heads())
+#: default number of classes per task when none is given
+DEFAULT_NUM_CLASSES: Mapping[str, int | None] = MappingProxyType(
+    {t: get_task(t).default_num_classes for t in task_names()})
 
 
 def build_task_model(
@@ -62,29 +66,12 @@ def build_task_model(
     ``pretrained_backbone`` loads the backbone's ImageNet weights (``True`` or a weights tag); the head starts
     from scratch. ``kwargs`` go to the head builder (e.g. ``min_size``, ``fpn_channels``, ``ignore_index``).
     """
-    if task not in TASK_HEADS:
-        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASK_HEADS)}")
-    head = head or TASK_HEADS[task][0]
-    if head not in TASK_HEADS[task]:
-        raise ConfigError(f"unknown {task} head {head!r}; choose one of {', '.join(TASK_HEADS[task])}")
+    entry = get_head(task, head)
     if num_classes is None:
-        num_classes = DEFAULT_NUM_CLASSES[task]
-    common = dict(head=head, in_chans=in_chans, pretrained_backbone=pretrained_backbone, **kwargs)
-    if task == "classification":
-        from .classification import build_classification_model
-
-        return build_classification_model(backbone_name, num_classes=num_classes, **common)
-    if task == "segmentation":
-        from .segmentation import build_segmentation_model
-
-        return build_segmentation_model(backbone_name, num_classes=num_classes, **common)
-    if task == "detection":
-        from .detection import build_detection_model
-
-        return build_detection_model(backbone_name, num_classes=num_classes, **common)
-    from .change import build_change_model
-
-    return build_change_model(backbone_name, num_classes=num_classes, **common)
+        num_classes = get_task(task).default_num_classes
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return entry.build(backbone_name, in_chans=in_chans, pretrained_backbone=pretrained_backbone, **kwargs)
 
 
 def supported_heads(backbone_name: str) -> dict[str, list[str]]:
@@ -97,13 +84,19 @@ def supported_heads(backbone_name: str) -> dict[str, list[str]]:
         return {}
     have = set(feature_reductions(backbone_name))
     out: dict[str, list[str]] = {}
-    for task, heads in _HEAD_NEEDS.items():
-        ok = [h for h, needs in heads.items() if task == "classification" or (have and set(needs) <= have)]
-        if task == "segmentation" and len(have) < 2 and "unet" in ok:
-            ok.remove("unet")
+    for task in task_names():
+        ok = [h for h in head_names(task)
+              if _fits(get_head(task, h).needs, get_head(task, h).min_levels, have, get_task(task).needs_features)]
         if ok:
             out[task] = ok
     return out
 
 
-__all__ = ["DEFAULT_NUM_CLASSES", "TASK_HEADS", "build_task_model", "supported_heads"]
+def _fits(needs: tuple[int, ...], min_levels: int, have: set[int], needs_features: bool) -> bool:
+    if not needs_features:
+        return True
+    return bool(have) and set(needs) <= have and len(have) >= min_levels
+
+
+__all__ = ["DEFAULT_NUM_CLASSES", "TASK_HEADS", "InputSpec", "TaskModel", "build_task_model", "get_head", "get_task",
+           "head_names", "register_head", "register_task", "supported_heads", "task_class", "task_names"]

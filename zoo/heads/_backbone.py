@@ -32,6 +32,8 @@ class FeatureBackbone(nn.Module):
         self.reductions = [info.reduction()[i] for i in self.keep]
         self.in_chans = in_chans
         cfg = dict(getattr(body, "pretrained_cfg", None) or {})
+        #: the backbone's timm config: the task model's data config starts from it
+        self.pretrained_cfg = cfg
         self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
 

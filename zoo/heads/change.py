@@ -31,13 +31,26 @@ from torchvision.ops import FeaturePyramidNetwork
 
 from ..errors import ConfigError, InputShapeError
 from ._backbone import FeatureBackbone, create_backbone
-from .segmentation import _up, check_mask_targets, conv_bn_relu
+from .registry import register_head, register_task
+from .segmentation import DenseTaskModel, _up, check_mask_targets, conv_bn_relu
 
-CHANGE_HEADS = ("siamese_fpn",)
 
-
-class ChangeModel(nn.Module):
+@register_task
+class ChangeModel(DenseTaskModel):
     """Siamese backbone + shared FPN + |difference| + top-down fusion + classifier (see module docstring)."""
+
+    task = "change_detection"
+    default_num_classes = 2
+    input_names = ("input_a", "input_b")
+    batch_keys = ("image_a", "image_b")
+    augment_rotations = True
+    metric = "f1"
+
+    @classmethod
+    def meter(cls, num_classes: int) -> Any:
+        from ..metrics import ChangeMeter
+
+        return ChangeMeter(num_classes)
 
     def __init__(self, backbone: FeatureBackbone, num_classes: int = 2, fpn_channels: int = 128,
                  deep_supervision: bool = False, aux_weight: float = 0.4, ignore_index: int = 255,
@@ -45,7 +58,8 @@ class ChangeModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
-        self.head_name = "siamese_fpn"
+        self.head = "siamese_fpn"
+        self.pretrained_cfg = backbone.pretrained_cfg
         self.ignore_index = ignore_index
         self.deep_supervision = deep_supervision
         self.aux_weight = aux_weight
@@ -94,13 +108,12 @@ class ChangeModel(nn.Module):
         return losses
 
 
-def build_change_model(backbone_name: str, head: str = "siamese_fpn", num_classes: int = 2, in_chans: int = 3,
+@register_head("change_detection", "siamese_fpn", needs=(8, 16, 32))
+def build_change_model(backbone_name: str, num_classes: int = 2, in_chans: int = 3,
                        pretrained_backbone: bool | str = False, out_indices: Sequence[int] | None = None,
                        **kwargs: Any) -> ChangeModel:
     """Siamese change detector; kwargs: ``fpn_channels`` (128), ``deep_supervision``, ``aux_weight``,
     ``ignore_index``, ``dropout``."""
-    if head not in CHANGE_HEADS:
-        raise ConfigError(f"unknown change-detection head {head!r}; choose one of {', '.join(CHANGE_HEADS)}")
     if num_classes < 2:
         raise ConfigError("change detection needs num_classes >= 2 (2 = no-change / change)")
     backbone = create_backbone(backbone_name, (4, 8, 16, 32), optional=(4,), in_chans=in_chans,

@@ -17,7 +17,8 @@ to ``ignore_index`` do not count).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,8 @@ from torchvision.ops import FeaturePyramidNetwork
 
 from ..errors import ConfigError, DataError, InputShapeError
 from ._backbone import FeatureBackbone, create_backbone
-
-SEGMENTATION_HEADS = ("fpn", "deeplabv3", "lraspp", "unet")
+from .base import TaskModel, primary_tensor
+from .registry import get_head, register_head, register_task
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
@@ -149,8 +150,41 @@ def check_mask_targets(targets: torch.Tensor, size: Sequence[int], num_classes: 
                         f"[0, {num_classes}) (ignore_index={ignore_index})")
 
 
-class SegmentationModel(nn.Module):
+class DenseTaskModel(TaskModel):
+    """Shared by segmentation and change detection: per-pixel logits at the input resolution."""
+
+    data_rules = {"crop_pct": 1.0, "crop_mode": "squash"}  # resize straight to the input size: masks must align
+    metric = "miou"
+
+    @classmethod
+    def meter(cls, num_classes: int) -> Any:
+        from ..metrics import ConfusionMeter
+
+        return ConfusionMeter(num_classes)
+
+    @classmethod
+    def postprocess_outputs(cls, outputs: Sequence[Any], params: Mapping[str, Any] | None = None) -> torch.Tensor:
+        """Logits ``(N, C, H, W)`` -> class map ``(N, H, W)``."""
+        return torch.as_tensor(outputs[0]).argmax(1)
+
+    @classmethod
+    def predict_record(cls, model: nn.Module, images: Sequence[torch.Tensor], class_names: Sequence[str],
+                       **options: Any) -> dict[str, Any]:
+        import numpy as np
+
+        logits = primary_tensor(model(*(im.unsqueeze(0) for im in images)))
+        mask = cls.postprocess_outputs([logits])[0].cpu().numpy().astype(np.uint8)
+        counts = np.bincount(mask.ravel(), minlength=len(class_names) or 1)
+        return {"class_pixels": {class_names[c] if c < len(class_names) else str(c): int(n)
+                                 for c, n in enumerate(counts) if n}, "mask_array": mask}
+
+
+@register_task
+class SegmentationModel(DenseTaskModel):
     """Backbone + decoder; logits at input resolution, or a loss dict in train mode with targets."""
+
+    task = "segmentation"
+    default_num_classes = 150
 
     def __init__(self, backbone: FeatureBackbone, decoder: nn.Module, num_classes: int, head: str,
                  ignore_index: int = 255, aux_head: nn.Module | None = None, aux_weight: float = 0.4) -> None:
@@ -160,8 +194,9 @@ class SegmentationModel(nn.Module):
         self.aux_head = aux_head  # reads the second-to-last level; used in training only
         self.aux_weight = aux_weight
         self.num_classes = num_classes
-        self.head_name = head
+        self.head = head
         self.ignore_index = ignore_index
+        self.pretrained_cfg = backbone.pretrained_cfg
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
         feats = self.backbone(x)
@@ -177,38 +212,52 @@ class SegmentationModel(nn.Module):
         return losses
 
 
-# levels each head reads, by reduction; None = every level the backbone has (at stride >= 2)
-_HEAD_LEVELS: dict[str, tuple[int, ...] | None] = {
-    "fpn": (4, 8, 16, 32), "deeplabv3": None, "lraspp": (8, 32), "unet": None,
-}
+def _segmentation(backbone_name: str, head: str, levels: tuple[int, ...] | None,
+                  make_decoder: Callable[..., nn.Module], num_classes: int = 150, in_chans: int = 3,
+                  pretrained_backbone: bool | str = False, ignore_index: int = 255,
+                  out_indices: Sequence[int] | None = None, aux: bool = False, aux_weight: float = 0.4,
+                  **head_kw: Any) -> SegmentationModel:
+    if num_classes < 2:
+        raise ConfigError("segmentation needs num_classes >= 2 (use 2 for foreground/background)")
+    backbone = make_dense_backbone(backbone_name, levels, in_chans, pretrained_backbone, out_indices)
+    decoder = make_decoder(backbone.channels, backbone.reductions, num_classes, **head_kw)
+    aux_head = FCNAuxHead(backbone.channels[-2], num_classes) if aux else None
+    return SegmentationModel(backbone, decoder, num_classes, head, ignore_index, aux_head, float(aux_weight))
+
+
+@register_head("segmentation", "fpn", needs=(8, 16, 32))
+def build_semantic_fpn(backbone_name: str, **kwargs: Any) -> SegmentationModel:
+    """Semantic FPN on strides 4-32; head kwargs ``fpn_channels``, ``channels``, ``dropout``."""
+    return _segmentation(backbone_name, "fpn", (4, 8, 16, 32), SemanticFPNDecoder, **kwargs)
+
+
+@register_head("segmentation", "deeplabv3")
+def build_deeplabv3(backbone_name: str, aux: bool = True, **kwargs: Any) -> SegmentationModel:
+    """ASPP on the last level plus (``aux=True``) the auxiliary FCN head; ``atrous_rates``, ``aux_weight``."""
+    return _segmentation(backbone_name, "deeplabv3", None,
+                         lambda chans, reds, n, **kw: DeepLabV3Decoder(chans, n, **kw), aux=aux, **kwargs)
+
+
+@register_head("segmentation", "lraspp", needs=(8,))
+def build_lraspp(backbone_name: str, **kwargs: Any) -> SegmentationModel:
+    """Lite R-ASPP on the stride-8 and last levels; ``inter_channels``."""
+    return _segmentation(backbone_name, "lraspp", (8, 32),
+                         lambda chans, reds, n, **kw: LRASPPDecoder(chans, n, **kw), **kwargs)
+
+
+@register_head("segmentation", "unet", min_levels=2)
+def build_unet(backbone_name: str, **kwargs: Any) -> SegmentationModel:
+    """U-Net decoder over every level; ``decoder_channels``."""
+    return _segmentation(backbone_name, "unet", None, lambda chans, reds, n, **kw: UNetDecoder(chans, n, **kw),
+                         **kwargs)
 
 
 def build_segmentation_model(backbone_name: str, head: str = "fpn", num_classes: int = 150, in_chans: int = 3,
-                             pretrained_backbone: bool | str = False, ignore_index: int = 255,
-                             out_indices: Sequence[int] | None = None, **kwargs: object) -> SegmentationModel:
+                             pretrained_backbone: bool | str = False, **kwargs: Any) -> SegmentationModel:
     """Semantic segmentation model; head kwargs: ``fpn_channels``/``channels`` (fpn), ``atrous_rates``,
     ``aux`` (default True), ``aux_weight`` (deeplabv3), ``inter_channels`` (lraspp), ``decoder_channels`` (unet)."""
-    if head not in SEGMENTATION_HEADS:
-        raise ConfigError(f"unknown segmentation head {head!r}; choose one of {', '.join(SEGMENTATION_HEADS)}")
-    if num_classes < 2:
-        raise ConfigError("segmentation needs num_classes >= 2 (use 2 for foreground/background)")
-    backbone = make_dense_backbone(backbone_name, _HEAD_LEVELS[head], in_chans, pretrained_backbone, out_indices)
-    chans, reds = backbone.channels, backbone.reductions
-    head_kw = dict(kwargs)
-    aux_head, aux_weight = None, 0.4
-    if head == "deeplabv3":
-        aux_weight = float(head_kw.pop("aux_weight", 0.4))  # type: ignore[arg-type]
-        if head_kw.pop("aux", True):
-            aux_head = FCNAuxHead(chans[-2], num_classes)
-    if head == "fpn":
-        decoder: nn.Module = SemanticFPNDecoder(chans, reds, num_classes, **head_kw)
-    elif head == "deeplabv3":
-        decoder = DeepLabV3Decoder(chans, num_classes, **head_kw)
-    elif head == "lraspp":
-        decoder = LRASPPDecoder(chans, num_classes, **head_kw)
-    else:
-        decoder = UNetDecoder(chans, num_classes, **head_kw)
-    return SegmentationModel(backbone, decoder, num_classes, head, ignore_index, aux_head, aux_weight)
+    return get_head("segmentation", head).build(backbone_name, num_classes=num_classes, in_chans=in_chans,
+                                                pretrained_backbone=pretrained_backbone, **kwargs)
 
 
 def make_dense_backbone(name: str, reductions: tuple[int, ...] | None, in_chans: int, pretrained: bool | str,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .info import format_info, model_info
-from .registry import list_models, model_family
+from ..registry import list_models, model_family
+from . import format_info, model_info
 
 
 def list_main(argv: list[str]) -> int:

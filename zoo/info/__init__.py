@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .bench import count_macs, count_params
-from .manifest import entries_for
-from .registry import check_model_name, create_timm_model, model_family
+from ..bench import count_macs, count_params
+from ..manifest import entries_for
+from ..registry import check_model_name, create_timm_model, model_family
 
 
 def model_info(name: str, macs: bool = True, input_size: tuple[int, ...] | None = None) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def model_info(name: str, macs: bool = True, input_size: tuple[int, ...] | None 
     if macs and input_size:
         info["macs"] = count_macs(model, input_size)
     try:
-        from .heads import supported_heads
+        from ..heads import supported_heads
     except ImportError:  # heads not installed in this build
         pass
     else:

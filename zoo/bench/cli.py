@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from .bench import count_macs, count_params, interleaved_latency
-from .errors import ZooError
-from .registry import check_model_name, create_timm_model
+from ..errors import ZooError
+from ..registry import check_model_name, create_timm_model
+from . import count_macs, count_params, interleaved_latency
 
 DEFAULT_PEER = "mobilenetv3_large_100"
 
@@ -52,7 +52,8 @@ def bench(names: list[str], peer: str | None = DEFAULT_PEER, batches: tuple[int,
     Models are built untrained in eval mode; the peer, if any, comes first and every other row carries its
     latency ratio to the peer (``ratio_b{batch}``).
     """
-    from . import backbones  # noqa: F401  (registers LightZoo's models with timm)
+
+    from .. import backbones  # noqa: F401  (registers LightZoo's models with timm)
 
     if any(b < 1 for b in batches) or rounds < 1:
         raise ZooError("batch sizes and --rounds must be positive")
