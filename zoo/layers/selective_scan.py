@@ -41,6 +41,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers import is_exportable
 
 SCAN_IMPLS = ("auto", "sequential", "chunked", "export", "cuda")
 
@@ -76,27 +77,16 @@ def _mamba_ssm_scan():
     return selective_scan_fn
 
 
-def _is_exporting() -> bool:
-    try:
-        if torch.compiler.is_exporting():
-            return True
-    except AttributeError:  # older torch
-        pass
-    return bool(torch.onnx.is_in_onnx_export())
+def export_requested() -> bool:
+    """Whether the scan must take its export form (one loop node per layer) instead of the fast eager form.
 
-
-def _is_tracing(t: torch.Tensor) -> bool:
-    """True while torch.export / dynamo / the ONNX exporter trace the model (then the loop must be one node)."""
-    if _is_exporting():
-        return True
-    try:
-        if torch.compiler.is_compiling():
-            return True
-    except AttributeError:
-        pass
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(t, FakeTensor)
+    The switch is timm's ``timm.layers.is_exportable()``, set by an exporter with
+    ``timm.layers.set_layer_config(exportable=True)`` or the ``timm.layers.set_exportable(True)`` context. A direct
+    ``torch.onnx.export`` / ``torch.export`` call without the switch is also recognised (TorchScript tracing, or
+    torch.export's tracing): the fast form's Python loops over thousands of steps would otherwise be unrolled into
+    the graph, with its data-dependent ``.item()`` branch frozen in.
+    """
+    return is_exportable() or torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
@@ -150,139 +140,90 @@ def _chunk_len(block: int) -> int:
     return max(1, 1 << max(0, round(math.log2(max(block, 1)) / 2)))
 
 
-def _scan_block_grad(dA, dBu, h0):
-    """Differentiable block scan (training). ``dA``/``dBu`` are (b, L, d, n); returns all states and the last one.
+class _BlockPlan:
+    """How the fast scan cuts a sequence: blocks of ``block`` = K·T steps (the last one zero-padded), each scanned
+    as K chunks of T steps in lock-step (K = 1: one step at a time). Buffers are time-major, ``(steps, batch,
+    d_inner, d_state)``, so that a block's states are one ``(steps·batch, d_inner, d_state)`` batch of matrices for
+    the ``C·h`` products and one step of all K chunks is one slab for the recurrence."""
 
-    The block is viewed as K chunks of T steps. Pass 1 runs the recurrence inside every chunk at once (T steps,
-    starting from zero) together with the running products of decays; pass 2 walks the K chunk boundaries to get
-    each chunk's incoming state; pass 3 adds ``(Π decays) · incoming`` to every state. Only products of factors in
-    (0, 1] are formed, so nothing can overflow, whatever Δ is. Out of place throughout, so autograd can keep what
-    it saved.
+    def __init__(self, batch: int, d: int, n: int, seqlen: int, block_elems: int, min_block: int = 1) -> None:
+        per_step = max(1, batch * d * n)
+        block = max(1, min(seqlen, block_elems // per_step))
+        # wide layers: one fused multiply-add per step already amortises the per-op overhead, and the lock-step
+        # chunks would do the recurrence twice (see STEPWISE_MIN_ELEMS)
+        stepwise = per_step >= STEPWISE_MIN_ELEMS
+        if stepwise:
+            block = max(1, min(block, STEPWISE_BLOCK_ELEMS // per_step))
+        block = max(block, min(min_block, seqlen))
+        self.t_len = block if stepwise else _chunk_len(block)
+        self.k_len = -(-block // self.t_len)
+        self.block = self.k_len * self.t_len
+        self.padded = -(-max(seqlen, 1) // self.block) * self.block
+        self.num_blocks = self.padded // self.block
+
+
+def _scan_(a_steps, x_steps, chunk_decay, h0, reverse: bool = False):
+    """The recurrence ``h_t = a_t h_{t-1} + x_t`` in place over one block: ``x_steps`` (T views of (K, b, d, n),
+    one per step of all K chunks) are overwritten by the states. ``reverse`` runs time backwards (the adjoint
+    recurrence of the backward pass). Returns the state after the block's last step (in scan order).
+
+    K = 1: one fused multiply-add per step. K > 1: pass 1 runs every chunk from a zero state; pass 2 walks the
+    chunk boundaries with the decay over a whole chunk (``chunk_decay`` (K, b, d, n), a product of factors <= 1,
+    so nothing can overflow whatever Δ is); pass 3 reruns the chunks from their true incoming states.
     """
-    b, seqlen, d, n = dA.shape
-    t_len = _chunk_len(seqlen)
-    k_len = -(-seqlen // t_len)
-    pad = k_len * t_len - seqlen
-    if pad:  # padding steps decay by 1 and add 0: they change nothing and are cut off below
-        dA = torch.cat([dA, dA.new_ones(b, pad, d, n)], dim=1)
-        dBu = torch.cat([dBu, dBu.new_zeros(b, pad, d, n)], dim=1)
-    dA = dA.reshape(b, k_len, t_len, d, n)
-    dBu = dBu.reshape(b, k_len, t_len, d, n)
-    hs, ps = [dBu[:, :, 0]], [dA[:, :, 0]]
-    for t in range(1, t_len):
-        hs.append(dA[:, :, t] * hs[-1] + dBu[:, :, t])
-        ps.append(dA[:, :, t] * ps[-1])
-    h_loc = torch.stack(hs, dim=2)
-    prod = torch.stack(ps, dim=2)
-    incoming = []
-    h = h0
-    for k in range(k_len):
-        incoming.append(h)
-        h = prod[:, k, -1] * h + h_loc[:, k, -1]
-    states = h_loc + prod * torch.stack(incoming, dim=1)[:, :, None]
-    states = states.reshape(b, k_len * t_len, d, n)
-    return states[:, :seqlen], states[:, seqlen - 1]
-
-
-def _scan_block_inference(dA, dBu, dt, A, h0):
-    """In-place block scan without autograd: overwrites ``dBu`` (b, K, T, d, n) with the states of the block.
-
-    ``dA`` (b, K, T, d, n) holds the decays exp(Δ A) and ``dt`` (b, K, T, d) the steps Δ. Pass 1 runs all K chunks
-    in lock-step from a zero state and keeps only each chunk's final state; the decay across a whole chunk is
-    exp(A ΣΔ) (an exponent <= 0, so it cannot overflow); pass 2 walks the K chunk boundaries for each chunk's
-    incoming state; pass 3 reruns the chunks from their true incoming states, writing the states over ``dBu``.
-    Returns the state after the block's last step.
-    """
-    t_len = dA.shape[2]
-    h = torch.zeros_like(dBu[:, :, 0])
-    for t in range(t_len):
-        h = torch.addcmul(dBu[:, :, t], dA[:, :, t], h)
-    chunk_decay = torch.exp((dt.sum(2)[..., None] * A).clamp_(min=EXP_FLOOR))  # (b, K, d, n)
-    incoming = []
+    order = range(len(x_steps) - 1, -1, -1) if reverse else range(len(x_steps))
+    k_len = x_steps[0].shape[0]
+    if k_len == 1:
+        prev = h0.unsqueeze(0)
+        for t in order:
+            prev = x_steps[t].addcmul_(a_steps[t], prev)
+        return prev[0].clone()
+    h = None
+    for t in order:
+        if h is None:
+            h = x_steps[t].clone()
+        else:
+            torch.addcmul(x_steps[t], a_steps[t], h, out=h)
+    incoming = [h0] * k_len
     carry = h0
-    for k in range(dA.shape[1]):
-        incoming.append(carry)
-        carry = torch.addcmul(h[:, k], chunk_decay[:, k], carry)
-    prev = torch.stack(incoming, dim=1)
-    for t in range(t_len):
-        prev = dBu[:, :, t].addcmul_(dA[:, :, t], prev)
+    for k in (range(k_len - 1, -1, -1) if reverse else range(k_len)):
+        incoming[k] = carry
+        carry = torch.addcmul(h[k], chunk_decay[k], carry)
+    prev = torch.stack(incoming)
+    for t in order:
+        prev = x_steps[t].addcmul_(a_steps[t], prev)
     return carry
 
 
-def _scan_block_steps(steps, h0):
-    """In-place block scan one step at a time (one fused multiply-add per step). ``steps`` holds, per time step,
-    the pair (``dBu_t``, ``dA_t``) as (b, d, n) views of the block buffers; each ``dBu_t`` is overwritten with the
-    state h_t. For wide layers (``batch·d_inner·d_state`` >= ``STEPWISE_MIN_ELEMS``) each step is already big
-    enough to amortise the per-op overhead, and this does half the arithmetic of the chunked passes. The views are
-    made once per buffer (not per step) because at ~8k elements per step the indexing costs as much as the maths."""
-    prev = h0
-    for dbu_t, da_t in steps:
-        prev = dbu_t.addcmul_(da_t, prev)
-    return prev.clone()
+def _fill_decays_(out, dt, a2, clamp: bool) -> None:
+    """``out`` (steps, b, d, n) <- exp(Δ A) computed as exp2(Δ · A log2 e) (see LOG2_E); ``dt`` is (steps, b, d)."""
+    torch.mul(dt[..., None], a2, out=out)
+    if clamp:
+        out.clamp_(min=EXP2_FLOOR)
+    out.exp2_()
 
 
-def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                           block_elems: int = DEFAULT_BLOCK_ELEMS):
-    """Chunked scan: blocks of the sequence in turn (bounded memory), parallel chunks inside a block (speed).
-
-    ``block_elems`` caps ``batch·block_len·d_inner·d_state``; without autograd two buffers of that size are
-    allocated once and reused for every block, so inference memory does not depend on the sequence length
-    (and the page faults of fresh large allocations are paid once).
-    """
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
-    if needs_grad:
-        return _chunked_grad(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_elems)
-    return _chunked_inference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_elems)
+def _chunk_decays(dt, a2, plan: _BlockPlan):
+    """exp(A ΣΔ) over each chunk, (K, b, d, n): the decay across a whole chunk; None when K = 1."""
+    if plan.k_len == 1:
+        return None
+    sums = dt.reshape(plan.k_len, plan.t_len, *dt.shape[1:]).sum(1)
+    return torch.exp2((sums[..., None] * a2).clamp_(min=EXP2_FLOOR))
 
 
-def _chunked_grad(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_elems):
-    """The differentiable form: out-of-place block scans (see ``_scan_block_grad``)."""
-    dtype = u.dtype
-    u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+def _step_views(buf, plan: _BlockPlan):
+    """One (K, b, d, n) view per step of a (K·T, b, d, n) buffer, made once per buffer: at a few thousand elements
+    per step, indexing costs as much as the arithmetic."""
+    return buf.view(plan.k_len, plan.t_len, *buf.shape[1:]).unbind(1)
+
+
+def _dt_and_dtu(u, delta, delta_bias, delta_softplus: bool, padded: int):
+    """Δ (bias added, softplus applied) and Δ·u as (b, d, padded) float32 buffers; padding steps are zero
+    (decay 1, input 0: they change no real output). Written once into their buffers, not built from temporaries
+    (on CPU every fresh large tensor costs page faults on top of its arithmetic)."""
     batch, d, seqlen = u.shape
-    n = A.shape[1]
-    block = max(1, min(seqlen, block_elems // max(1, batch * d * n)))
-    dt_all = delta.transpose(1, 2)  # (b, L, d)
-    dtu_all = (delta * u).transpose(1, 2)
-    b_all = B.transpose(1, 2)  # (b, L, n)
-    c_all = C.transpose(1, 2)
-    h = u.new_zeros(batch, d, n)
-    ys = []
-    for l0 in range(0, seqlen, block):
-        l1 = min(seqlen, l0 + block)
-        dA = torch.exp((dt_all[:, l0:l1, :, None] * A).clamp(min=EXP_FLOOR))  # (b, l, d, n)
-        dBu = dtu_all[:, l0:l1, :, None] * b_all[:, l0:l1, None, :]
-        states, h = _scan_block_grad(dA, dBu, h)
-        ys.append(torch.einsum("bldn,bln->bld", states, c_all[:, l0:l1]))
-    return _finish(torch.cat(ys, dim=1).transpose(1, 2), u, D, z, dtype)
-
-
-def _chunked_inference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_elems):
-    """The inference form: in place, in three full-length (batch, d_inner, L) buffers and two block buffers.
-
-    Fresh large tensors are expensive on CPU beyond their arithmetic (every new page is a page fault: an 8 MB
-    temporary costs ~10x the elementwise op that fills it), so Δ, Δ·u and y are each written once into a buffer,
-    and the D·u skip and the silu(z) gate are applied in place.
-    """
-    dtype = u.dtype
-    u, delta, z = (None if t is None else t.float() for t in (u, delta, z))
-    A, B, C = A.float(), B.float(), C.float()
-    batch, d, seqlen = u.shape
-    n = A.shape[1]
-    block = max(1, min(seqlen, block_elems // max(1, batch * d * n)))
-    stepwise = batch * d * n >= STEPWISE_MIN_ELEMS
-    if stepwise:
-        block = max(1, min(block, STEPWISE_BLOCK_ELEMS // (batch * d * n)))
-    t_len = block if stepwise else _chunk_len(block)
-    k_len = -(-block // t_len)
-    block = k_len * t_len
-    padded = -(-seqlen // block) * block
-
-    # Δ (with bias and softplus) and Δ·u in the input layout (contiguous passes; transposing them costs more than
-    # the strided reads below); padding steps (Δ = 0: decay 1, input 0) come last and change no real output
-    dt_all = u.new_empty(batch, d, padded)
-    dtu_all = u.new_empty(batch, d, padded)
+    dt_all = u.new_empty(batch, d, padded, dtype=torch.float32)
+    dtu_all = torch.empty_like(dt_all)
     dt_real, dtu_real = dt_all[..., :seqlen], dtu_all[..., :seqlen]
     if delta_bias is not None:
         torch.add(delta, delta_bias.float()[:, None], out=dt_real)
@@ -294,38 +235,204 @@ def _chunked_inference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, bloc
     if padded != seqlen:
         dt_all[..., seqlen:].zero_()
         dtu_all[..., seqlen:].zero_()
-    b_all = F.pad(B, (0, padded - seqlen)).transpose(1, 2).contiguous()  # (b, L, n): small
-    c_all = F.pad(C, (0, padded - seqlen)).transpose(1, 2).contiguous()
+    return dt_all, dtu_all
 
-    buf_a = u.new_empty(batch, k_len, t_len, d, n)
-    buf_b = torch.empty_like(buf_a)
-    steps = list(zip(buf_b.view(batch, block, d, n).unbind(1), buf_a.view(batch, block, d, n).unbind(1)))
-    y = u.new_empty(batch, d, padded)
+
+def _time_major(t, padded: int):
+    """(b, k, L) -> (padded, b, k), contiguous, zero-padded at the end (for B and C: small next to the states)."""
+    return F.pad(t.float(), (0, padded - t.shape[-1])).permute(2, 0, 1).contiguous()
+
+
+def _needs_clamp(dt_all, a2) -> bool:
+    """Whether some Δ·A can reach the exp floor: one reduction decides for the whole sequence."""
+    return dt_all.numel() > 0 and dt_all.max().item() * a2.abs().max().item() > -EXP2_FLOOR
+
+
+def _scan_forward(dt_all, dtu_all, A, B, C, plan: _BlockPlan, boundaries: list | None = None):
+    """The states block by block in two (block, b, d, n) buffers; returns y = C·h as (b, d, padded). With
+    ``boundaries`` (a list), the state entering each block is appended to it (what the backward restarts from)."""
+    batch, d, padded = dt_all.shape
+    n = A.shape[1]
+    blk = plan.block
     a2 = A * LOG2_E
-    # the floor only matters when some Δ·A can reach it: one reduction decides for the whole sequence
-    clamp = seqlen > 0 and dt_real.max().item() * a2.abs().max().item() > -EXP2_FLOOR
-    h = u.new_zeros(batch, d, n)
-    for l0 in range(0, padded, block):
-        sl = slice(l0, l0 + block)
-        dt = dt_all[..., sl].transpose(1, 2).view(batch, k_len, t_len, d)
-        torch.mul(dt[..., None], a2, out=buf_a)
-        if clamp:
-            buf_a.clamp_(min=EXP2_FLOOR)
-        buf_a.exp2_()  # exp(Δ A), see EXP2_FLOOR
-        torch.mul(dtu_all[..., sl].transpose(1, 2).view(batch, k_len, t_len, d, 1),
-                  b_all[:, sl].view(batch, k_len, t_len, 1, n), out=buf_b)
-        if stepwise:
-            h = _scan_block_steps(steps, h)
-        else:
-            h = _scan_block_inference(buf_a, buf_b, dt, A, h)
+    clamp = _needs_clamp(dt_all, a2)
+    b_tm, c_tm = _time_major(B, padded), _time_major(C, padded)
+    buf_a = dt_all.new_empty(blk, batch, d, n)
+    buf_x = torch.empty_like(buf_a)
+    a_steps, x_steps = _step_views(buf_a, plan), _step_views(buf_x, plan)
+    y = dt_all.new_empty(batch, d, padded)
+    h = dt_all.new_zeros(batch, d, n)
+    for l0 in range(0, padded, blk):
+        sl = slice(l0, l0 + blk)
+        if boundaries is not None:
+            boundaries.append(h)
+        dt = dt_all[..., sl].permute(2, 0, 1)  # (blk, b, d), a strided view
+        _fill_decays_(buf_a, dt, a2, clamp)
+        torch.mul(dtu_all[..., sl].permute(2, 0, 1)[..., None], b_tm[sl, :, None, :], out=buf_x)
+        h = _scan_(a_steps, x_steps, _chunk_decays(dt, a2, plan), h)
         # y_t = C_t · h_t as a batch of (1 x n) @ (n x d) products: the fastest layout for CPU BLAS here
-        y_blk = torch.bmm(c_all[:, sl].reshape(-1, 1, n), buf_b.view(-1, d, n).transpose(1, 2))
-        y[..., sl] = y_blk.view(batch, block, d).transpose(1, 2)
-    y = y[..., :seqlen]
+        y_blk = torch.bmm(c_tm[sl].view(-1, 1, n), buf_x.view(-1, d, n).transpose(1, 2))
+        y[..., sl] = y_blk.view(blk, batch, d).permute(1, 2, 0)
+    return y
+
+
+def _scan_backward(dt_all, dtu_all, A, B, C, gy, boundaries: list, plan: _BlockPlan):
+    """Gradients of ``y = C·h`` (h the states) with respect to Δ, Δ·u, A, B and C, given ``gy`` = dL/dy
+    (b, d, padded), by recomputing each block's states from the state that entered it, last block first.
+
+    With the adjoint λ_t = a_{t+1} λ_{t+1} + gy_t C_t (a reverse scan of the same form as the forward one):
+    dL/dx_t = λ_t for the input x_t = (Δu)_t B_t, and dL/da_t = λ_t h_{t-1} for the decay a_t = exp(Δ_t A). Memory is
+    three (block, b, d, n) buffers whatever the length. Returns (g_y_scan, g_dt, g_dtu, g_A, g_B, g_C) where
+    g_y_scan is unused by the caller except for y itself: the recomputed y = C·h (b, d, padded), which the gate's
+    gradient needs."""
+    batch, d, padded = dt_all.shape
+    n = A.shape[1]
+    blk = plan.block
+    a2 = A * LOG2_E
+    clamp = _needs_clamp(dt_all, a2)
+    b_tm, c_tm = _time_major(B, padded), _time_major(C, padded)
+    gy_tm = gy.permute(2, 0, 1)  # (padded, b, d), strided
+    # decays of steps 0..blk-1 in slots 0..blk-1; slot blk is the decay "after" the block for the adjoint (1: the
+    # carry from the next block arrives already multiplied by its first decay)
+    decays = dt_all.new_empty(blk + 1, batch, d, n)
+    # states: slot 0 the state entering the block, slots 1..blk the block's states
+    states = torch.empty_like(decays)
+    adj = dt_all.new_empty(blk, batch, d, n)
+    fwd_a, fwd_x = _step_views(decays[:blk], plan), _step_views(states[1:], plan)
+    rev_a, rev_x = _step_views(decays[1:], plan), _step_views(adj, plan)
+    y = dt_all.new_empty(batch, d, padded)
+    g_dt = dt_all.new_empty(batch, d, padded)
+    g_dtu = torch.empty_like(g_dt)
+    g_b = dt_all.new_empty(batch, n, padded)
+    g_c = torch.empty_like(g_b)
+    g_a = A.new_zeros(d, n)
+    carry = dt_all.new_zeros(batch, d, n)
+    zero_step = dt_all.new_zeros(1, batch, d)
+    for i in range(plan.num_blocks - 1, -1, -1):
+        l0 = i * blk
+        sl = slice(l0, l0 + blk)
+        dt = dt_all[..., sl].permute(2, 0, 1)
+        dtu = dtu_all[..., sl].permute(2, 0, 1)
+        # recompute the block's states
+        _fill_decays_(decays[:blk], dt, a2, clamp)
+        decays[blk].fill_(1.0)
+        states[0].copy_(boundaries[i])
+        torch.mul(dtu[..., None], b_tm[sl, :, None, :], out=states[1:])
+        _scan_(fwd_a, fwd_x, _chunk_decays(dt, a2, plan), boundaries[i])
+        h = states[1:].view(-1, d, n)  # (blk·b, d, n)
+        gy_blk = gy_tm[sl].reshape(-1, 1, d)
+        y[..., sl] = torch.bmm(c_tm[sl].view(-1, 1, n), h.transpose(1, 2)).view(blk, batch, d).permute(1, 2, 0)
+        g_c[..., sl] = torch.bmm(gy_blk, h).view(blk, batch, n).permute(1, 2, 0)
+        # a_t h_{t-1} in slots 0..blk-1 (the states are no longer needed)
+        prev = states[:blk]
+        prev.mul_(decays[:blk])
+        # the adjoint: inputs gy_t C_t, decays a_{t+1}, scanned backwards from the carry of the next block
+        torch.mul(gy_tm[sl][..., None], c_tm[sl, :, None, :], out=adj)
+        dt_next = torch.cat([dt[1:], zero_step]) if plan.k_len > 1 else None
+        _scan_(rev_a, rev_x, None if dt_next is None else _chunk_decays(dt_next, a2, plan), carry, reverse=True)
+        carry = decays[0] * adj[0]
+        lam = adj.view(-1, d, n)
+        g_dtu[..., sl] = torch.bmm(lam, b_tm[sl].view(-1, n, 1)).view(blk, batch, d).permute(1, 2, 0)
+        g_b[..., sl] = torch.bmm(lam.transpose(1, 2), dtu.reshape(-1, d, 1)).view(blk, batch, n).permute(1, 2, 0)
+        w = prev.mul_(adj).view(-1, d, n)  # λ_t a_t h_{t-1} = dL/da_t · a_t
+        g_dt[..., sl] = torch.bmm(w.transpose(0, 1), A[:, :, None]).view(d, blk, batch).permute(2, 0, 1)
+        g_a += torch.bmm(w.permute(1, 2, 0), dt.reshape(-1, d).t()[:, :, None]).squeeze(-1)
+    return y, g_dt, g_dtu, g_a, g_b, g_c
+
+
+class SelectiveScanFunction(torch.autograd.Function):
+    """The selective scan with a backward that recomputes the states (as mamba_ssm's CUDA kernel does).
+
+    Autograd through the recurrence keeps several ``(batch, d_inner, L, d_state)`` tensors per layer (a 256² LightM-UNet
+    training step needed ~19 GB); this saves only the inputs and one ``(batch, d_inner, d_state)`` state per block
+    of at least ``d_state`` steps (so together at most one ``(batch, d_inner, L)`` tensor), and the backward rescans
+    each block from its saved state, last block first. Forward and backward run the same in-place block scan as
+    inference; the gradients equal autograd through ``selective_scan_sequential`` to float32 rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, block_elems: int):
+        dtype = u.dtype
+        u32, delta32, z32 = (None if t is None else t.float() for t in (u, delta, z))
+        A32 = A.float()
+        batch, d, seqlen = u.shape
+        plan = _BlockPlan(batch, d, A.shape[1], seqlen, block_elems, min_block=A.shape[1])
+        dt_all, dtu_all = _dt_and_dtu(u32, delta32, delta_bias, delta_softplus, plan.padded)
+        boundaries: list = []
+        y = _scan_forward(dt_all, dtu_all, A32, B, C, plan, boundaries)[..., :seqlen]
+        if D is not None:
+            y.addcmul_(u32, D.float()[:, None])
+        if z is not None:
+            y.mul_(F.silu(z32))
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, torch.stack(boundaries))
+        ctx.delta_softplus, ctx.plan = delta_softplus, plan
+        return y.to(dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        u, delta, A, B, C, D, z, delta_bias, boundaries = ctx.saved_tensors
+        plan = ctx.plan
+        seqlen = u.shape[2]
+        u32, delta32 = u.float(), delta.float()
+        g_out = g_out.float()
+        dt_all, dtu_all = _dt_and_dtu(u32, delta32, delta_bias, ctx.delta_softplus, plan.padded)
+        gy = g_out if z is None else g_out * F.silu(z.float())
+        gy_all = F.pad(gy, (0, plan.padded - seqlen))
+        y, g_dt, g_dtu, g_a, g_b, g_c = _scan_backward(dt_all, dtu_all, A.float(), B, C, gy_all,
+                                                       list(boundaries.unbind(0)), plan)
+        y, g_dt, g_dtu, g_b, g_c = (t[..., :seqlen] for t in (y, g_dt, g_dtu, g_b, g_c))
+        dt = dt_all[..., :seqlen]
+        g_dt.addcmul_(g_dtu, u32)  # x = (Δ·u) B
+        g_u = g_dtu.mul_(dt)
+        g_d = g_z = g_bias = None
+        if D is not None:
+            g_u.addcmul_(gy, D.float()[:, None])
+            g_d = (gy * u32).sum((0, 2))
+            y.addcmul_(u32, D.float()[:, None])
+        if z is not None:
+            z32 = z.float()
+            s = torch.sigmoid(z32)
+            g_z = g_out * y * s * (1 + z32 * (1 - s))  # d silu(z) / dz = s (1 + z (1 - s))
+        if ctx.delta_softplus:
+            pre = delta32 if delta_bias is None else delta32 + delta_bias.float()[:, None]
+            g_dt = torch.where(pre > 20, g_dt, g_dt * torch.sigmoid(pre))  # torch's softplus: linear above 20
+        if delta_bias is not None:
+            g_bias = g_dt.sum((0, 2)).to(delta_bias.dtype)
+        return (g_u.to(u.dtype), g_dt.to(delta.dtype), g_a.to(A.dtype), g_b.to(B.dtype), g_c.to(C.dtype),
+                None if g_d is None else g_d.to(D.dtype), None if g_z is None else g_z.to(z.dtype), g_bias,
+                None, None)
+
+
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           block_elems: int = DEFAULT_BLOCK_ELEMS):
+    """The fast scan: blocks of the sequence in turn (memory bounded by ``block_elems`` floats per buffer),
+    lock-step chunks (or single steps, for wide layers) inside a block, all in place.
+
+    With autograd on, it runs as ``SelectiveScanFunction`` (training memory linear in the length); without, the
+    same block scan writes y straight into preallocated buffers.
+    """
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    if needs_grad:
+        return SelectiveScanFunction.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), block_elems)
+    return _chunked_inference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_elems)
+
+
+def _chunked_inference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_elems):
+    """The inference form: three full-length (batch, d_inner, L) buffers and two block buffers, the D·u skip and
+    the silu(z) gate applied in place."""
+    dtype = u.dtype
+    u, delta, z = (None if t is None else t.float() for t in (u, delta, z))
+    A = A.float()
+    batch, d, seqlen = u.shape
+    plan = _BlockPlan(batch, d, A.shape[1], seqlen, block_elems)
+    dt_all, dtu_all = _dt_and_dtu(u, delta, delta_bias, delta_softplus, plan.padded)
+    y = _scan_forward(dt_all, dtu_all, A, B, C, plan)[..., :seqlen]
     if D is not None:
         y.addcmul_(u, D.float()[:, None])
     if z is not None:
-        gate = dtu_real  # Δ·u is no longer needed: its buffer takes silu(z)
+        gate = dtu_all[..., :seqlen]  # Δ·u is no longer needed: its buffer takes silu(z)
         torch.ops.aten.silu.out(z, out=gate)
         y.mul_(gate)
     return y.to(dtype)
@@ -337,7 +444,7 @@ def _export_block_source(t_len: int, k_len: int) -> str:
     The block arrives time-major -- ``dt, dtu`` (T, K, batch, d), ``b, c`` (T, K, batch, n) -- so step t of all K
     chunks is one slab and each line below is one runtime op over K chunks at once. States are laid out
     (K, batch, n, d), d innermost: the broadcasts then run along contiguous rows of d (onnxruntime's broadcasting
-    Mul is ~5x slower when the innermost axis is the short n = 16). Three passes, as in ``_scan_block_inference``:
+    Mul is ~5x slower when the innermost axis is the short n = 16). Three passes, as in ``_scan_``:
 
     1. the recurrence inside every chunk from a zero state (T steps; the decays exp(Δ A) <= 1 and inputs Δ B u of
        each step are kept for pass 3);
@@ -477,7 +584,7 @@ def selective_scan_export(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         y = _export_fns(t_len, k_len, script=True)["loop"](*args, at)  # (L, b, d)
     else:
         fns = _export_fns(t_len, k_len, script=False)
-        if not _is_tracing(u):
+        if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
             y = fns["loop"](*args, at)
         else:
             block = fns["block"]
@@ -501,7 +608,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """
     _check_shapes(u, delta, A, B, C)
     if impl == "auto":
-        if _is_exporting():
+        if export_requested():
             impl = "export"
         elif u.is_cuda and _mamba_ssm_scan() is not None:
             impl = "cuda"
