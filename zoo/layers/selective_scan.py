@@ -13,16 +13,25 @@ Why three forms:
 
 * ``"sequential"`` -- the recurrence written out, one step at a time. Slow; it is the reference the others are
   tested against.
-* ``"chunked"`` -- the default on CPU and for training. The sequence is cut into blocks that are processed one
-  after another (carrying the state), so inference never holds more than one block of ``L·d_inner·d_state``
-  states; inside a block, chunks of ``T`` steps are scanned in lock-step and then stitched together by a short scan
-  over the chunk boundaries. It only ever multiplies decays ``exp(Δ A) <= 1`` together: the popular "cumsum in
-  log space" form, ``h_t = exp(S_t) Σ_s exp(-S_s) x_s`` with ``S_t = Σ Δ A``, needs ``exp(-S_s)`` which overflows
+* ``"chunked"`` -- the default on CPU (and on CUDA without mamba_ssm), for inference and training. The sequence is
+  cut into L2-cache-sized blocks processed one after another (carrying the state); inside a block, chunks of ``T``
+  steps are scanned in lock-step and stitched together by a short scan over the chunk boundaries, or, for wide
+  layers (``batch·d_inner·d_state >= STEPWISE_MIN_ELEMS``), the block is stepped through with one fused
+  multiply-add per step. It only ever multiplies decays ``exp(Δ A) <= 1`` together: the popular "cumsum in log
+  space" form, ``h_t = exp(S_t) Σ_s exp(-S_s) x_s`` with ``S_t = Σ Δ A``, needs ``exp(-S_s)``, which overflows
   float32 as soon as ``|ΣΔA|`` passes ~88 -- at initialisation a 4,096-step sequence already reaches ~1,500.
-  Wide layers (``batch·d_inner·d_state >= STEPWISE_MIN_ELEMS``) instead step through each (L2-cache-sized) block
-  with one fused multiply-add per step: each step is then big enough that the chunk bookkeeping costs more than it
-  saves. Without autograd the whole path works in place in preallocated buffers (on CPU a fresh 8 MB temporary
-  costs more in page faults than the arithmetic that fills it) and computes the decays with ``exp2``.
+  Everything runs in place in buffers allocated once per call (on CPU a fresh large temporary costs more in page
+  faults than the arithmetic that fills it), with the states laid out ``(steps, batch, d_state, d_inner)`` so that
+  ``y = C·h`` is one batched matrix product per block. With autograd it runs as ``SelectiveScanFunction``: the
+  forward keeps only its inputs and the state entering each block, and the backward rescans each block from that
+  state and runs the adjoint recurrence backwards through it, so training memory is linear in the length (as in
+  mamba_ssm's CUDA kernel), not ``L·d_inner·d_state`` per layer.
+
+  Why plain PyTorch ops and not ``torch.compile`` or a compiled extension: the package installs with pip alone and
+  runs wherever torch runs (CPU, CUDA, no compiler needed); the recurrence is sequential, so a compiler would have
+  to unroll it (minutes of compile time per layer shape, again for every new input size) to fuse what is already
+  a few vectorised passes per block here; and the cost is dominated by memory traffic and the exp, which the
+  block layout keeps in cache.
 * ``"export"`` -- one loop node per Mamba layer, so the graph does not grow with the sequence length. Under the
   TorchScript ONNX exporter (``torch.onnx.export(..., dynamo=False)``) it is a scripted loop that becomes one
   ONNX ``Loop`` whose trip count and shapes come from the input (one graph for every input size); under
@@ -45,8 +54,11 @@ from timm.layers import is_exportable
 
 SCAN_IMPLS = ("auto", "sequential", "chunked", "export", "cuda")
 
-# Budget (in float32 elements) for one block of the chunked scan: two (block, d_inner, d_state) buffers live at once.
-DEFAULT_BLOCK_ELEMS = 1 << 21
+# Budget (in float32 elements) for one block of the fast scan: its (block, b, d_state, d_inner) buffers (two in
+# inference, three in the backward) stay in a core's L2 cache between the vectorised exp/mul that fill them and the
+# step loops that read them back (measured on 1 thread, L=1k-64k, d_inner 64-512, N=16: 2^17 is 1.1-1.4x faster
+# than 2^21, whose buffers stream through main memory; 2^15 pays the per-op overhead).
+DEFAULT_BLOCK_ELEMS = 1 << 17
 # export scan: steps per chunk (written out in the loop body) and floats per block and batch element
 DEFAULT_EXPORT_CHUNK = 32
 DEFAULT_EXPORT_BLOCK_ELEMS = 1 << 20
@@ -54,18 +66,11 @@ DEFAULT_EXPORT_BLOCK_ELEMS = 1 << 20
 # denormal/underflow range up to 50x slower. Large Δ (and long chunks) land there all the time, so the fast paths
 # clamp the exponent; the sequential reference does not, and the tests compare the two.
 EXP_FLOOR = -80.0
-# The inference paths compute exp(Δ A) as exp2(Δ · A log2(e)): torch's exp2 is ~1.8x faster than its exp on CPU
-# (measured on AVX2), and the extra rounding of A·log2(e) is a relative 6e-8 of the exponent. exp2 stays fast down
-# to -126 (its smallest normal result); this floor is EXP_FLOOR in base 2.
-LOG2_E = 1.4426950408889634
-EXP2_FLOOR = EXP_FLOOR * LOG2_E
 # From this many states per step (batch·d_inner·d_state) on, stepping through a block one time step at a time beats
-# the lock-step chunks on CPU (measured crossover ~3-4k on 1 thread: d_inner 64-128 -> chunks, 256+ -> steps).
-STEPWISE_MIN_ELEMS = 4096
-# Block budget of the stepwise path: two (block, d_inner, d_state) buffers of 512 KiB each stay in the L2 cache
-# between the vectorised exp/mul that fill them and the step loop that reads them back (measured on 1 thread at
-# L=4096, d_inner=512, N=16: 2^17 elements is ~1.4x faster than 2^21).
-STEPWISE_BLOCK_ELEMS = 1 << 17
+# the lock-step chunks on CPU (measured on 1 thread with 2^17-float blocks: d_inner 64 -> equal, 128+ -> steps
+# 1.2x faster: each step is then big enough to amortise the per-op overhead, and the chunks do the recurrence twice).
+STEPWISE_MIN_ELEMS = 2048
+STEPWISE_BLOCK_ELEMS = DEFAULT_BLOCK_ELEMS
 
 
 def _mamba_ssm_scan():
@@ -142,9 +147,11 @@ def _chunk_len(block: int) -> int:
 
 class _BlockPlan:
     """How the fast scan cuts a sequence: blocks of ``block`` = K·T steps (the last one zero-padded), each scanned
-    as K chunks of T steps in lock-step (K = 1: one step at a time). Buffers are time-major, ``(steps, batch,
-    d_inner, d_state)``, so that a block's states are one ``(steps·batch, d_inner, d_state)`` batch of matrices for
-    the ``C·h`` products and one step of all K chunks is one slab for the recurrence."""
+    as K chunks of T steps in lock-step (K = 1: one step at a time). Buffers are time-major with d_inner innermost,
+    ``(steps, batch, d_state, d_inner)``: a block's states are then one ``(steps·batch, d_state, d_inner)`` batch of
+    row-major matrices, so ``y_t = C_t · h_t`` is a (1 x N) @ (N x d_inner) product per step that CPU BLAS runs at
+    ~0.1 ns per state (with d_state innermost the same products, or a sum over the last axis, cost 3-5 ns per state:
+    they were most of the scan's time), and one step of all K chunks is one slab for the recurrence."""
 
     def __init__(self, batch: int, d: int, n: int, seqlen: int, block_elems: int, min_block: int = 1) -> None:
         per_step = max(1, batch * d * n)
@@ -162,14 +169,16 @@ class _BlockPlan:
         self.num_blocks = self.padded // self.block
 
 
-def _scan_(a_steps, x_steps, chunk_decay, h0, reverse: bool = False):
-    """The recurrence ``h_t = a_t h_{t-1} + x_t`` in place over one block: ``x_steps`` (T views of (K, b, d, n),
+def _scan_(a_steps, x_steps, dt, a_t, h0, work: dict, reverse: bool = False):
+    """The recurrence ``h_t = a_t h_{t-1} + x_t`` in place over one block: ``x_steps`` (T views of (K, b, n, d),
     one per step of all K chunks) are overwritten by the states. ``reverse`` runs time backwards (the adjoint
     recurrence of the backward pass). Returns the state after the block's last step (in scan order).
 
     K = 1: one fused multiply-add per step. K > 1: pass 1 runs every chunk from a zero state; pass 2 walks the
-    chunk boundaries with the decay over a whole chunk (``chunk_decay`` (K, b, d, n), a product of factors <= 1,
-    so nothing can overflow whatever Δ is); pass 3 reruns the chunks from their true incoming states.
+    chunk boundaries with the decay over a whole chunk, exp(A ΣΔ) from ``dt`` (K·T, b, d) (a product of factors
+    <= 1, so nothing can overflow whatever Δ is); pass 3 reruns the chunks from their true incoming states.
+    ``work`` holds three (K, b, n, d) buffers reused for every block: on CPU a fresh buffer of that size is
+    mapped anew by the allocator, and its page faults cost more than the arithmetic done in it.
     """
     order = range(len(x_steps) - 1, -1, -1) if reverse else range(len(x_steps))
     k_len = x_steps[0].shape[0]
@@ -178,52 +187,58 @@ def _scan_(a_steps, x_steps, chunk_decay, h0, reverse: bool = False):
         for t in order:
             prev = x_steps[t].addcmul_(a_steps[t], prev)
         return prev[0].clone()
-    h = None
-    for t in order:
-        if h is None:
-            h = x_steps[t].clone()
-        else:
-            torch.addcmul(x_steps[t], a_steps[t], h, out=h)
-    incoming = [h0] * k_len
-    carry = h0
-    for k in (range(k_len - 1, -1, -1) if reverse else range(k_len)):
-        incoming[k] = carry
-        carry = torch.addcmul(h[k], chunk_decay[k], carry)
-    prev = torch.stack(incoming)
+    local, incoming, decay = work["local"], work["incoming"], work["decay"]
+    sums = dt.view(k_len, -1, *dt.shape[1:]).sum(1)  # (K, b, d)
+    torch.mul(sums[:, :, None, :], a_t, out=decay).clamp_(min=EXP_FLOOR).exp_()
+    local.copy_(x_steps[order[0]])
+    for t in order[1:]:
+        torch.addcmul(x_steps[t], a_steps[t], local, out=local)
+    chunks = range(k_len - 1, -1, -1) if reverse else range(k_len)
+    incoming[chunks[0]].copy_(h0)
+    for k, k_next in zip(chunks, chunks[1:]):
+        torch.addcmul(local[k], decay[k], incoming[k], out=incoming[k_next])
+    carry = torch.addcmul(local[chunks[-1]], decay[chunks[-1]], incoming[chunks[-1]])
+    prev = incoming
     for t in order:
         prev = x_steps[t].addcmul_(a_steps[t], prev)
     return carry
 
 
-def _fill_decays_(out, dt, a2, clamp: bool) -> None:
-    """``out`` (steps, b, d, n) <- exp(Δ A) computed as exp2(Δ · A log2 e) (see LOG2_E); ``dt`` is (steps, b, d)."""
-    torch.mul(dt[..., None], a2, out=out)
-    if clamp:
-        out.clamp_(min=EXP2_FLOOR)
-    out.exp2_()
-
-
-def _chunk_decays(dt, a2, plan: _BlockPlan):
-    """exp(A ΣΔ) over each chunk, (K, b, d, n): the decay across a whole chunk; None when K = 1."""
+def _workspace(plan: _BlockPlan, batch: int, n: int, d: int, like: torch.Tensor) -> dict:
+    """The (K, b, n, d) buffers of the lock-step passes, allocated once per scan (see ``_scan_``)."""
     if plan.k_len == 1:
-        return None
-    sums = dt.reshape(plan.k_len, plan.t_len, *dt.shape[1:]).sum(1)
-    return torch.exp2((sums[..., None] * a2).clamp_(min=EXP2_FLOOR))
+        return {}
+    return {k: like.new_empty(plan.k_len, batch, n, d) for k in ("local", "incoming", "decay")}
+
+
+def _fill_decays_(out, dt, a_t, clamp: bool) -> None:
+    """``out`` (steps, b, n, d) <- exp(Δ A); ``dt`` is (steps, b, d), ``a_t`` = A^T (n, d)."""
+    torch.mul(dt[:, :, None, :], a_t, out=out)
+    if clamp:
+        out.clamp_(min=EXP_FLOOR)
+    out.exp_()
 
 
 def _step_views(buf, plan: _BlockPlan):
-    """One (K, b, d, n) view per step of a (K·T, b, d, n) buffer, made once per buffer: at a few thousand elements
+    """One (K, b, n, d) view per step of a (K·T, b, n, d) buffer, made once per buffer: at a few thousand elements
     per step, indexing costs as much as the arithmetic."""
     return buf.view(plan.k_len, plan.t_len, *buf.shape[1:]).unbind(1)
 
 
+def _time_major_empty(batch: int, k: int, padded: int, like: torch.Tensor) -> torch.Tensor:
+    """A float32 (batch, k, padded) tensor stored time-major, (padded, batch, k): a block of steps is then one
+    contiguous slab, read or written in the layout of the state buffers (reading Δ with the stride of the sequence
+    length while filling (steps, b, n, d) buffers cost more than the arithmetic)."""
+    return like.new_empty(padded, batch, k, dtype=torch.float32).permute(1, 2, 0)
+
+
 def _dt_and_dtu(u, delta, delta_bias, delta_softplus: bool, padded: int):
-    """Δ (bias added, softplus applied) and Δ·u as (b, d, padded) float32 buffers; padding steps are zero
-    (decay 1, input 0: they change no real output). Written once into their buffers, not built from temporaries
-    (on CPU every fresh large tensor costs page faults on top of its arithmetic)."""
+    """Δ (bias added, softplus applied) and Δ·u as (b, d, padded) float32 buffers (stored time-major); padding
+    steps are zero (decay 1, input 0: they change no real output). Written once into their buffers, not built from
+    temporaries (on CPU every fresh large tensor costs page faults on top of its arithmetic)."""
     batch, d, seqlen = u.shape
-    dt_all = u.new_empty(batch, d, padded, dtype=torch.float32)
-    dtu_all = torch.empty_like(dt_all)
+    dt_all = _time_major_empty(batch, d, padded, u)
+    dtu_all = _time_major_empty(batch, d, padded, u)
     dt_real, dtu_real = dt_all[..., :seqlen], dtu_all[..., :seqlen]
     if delta_bias is not None:
         torch.add(delta, delta_bias.float()[:, None], out=dt_real)
@@ -243,36 +258,37 @@ def _time_major(t, padded: int):
     return F.pad(t.float(), (0, padded - t.shape[-1])).permute(2, 0, 1).contiguous()
 
 
-def _needs_clamp(dt_all, a2) -> bool:
+def _needs_clamp(dt_all, A) -> bool:
     """Whether some Δ·A can reach the exp floor: one reduction decides for the whole sequence."""
-    return dt_all.numel() > 0 and dt_all.max().item() * a2.abs().max().item() > -EXP2_FLOOR
+    return dt_all.numel() > 0 and dt_all.max().item() * A.abs().max().item() > -EXP_FLOOR
 
 
 def _scan_forward(dt_all, dtu_all, A, B, C, plan: _BlockPlan, boundaries: list | None = None):
-    """The states block by block in two (block, b, d, n) buffers; returns y = C·h as (b, d, padded). With
-    ``boundaries`` (a list), the state entering each block is appended to it (what the backward restarts from)."""
+    """The states block by block in two (block, b, n, d) buffers; returns y = C·h as (b, d, padded) (stored
+    time-major). With ``boundaries`` (a list), the state entering each block is appended to it (what the backward
+    restarts from)."""
     batch, d, padded = dt_all.shape
     n = A.shape[1]
     blk = plan.block
-    a2 = A * LOG2_E
-    clamp = _needs_clamp(dt_all, a2)
+    a_t = A.t().contiguous()
+    clamp = _needs_clamp(dt_all, A)
+    dt_tm, dtu_tm = dt_all.permute(2, 0, 1), dtu_all.permute(2, 0, 1)  # (padded, b, d), contiguous
     b_tm, c_tm = _time_major(B, padded), _time_major(C, padded)
-    buf_a = dt_all.new_empty(blk, batch, d, n)
+    buf_a = dt_all.new_empty(blk, batch, n, d)
     buf_x = torch.empty_like(buf_a)
     a_steps, x_steps = _step_views(buf_a, plan), _step_views(buf_x, plan)
-    y = dt_all.new_empty(batch, d, padded)
-    h = dt_all.new_zeros(batch, d, n)
+    work = _workspace(plan, batch, n, d, buf_a)
+    y = _time_major_empty(batch, d, padded, dt_all)
+    y_tm = y.permute(2, 0, 1)
+    h = dt_all.new_zeros(batch, n, d)
     for l0 in range(0, padded, blk):
         sl = slice(l0, l0 + blk)
         if boundaries is not None:
             boundaries.append(h)
-        dt = dt_all[..., sl].permute(2, 0, 1)  # (blk, b, d), a strided view
-        _fill_decays_(buf_a, dt, a2, clamp)
-        torch.mul(dtu_all[..., sl].permute(2, 0, 1)[..., None], b_tm[sl, :, None, :], out=buf_x)
-        h = _scan_(a_steps, x_steps, _chunk_decays(dt, a2, plan), h)
-        # y_t = C_t · h_t as a batch of (1 x n) @ (n x d) products: the fastest layout for CPU BLAS here
-        y_blk = torch.bmm(c_tm[sl].view(-1, 1, n), buf_x.view(-1, d, n).transpose(1, 2))
-        y[..., sl] = y_blk.view(blk, batch, d).permute(1, 2, 0)
+        _fill_decays_(buf_a, dt_tm[sl], a_t, clamp)
+        torch.mul(b_tm[sl, :, :, None], dtu_tm[sl, :, None, :], out=buf_x)
+        h = _scan_(a_steps, x_steps, dt_tm[sl], a_t, h, work)
+        torch.bmm(c_tm[sl].view(-1, 1, n), buf_x.view(-1, n, d), out=y_tm[sl].view(-1, 1, d))  # y_t = C_t · h_t
     return y
 
 
@@ -282,62 +298,57 @@ def _scan_backward(dt_all, dtu_all, A, B, C, gy, boundaries: list, plan: _BlockP
 
     With the adjoint λ_t = a_{t+1} λ_{t+1} + gy_t C_t (a reverse scan of the same form as the forward one):
     dL/dx_t = λ_t for the input x_t = (Δu)_t B_t, and dL/da_t = λ_t h_{t-1} for the decay a_t = exp(Δ_t A). Memory is
-    three (block, b, d, n) buffers whatever the length. Returns (g_y_scan, g_dt, g_dtu, g_A, g_B, g_C) where
-    g_y_scan is unused by the caller except for y itself: the recomputed y = C·h (b, d, padded), which the gate's
-    gradient needs."""
+    three (block, b, n, d) buffers whatever the length. Returns the recomputed y = C·h (the gate's gradient needs
+    it) and the gradients (g_dt, g_dtu, g_A, g_B, g_C), all but g_A as (b, ·, padded) stored time-major."""
     batch, d, padded = dt_all.shape
     n = A.shape[1]
     blk = plan.block
-    a2 = A * LOG2_E
-    clamp = _needs_clamp(dt_all, a2)
+    a_t = A.t().contiguous()
+    clamp = _needs_clamp(dt_all, A)
+    dt_tm, dtu_tm = dt_all.permute(2, 0, 1), dtu_all.permute(2, 0, 1)
     b_tm, c_tm = _time_major(B, padded), _time_major(C, padded)
-    gy_tm = gy.permute(2, 0, 1)  # (padded, b, d), strided
+    gy_tm = gy.permute(2, 0, 1).contiguous()  # (padded, b, d)
     # decays of steps 0..blk-1 in slots 0..blk-1; slot blk is the decay "after" the block for the adjoint (1: the
-    # carry from the next block arrives already multiplied by its first decay)
-    decays = dt_all.new_empty(blk + 1, batch, d, n)
+    # carry from the next block arrives already multiplied by that block's first decay)
+    decays = dt_all.new_empty(blk + 1, batch, n, d)
     # states: slot 0 the state entering the block, slots 1..blk the block's states
     states = torch.empty_like(decays)
-    adj = dt_all.new_empty(blk, batch, d, n)
+    adj = dt_all.new_empty(blk, batch, n, d)
     fwd_a, fwd_x = _step_views(decays[:blk], plan), _step_views(states[1:], plan)
     rev_a, rev_x = _step_views(decays[1:], plan), _step_views(adj, plan)
-    y = dt_all.new_empty(batch, d, padded)
-    g_dt = dt_all.new_empty(batch, d, padded)
-    g_dtu = torch.empty_like(g_dt)
-    g_b = dt_all.new_empty(batch, n, padded)
-    g_c = torch.empty_like(g_b)
-    g_a = A.new_zeros(d, n)
-    carry = dt_all.new_zeros(batch, d, n)
-    zero_step = dt_all.new_zeros(1, batch, d)
+    work = _workspace(plan, batch, n, d, adj)
+    y, g_dt, g_dtu = (_time_major_empty(batch, d, padded, dt_all) for _ in range(3))
+    g_b, g_c = (_time_major_empty(batch, n, padded, dt_all) for _ in range(2))
+    y_tm, g_dt_tm, g_dtu_tm, g_b_tm, g_c_tm = (t.permute(2, 0, 1) for t in (y, g_dt, g_dtu, g_b, g_c))
+    g_a_t = a_t.new_zeros(n, d)
+    carry = dt_all.new_zeros(batch, n, d)
+    dt_next = dt_all.new_zeros(blk, batch, d)  # Δ shifted by one step: the adjoint's chunk decays
     for i in range(plan.num_blocks - 1, -1, -1):
-        l0 = i * blk
-        sl = slice(l0, l0 + blk)
-        dt = dt_all[..., sl].permute(2, 0, 1)
-        dtu = dtu_all[..., sl].permute(2, 0, 1)
-        # recompute the block's states
-        _fill_decays_(decays[:blk], dt, a2, clamp)
+        sl = slice(i * blk, (i + 1) * blk)
+        dt, dtu, gy_blk = dt_tm[sl], dtu_tm[sl], gy_tm[sl]  # (blk, b, d)
+        # the block's states again, from the state that entered it
+        _fill_decays_(decays[:blk], dt, a_t, clamp)
         decays[blk].fill_(1.0)
         states[0].copy_(boundaries[i])
-        torch.mul(dtu[..., None], b_tm[sl, :, None, :], out=states[1:])
-        _scan_(fwd_a, fwd_x, _chunk_decays(dt, a2, plan), boundaries[i])
-        h = states[1:].view(-1, d, n)  # (blk·b, d, n)
-        gy_blk = gy_tm[sl].reshape(-1, 1, d)
-        y[..., sl] = torch.bmm(c_tm[sl].view(-1, 1, n), h.transpose(1, 2)).view(blk, batch, d).permute(1, 2, 0)
-        g_c[..., sl] = torch.bmm(gy_blk, h).view(blk, batch, n).permute(1, 2, 0)
-        # a_t h_{t-1} in slots 0..blk-1 (the states are no longer needed)
-        prev = states[:blk]
-        prev.mul_(decays[:blk])
+        torch.mul(b_tm[sl, :, :, None], dtu[:, :, None, :], out=states[1:])
+        _scan_(fwd_a, fwd_x, dt, a_t, boundaries[i], work)
+        h = states[1:].view(-1, n, d)  # (blk·b, n, d)
+        torch.bmm(c_tm[sl].view(-1, 1, n), h, out=y_tm[sl].view(-1, 1, d))
+        torch.bmm(h, gy_blk.view(-1, d, 1), out=g_c_tm[sl].view(-1, n, 1))
+        # a_t h_{t-1} in slots 0..blk-1 (the states themselves are no longer needed)
+        prev = states[:blk].mul_(decays[:blk])
         # the adjoint: inputs gy_t C_t, decays a_{t+1}, scanned backwards from the carry of the next block
-        torch.mul(gy_tm[sl][..., None], c_tm[sl, :, None, :], out=adj)
-        dt_next = torch.cat([dt[1:], zero_step]) if plan.k_len > 1 else None
-        _scan_(rev_a, rev_x, None if dt_next is None else _chunk_decays(dt_next, a2, plan), carry, reverse=True)
+        torch.mul(c_tm[sl, :, :, None], gy_blk[:, :, None, :], out=adj)
+        dt_next[:-1] = dt[1:]
+        _scan_(rev_a, rev_x, dt_next, a_t, carry, work, reverse=True)
         carry = decays[0] * adj[0]
-        lam = adj.view(-1, d, n)
-        g_dtu[..., sl] = torch.bmm(lam, b_tm[sl].view(-1, n, 1)).view(blk, batch, d).permute(1, 2, 0)
-        g_b[..., sl] = torch.bmm(lam.transpose(1, 2), dtu.reshape(-1, d, 1)).view(blk, batch, n).permute(1, 2, 0)
-        w = prev.mul_(adj).view(-1, d, n)  # λ_t a_t h_{t-1} = dL/da_t · a_t
-        g_dt[..., sl] = torch.bmm(w.transpose(0, 1), A[:, :, None]).view(d, blk, batch).permute(2, 0, 1)
-        g_a += torch.bmm(w.permute(1, 2, 0), dt.reshape(-1, d).t()[:, :, None]).squeeze(-1)
-    return y, g_dt, g_dtu, g_a, g_b, g_c
+        lam = adj.view(-1, n, d)
+        torch.bmm(b_tm[sl].view(-1, 1, n), lam, out=g_dtu_tm[sl].view(-1, 1, d))
+        torch.bmm(lam, dtu.view(-1, d, 1), out=g_b_tm[sl].view(-1, n, 1))
+        w = prev.mul_(adj)  # λ_t a_t h_{t-1} = dL/da_t · a_t, (blk, b, n, d)
+        torch.sum(torch.mul(w, a_t, out=adj), 2, out=g_dt_tm[sl])  # Σ_n w A (adj is free now)
+        g_a_t += w.mul_(dt[:, :, None, :]).sum((0, 1))  # Σ_t w Δ
+    return y, g_dt, g_dtu, g_a_t.t(), g_b, g_c
 
 
 class SelectiveScanFunction(torch.autograd.Function):
