@@ -117,7 +117,7 @@ def bench_scan(prev_path: Path | None, seqlen: int = 4096, d_inner: int = 512, d
     out: dict[str, float] = {"max_abs_diff": (infer(impls["new"]) - infer(impls["sequential"])).abs().max().item()}
     for mode, run in (("infer", infer), ("train", train)):
         cpu = collections.defaultdict(lambda: float("inf"))
-        for name, fn in impls.items():  # warm-up
+        for fn in impls.values():  # warm-up
             run(fn)
         for _ in range(rounds):
             for name, fn in impls.items():

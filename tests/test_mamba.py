@@ -7,6 +7,7 @@ equals the plain sequential recurrence to 1e-5, including with large Δ over lon
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -161,8 +162,8 @@ def test_scan_function_saves_no_state_sized_tensors():
     for n, seqlen in ((4, 256), (16, 1024)):  # d_state x length grows 16x
         args = _scan_inputs(batch=batch, d=d, n=n, seqlen=seqlen)
         state_bytes = batch * d * seqlen * n * 4
-        extra, _ = _saved_bytes(lambda *a, **k: selective_scan_chunked(*a, **k, block_elems=batch * d * n * 64),
-                                args)
+        block_elems = batch * d * n * 64
+        extra, _ = _saved_bytes(functools.partial(selective_scan_chunked, block_elems=block_elems), args)
         assert extra <= batch * d * seqlen * 4 + batch * d * n * 4, (n, seqlen, extra)
         ref_extra, _ = _saved_bytes(selective_scan_sequential, args)
         assert ref_extra >= 2 * state_bytes  # the measure does see state-sized tensors where they are kept
@@ -327,3 +328,22 @@ def test_mamba_layer_exports_to_one_onnx_loop_that_does_not_grow_with_length(tmp
             assert got.shape == ref.shape and ref.abs().max() > 0.01
             assert (got - ref).abs().max().item() <= 1e-4
     assert counts[24] == counts[96]
+
+
+def test_timm_exportable_switch_selects_the_export_form(monkeypatch):
+    """timm's is_exportable() (set by the exporter) is what sends "auto" to the one-loop export form."""
+    from timm.layers import set_layer_config
+
+    import zoo.layers.selective_scan as scan_module
+
+    calls = []
+    real = scan_module.selective_scan_export
+    monkeypatch.setattr(scan_module, "selective_scan_export", lambda *a, **k: calls.append(1) or real(*a, **k))
+    u, delta, a, b, c, dd, z, bias = _scan_inputs(seqlen=20)
+    with torch.no_grad():
+        fast = selective_scan(u, delta, a, b, c, dd, z, bias, delta_softplus=True)
+        assert calls == []
+        with set_layer_config(exportable=True):
+            exported = selective_scan(u, delta, a, b, c, dd, z, bias, delta_softplus=True)
+    assert calls == [1]
+    assert (fast - exported).abs().max().item() <= 1e-5
