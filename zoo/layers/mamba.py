@@ -5,7 +5,8 @@ Facts from state-spaces/mamba ``mamba_ssm/modules/mamba_simple.py`` (class ``Mam
 initialisation are the same, so a ``mamba_ssm.Mamba`` state_dict loads unchanged and a freshly built layer has
 the same distribution of weights. The selective scan itself lives in ``zoo.layers.selective_scan`` and is chosen
 with ``scan_impl`` (``"auto"`` uses mamba_ssm's CUDA kernel when it is installed and the input is on CUDA, the
-loop form under export, the chunked form otherwise).
+one-loop export form when timm's ``is_exportable()`` switch is set, and otherwise the fast chunked form, on any
+device, whose backward recomputes the states so that training memory stays linear in the sequence length).
 """
 
 from __future__ import annotations

@@ -13,16 +13,25 @@ Why three forms:
 
 * ``"sequential"`` -- the recurrence written out, one step at a time. Slow; it is the reference the others are
   tested against.
-* ``"chunked"`` -- the default on CPU and for training. The sequence is cut into blocks that are processed one
-  after another (carrying the state), so inference never holds more than one block of ``L·d_inner·d_state``
-  states; inside a block, chunks of ``T`` steps are scanned in lock-step and then stitched together by a short scan
-  over the chunk boundaries. It only ever multiplies decays ``exp(Δ A) <= 1`` together: the popular "cumsum in
-  log space" form, ``h_t = exp(S_t) Σ_s exp(-S_s) x_s`` with ``S_t = Σ Δ A``, needs ``exp(-S_s)`` which overflows
+* ``"chunked"`` -- the default on CPU (and on CUDA without mamba_ssm), for inference and training. The sequence is
+  cut into L2-cache-sized blocks processed one after another (carrying the state); inside a block, chunks of ``T``
+  steps are scanned in lock-step and stitched together by a short scan over the chunk boundaries, or, for wide
+  layers (``batch·d_inner·d_state >= STEPWISE_MIN_ELEMS``), the block is stepped through with one fused
+  multiply-add per step. It only ever multiplies decays ``exp(Δ A) <= 1`` together: the popular "cumsum in log
+  space" form, ``h_t = exp(S_t) Σ_s exp(-S_s) x_s`` with ``S_t = Σ Δ A``, needs ``exp(-S_s)``, which overflows
   float32 as soon as ``|ΣΔA|`` passes ~88 -- at initialisation a 4,096-step sequence already reaches ~1,500.
-  Wide layers (``batch·d_inner·d_state >= STEPWISE_MIN_ELEMS``) instead step through each (L2-cache-sized) block
-  with one fused multiply-add per step: each step is then big enough that the chunk bookkeeping costs more than it
-  saves. Without autograd the whole path works in place in preallocated buffers (on CPU a fresh 8 MB temporary
-  costs more in page faults than the arithmetic that fills it) and computes the decays with ``exp2``.
+  Everything runs in place in buffers allocated once per call (on CPU a fresh large temporary costs more in page
+  faults than the arithmetic that fills it), with the states laid out ``(steps, batch, d_state, d_inner)`` so that
+  ``y = C·h`` is one batched matrix product per block. With autograd it runs as ``SelectiveScanFunction``: the
+  forward keeps only its inputs and the state entering each block, and the backward rescans each block from that
+  state and runs the adjoint recurrence backwards through it, so training memory is linear in the length (as in
+  mamba_ssm's CUDA kernel), not ``L·d_inner·d_state`` per layer.
+
+  Why plain PyTorch ops and not ``torch.compile`` or a compiled extension: the package installs with pip alone and
+  runs wherever torch runs (CPU, CUDA, no compiler needed); the recurrence is sequential, so a compiler would have
+  to unroll it (minutes of compile time per layer shape, again for every new input size) to fuse what is already
+  a few vectorised passes per block here; and the cost is dominated by memory traffic and the exp, which the
+  block layout keeps in cache.
 * ``"export"`` -- one loop node per Mamba layer, so the graph does not grow with the sequence length. Under the
   TorchScript ONNX exporter (``torch.onnx.export(..., dynamo=False)``) it is a scripted loop that becomes one
   ONNX ``Loop`` whose trip count and shapes come from the input (one graph for every input size); under
@@ -41,11 +50,15 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers import is_exportable
 
 SCAN_IMPLS = ("auto", "sequential", "chunked", "export", "cuda")
 
-# Budget (in float32 elements) for one block of the chunked scan: two (block, d_inner, d_state) buffers live at once.
-DEFAULT_BLOCK_ELEMS = 1 << 21
+# Budget (in float32 elements) for one block of the fast scan: its (block, b, d_state, d_inner) buffers (two in
+# inference, three in the backward) stay in a core's L2 cache between the vectorised exp/mul that fill them and the
+# step loops that read them back (measured on 1 thread, L=1k-64k, d_inner 64-512, N=16: 2^17 is 1.1-1.4x faster
+# than 2^21, whose buffers stream through main memory; 2^15 pays the per-op overhead).
+DEFAULT_BLOCK_ELEMS = 1 << 17
 # export scan: steps per chunk (written out in the loop body) and floats per block and batch element
 DEFAULT_EXPORT_CHUNK = 32
 DEFAULT_EXPORT_BLOCK_ELEMS = 1 << 20
@@ -53,18 +66,11 @@ DEFAULT_EXPORT_BLOCK_ELEMS = 1 << 20
 # denormal/underflow range up to 50x slower. Large Δ (and long chunks) land there all the time, so the fast paths
 # clamp the exponent; the sequential reference does not, and the tests compare the two.
 EXP_FLOOR = -80.0
-# The inference paths compute exp(Δ A) as exp2(Δ · A log2(e)): torch's exp2 is ~1.8x faster than its exp on CPU
-# (measured on AVX2), and the extra rounding of A·log2(e) is a relative 6e-8 of the exponent. exp2 stays fast down
-# to -126 (its smallest normal result); this floor is EXP_FLOOR in base 2.
-LOG2_E = 1.4426950408889634
-EXP2_FLOOR = EXP_FLOOR * LOG2_E
 # From this many states per step (batch·d_inner·d_state) on, stepping through a block one time step at a time beats
-# the lock-step chunks on CPU (measured crossover ~3-4k on 1 thread: d_inner 64-128 -> chunks, 256+ -> steps).
-STEPWISE_MIN_ELEMS = 4096
-# Block budget of the stepwise path: two (block, d_inner, d_state) buffers of 512 KiB each stay in the L2 cache
-# between the vectorised exp/mul that fill them and the step loop that reads them back (measured on 1 thread at
-# L=4096, d_inner=512, N=16: 2^17 elements is ~1.4x faster than 2^21).
-STEPWISE_BLOCK_ELEMS = 1 << 17
+# the lock-step chunks on CPU (measured on 1 thread with 2^17-float blocks: d_inner 64 -> equal, 128+ -> steps
+# 1.2x faster: each step is then big enough to amortise the per-op overhead, and the chunks do the recurrence twice).
+STEPWISE_MIN_ELEMS = 2048
+STEPWISE_BLOCK_ELEMS = DEFAULT_BLOCK_ELEMS
 
 
 def _mamba_ssm_scan():
@@ -76,27 +82,16 @@ def _mamba_ssm_scan():
     return selective_scan_fn
 
 
-def _is_exporting() -> bool:
-    try:
-        if torch.compiler.is_exporting():
-            return True
-    except AttributeError:  # older torch
-        pass
-    return bool(torch.onnx.is_in_onnx_export())
+def export_requested() -> bool:
+    """Whether the scan must take its export form (one loop node per layer) instead of the fast eager form.
 
-
-def _is_tracing(t: torch.Tensor) -> bool:
-    """True while torch.export / dynamo / the ONNX exporter trace the model (then the loop must be one node)."""
-    if _is_exporting():
-        return True
-    try:
-        if torch.compiler.is_compiling():
-            return True
-    except AttributeError:
-        pass
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(t, FakeTensor)
+    The switch is timm's ``timm.layers.is_exportable()``, set by an exporter with
+    ``timm.layers.set_layer_config(exportable=True)`` or the ``timm.layers.set_exportable(True)`` context. A direct
+    ``torch.onnx.export`` / ``torch.export`` call without the switch is also recognised (TorchScript tracing, or
+    torch.export's tracing): the fast form's Python loops over thousands of steps would otherwise be unrolled into
+    the graph, with its data-dependent ``.item()`` branch frozen in.
+    """
+    return is_exportable() or torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
@@ -150,139 +145,100 @@ def _chunk_len(block: int) -> int:
     return max(1, 1 << max(0, round(math.log2(max(block, 1)) / 2)))
 
 
-def _scan_block_grad(dA, dBu, h0):
-    """Differentiable block scan (training). ``dA``/``dBu`` are (b, L, d, n); returns all states and the last one.
+class _BlockPlan:
+    """How the fast scan cuts a sequence: blocks of ``block`` = K·T steps (the last one zero-padded), each scanned
+    as K chunks of T steps in lock-step (K = 1: one step at a time). Buffers are time-major with d_inner innermost,
+    ``(steps, batch, d_state, d_inner)``: a block's states are then one ``(steps·batch, d_state, d_inner)`` batch of
+    row-major matrices, so ``y_t = C_t · h_t`` is a (1 x N) @ (N x d_inner) product per step that CPU BLAS runs at
+    ~0.1 ns per state (with d_state innermost the same products, or a sum over the last axis, cost 3-5 ns per state:
+    they were most of the scan's time), and one step of all K chunks is one slab for the recurrence."""
 
-    The block is viewed as K chunks of T steps. Pass 1 runs the recurrence inside every chunk at once (T steps,
-    starting from zero) together with the running products of decays; pass 2 walks the K chunk boundaries to get
-    each chunk's incoming state; pass 3 adds ``(Π decays) · incoming`` to every state. Only products of factors in
-    (0, 1] are formed, so nothing can overflow, whatever Δ is. Out of place throughout, so autograd can keep what
-    it saved.
+    def __init__(self, batch: int, d: int, n: int, seqlen: int, block_elems: int, min_block: int = 1) -> None:
+        per_step = max(1, batch * d * n)
+        block = max(1, min(seqlen, block_elems // per_step))
+        # wide layers: one fused multiply-add per step already amortises the per-op overhead, and the lock-step
+        # chunks would do the recurrence twice (see STEPWISE_MIN_ELEMS)
+        stepwise = per_step >= STEPWISE_MIN_ELEMS
+        if stepwise:
+            block = max(1, min(block, STEPWISE_BLOCK_ELEMS // per_step))
+        block = max(block, min(min_block, seqlen))
+        self.t_len = block if stepwise else _chunk_len(block)
+        self.k_len = -(-block // self.t_len)
+        self.block = self.k_len * self.t_len
+        self.padded = -(-max(seqlen, 1) // self.block) * self.block
+        self.num_blocks = self.padded // self.block
+
+
+def _scan_(a_steps, x_steps, dt, a_t, h0, work: dict, reverse: bool = False):
+    """The recurrence ``h_t = a_t h_{t-1} + x_t`` in place over one block: ``x_steps`` (T views of (K, b, n, d),
+    one per step of all K chunks) are overwritten by the states. ``reverse`` runs time backwards (the adjoint
+    recurrence of the backward pass). Returns the state after the block's last step (in scan order).
+
+    K = 1: one fused multiply-add per step. K > 1: pass 1 runs every chunk from a zero state; pass 2 walks the
+    chunk boundaries with the decay over a whole chunk, exp(A ΣΔ) from ``dt`` (K·T, b, d) (a product of factors
+    <= 1, so nothing can overflow whatever Δ is); pass 3 reruns the chunks from their true incoming states.
+    ``work`` holds three (K, b, n, d) buffers reused for every block: on CPU a fresh buffer of that size is
+    mapped anew by the allocator, and its page faults cost more than the arithmetic done in it.
     """
-    b, seqlen, d, n = dA.shape
-    t_len = _chunk_len(seqlen)
-    k_len = -(-seqlen // t_len)
-    pad = k_len * t_len - seqlen
-    if pad:  # padding steps decay by 1 and add 0: they change nothing and are cut off below
-        dA = torch.cat([dA, dA.new_ones(b, pad, d, n)], dim=1)
-        dBu = torch.cat([dBu, dBu.new_zeros(b, pad, d, n)], dim=1)
-    dA = dA.reshape(b, k_len, t_len, d, n)
-    dBu = dBu.reshape(b, k_len, t_len, d, n)
-    hs, ps = [dBu[:, :, 0]], [dA[:, :, 0]]
-    for t in range(1, t_len):
-        hs.append(dA[:, :, t] * hs[-1] + dBu[:, :, t])
-        ps.append(dA[:, :, t] * ps[-1])
-    h_loc = torch.stack(hs, dim=2)
-    prod = torch.stack(ps, dim=2)
-    incoming = []
-    h = h0
-    for k in range(k_len):
-        incoming.append(h)
-        h = prod[:, k, -1] * h + h_loc[:, k, -1]
-    states = h_loc + prod * torch.stack(incoming, dim=1)[:, :, None]
-    states = states.reshape(b, k_len * t_len, d, n)
-    return states[:, :seqlen], states[:, seqlen - 1]
-
-
-def _scan_block_inference(dA, dBu, dt, A, h0):
-    """In-place block scan without autograd: overwrites ``dBu`` (b, K, T, d, n) with the states of the block.
-
-    ``dA`` (b, K, T, d, n) holds the decays exp(Δ A) and ``dt`` (b, K, T, d) the steps Δ. Pass 1 runs all K chunks
-    in lock-step from a zero state and keeps only each chunk's final state; the decay across a whole chunk is
-    exp(A ΣΔ) (an exponent <= 0, so it cannot overflow); pass 2 walks the K chunk boundaries for each chunk's
-    incoming state; pass 3 reruns the chunks from their true incoming states, writing the states over ``dBu``.
-    Returns the state after the block's last step.
-    """
-    t_len = dA.shape[2]
-    h = torch.zeros_like(dBu[:, :, 0])
-    for t in range(t_len):
-        h = torch.addcmul(dBu[:, :, t], dA[:, :, t], h)
-    chunk_decay = torch.exp((dt.sum(2)[..., None] * A).clamp_(min=EXP_FLOOR))  # (b, K, d, n)
-    incoming = []
-    carry = h0
-    for k in range(dA.shape[1]):
-        incoming.append(carry)
-        carry = torch.addcmul(h[:, k], chunk_decay[:, k], carry)
-    prev = torch.stack(incoming, dim=1)
-    for t in range(t_len):
-        prev = dBu[:, :, t].addcmul_(dA[:, :, t], prev)
+    order = range(len(x_steps) - 1, -1, -1) if reverse else range(len(x_steps))
+    k_len = x_steps[0].shape[0]
+    if k_len == 1:
+        prev = h0.unsqueeze(0)
+        for t in order:
+            prev = x_steps[t].addcmul_(a_steps[t], prev)
+        return prev[0].clone()
+    local, incoming, decay = work["local"], work["incoming"], work["decay"]
+    sums = dt.view(k_len, -1, *dt.shape[1:]).sum(1)  # (K, b, d)
+    torch.mul(sums[:, :, None, :], a_t, out=decay).clamp_(min=EXP_FLOOR).exp_()
+    local.copy_(x_steps[order[0]])
+    for t in order[1:]:
+        torch.addcmul(x_steps[t], a_steps[t], local, out=local)
+    chunks = range(k_len - 1, -1, -1) if reverse else range(k_len)
+    incoming[chunks[0]].copy_(h0)
+    for k, k_next in zip(chunks, chunks[1:]):
+        torch.addcmul(local[k], decay[k], incoming[k], out=incoming[k_next])
+    carry = torch.addcmul(local[chunks[-1]], decay[chunks[-1]], incoming[chunks[-1]])
+    prev = incoming
+    for t in order:
+        prev = x_steps[t].addcmul_(a_steps[t], prev)
     return carry
 
 
-def _scan_block_steps(steps, h0):
-    """In-place block scan one step at a time (one fused multiply-add per step). ``steps`` holds, per time step,
-    the pair (``dBu_t``, ``dA_t``) as (b, d, n) views of the block buffers; each ``dBu_t`` is overwritten with the
-    state h_t. For wide layers (``batch·d_inner·d_state`` >= ``STEPWISE_MIN_ELEMS``) each step is already big
-    enough to amortise the per-op overhead, and this does half the arithmetic of the chunked passes. The views are
-    made once per buffer (not per step) because at ~8k elements per step the indexing costs as much as the maths."""
-    prev = h0
-    for dbu_t, da_t in steps:
-        prev = dbu_t.addcmul_(da_t, prev)
-    return prev.clone()
+def _workspace(plan: _BlockPlan, batch: int, n: int, d: int, like: torch.Tensor) -> dict:
+    """The (K, b, n, d) buffers of the lock-step passes, allocated once per scan (see ``_scan_``)."""
+    if plan.k_len == 1:
+        return {}
+    return {k: like.new_empty(plan.k_len, batch, n, d) for k in ("local", "incoming", "decay")}
 
 
-def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                           block_elems: int = DEFAULT_BLOCK_ELEMS):
-    """Chunked scan: blocks of the sequence in turn (bounded memory), parallel chunks inside a block (speed).
-
-    ``block_elems`` caps ``batch·block_len·d_inner·d_state``; without autograd two buffers of that size are
-    allocated once and reused for every block, so inference memory does not depend on the sequence length
-    (and the page faults of fresh large allocations are paid once).
-    """
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
-    if needs_grad:
-        return _chunked_grad(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_elems)
-    return _chunked_inference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_elems)
+def _fill_decays_(out, dt, a_t, clamp: bool) -> None:
+    """``out`` (steps, b, n, d) <- exp(Δ A); ``dt`` is (steps, b, d), ``a_t`` = A^T (n, d)."""
+    torch.mul(dt[:, :, None, :], a_t, out=out)
+    if clamp:
+        out.clamp_(min=EXP_FLOOR)
+    out.exp_()
 
 
-def _chunked_grad(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_elems):
-    """The differentiable form: out-of-place block scans (see ``_scan_block_grad``)."""
-    dtype = u.dtype
-    u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+def _step_views(buf, plan: _BlockPlan):
+    """One (K, b, n, d) view per step of a (K·T, b, n, d) buffer, made once per buffer: at a few thousand elements
+    per step, indexing costs as much as the arithmetic."""
+    return buf.view(plan.k_len, plan.t_len, *buf.shape[1:]).unbind(1)
+
+
+def _time_major_empty(batch: int, k: int, padded: int, like: torch.Tensor) -> torch.Tensor:
+    """A float32 (batch, k, padded) tensor stored time-major, (padded, batch, k): a block of steps is then one
+    contiguous slab, read or written in the layout of the state buffers (reading Δ with the stride of the sequence
+    length while filling (steps, b, n, d) buffers cost more than the arithmetic)."""
+    return like.new_empty(padded, batch, k, dtype=torch.float32).permute(1, 2, 0)
+
+
+def _dt_and_dtu(u, delta, delta_bias, delta_softplus: bool, padded: int):
+    """Δ (bias added, softplus applied) and Δ·u as (b, d, padded) float32 buffers (stored time-major); padding
+    steps are zero (decay 1, input 0: they change no real output). Written once into their buffers, not built from
+    temporaries (on CPU every fresh large tensor costs page faults on top of its arithmetic)."""
     batch, d, seqlen = u.shape
-    n = A.shape[1]
-    block = max(1, min(seqlen, block_elems // max(1, batch * d * n)))
-    dt_all = delta.transpose(1, 2)  # (b, L, d)
-    dtu_all = (delta * u).transpose(1, 2)
-    b_all = B.transpose(1, 2)  # (b, L, n)
-    c_all = C.transpose(1, 2)
-    h = u.new_zeros(batch, d, n)
-    ys = []
-    for l0 in range(0, seqlen, block):
-        l1 = min(seqlen, l0 + block)
-        dA = torch.exp((dt_all[:, l0:l1, :, None] * A).clamp(min=EXP_FLOOR))  # (b, l, d, n)
-        dBu = dtu_all[:, l0:l1, :, None] * b_all[:, l0:l1, None, :]
-        states, h = _scan_block_grad(dA, dBu, h)
-        ys.append(torch.einsum("bldn,bln->bld", states, c_all[:, l0:l1]))
-    return _finish(torch.cat(ys, dim=1).transpose(1, 2), u, D, z, dtype)
-
-
-def _chunked_inference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_elems):
-    """The inference form: in place, in three full-length (batch, d_inner, L) buffers and two block buffers.
-
-    Fresh large tensors are expensive on CPU beyond their arithmetic (every new page is a page fault: an 8 MB
-    temporary costs ~10x the elementwise op that fills it), so Δ, Δ·u and y are each written once into a buffer,
-    and the D·u skip and the silu(z) gate are applied in place.
-    """
-    dtype = u.dtype
-    u, delta, z = (None if t is None else t.float() for t in (u, delta, z))
-    A, B, C = A.float(), B.float(), C.float()
-    batch, d, seqlen = u.shape
-    n = A.shape[1]
-    block = max(1, min(seqlen, block_elems // max(1, batch * d * n)))
-    stepwise = batch * d * n >= STEPWISE_MIN_ELEMS
-    if stepwise:
-        block = max(1, min(block, STEPWISE_BLOCK_ELEMS // (batch * d * n)))
-    t_len = block if stepwise else _chunk_len(block)
-    k_len = -(-block // t_len)
-    block = k_len * t_len
-    padded = -(-seqlen // block) * block
-
-    # Δ (with bias and softplus) and Δ·u in the input layout (contiguous passes; transposing them costs more than
-    # the strided reads below); padding steps (Δ = 0: decay 1, input 0) come last and change no real output
-    dt_all = u.new_empty(batch, d, padded)
-    dtu_all = u.new_empty(batch, d, padded)
+    dt_all = _time_major_empty(batch, d, padded, u)
+    dtu_all = _time_major_empty(batch, d, padded, u)
     dt_real, dtu_real = dt_all[..., :seqlen], dtu_all[..., :seqlen]
     if delta_bias is not None:
         torch.add(delta, delta_bias.float()[:, None], out=dt_real)
@@ -294,38 +250,200 @@ def _chunked_inference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, bloc
     if padded != seqlen:
         dt_all[..., seqlen:].zero_()
         dtu_all[..., seqlen:].zero_()
-    b_all = F.pad(B, (0, padded - seqlen)).transpose(1, 2).contiguous()  # (b, L, n): small
-    c_all = F.pad(C, (0, padded - seqlen)).transpose(1, 2).contiguous()
+    return dt_all, dtu_all
 
-    buf_a = u.new_empty(batch, k_len, t_len, d, n)
-    buf_b = torch.empty_like(buf_a)
-    steps = list(zip(buf_b.view(batch, block, d, n).unbind(1), buf_a.view(batch, block, d, n).unbind(1)))
-    y = u.new_empty(batch, d, padded)
-    a2 = A * LOG2_E
-    # the floor only matters when some Δ·A can reach it: one reduction decides for the whole sequence
-    clamp = seqlen > 0 and dt_real.max().item() * a2.abs().max().item() > -EXP2_FLOOR
-    h = u.new_zeros(batch, d, n)
-    for l0 in range(0, padded, block):
-        sl = slice(l0, l0 + block)
-        dt = dt_all[..., sl].transpose(1, 2).view(batch, k_len, t_len, d)
-        torch.mul(dt[..., None], a2, out=buf_a)
-        if clamp:
-            buf_a.clamp_(min=EXP2_FLOOR)
-        buf_a.exp2_()  # exp(Δ A), see EXP2_FLOOR
-        torch.mul(dtu_all[..., sl].transpose(1, 2).view(batch, k_len, t_len, d, 1),
-                  b_all[:, sl].view(batch, k_len, t_len, 1, n), out=buf_b)
-        if stepwise:
-            h = _scan_block_steps(steps, h)
-        else:
-            h = _scan_block_inference(buf_a, buf_b, dt, A, h)
-        # y_t = C_t · h_t as a batch of (1 x n) @ (n x d) products: the fastest layout for CPU BLAS here
-        y_blk = torch.bmm(c_all[:, sl].reshape(-1, 1, n), buf_b.view(-1, d, n).transpose(1, 2))
-        y[..., sl] = y_blk.view(batch, block, d).transpose(1, 2)
-    y = y[..., :seqlen]
+
+def _time_major(t, padded: int):
+    """(b, k, L) -> (padded, b, k), contiguous, zero-padded at the end (for B and C: small next to the states)."""
+    return F.pad(t.float(), (0, padded - t.shape[-1])).permute(2, 0, 1).contiguous()
+
+
+def _needs_clamp(dt_all, A) -> bool:
+    """Whether some Δ·A can reach the exp floor: one reduction decides for the whole sequence."""
+    return dt_all.numel() > 0 and dt_all.max().item() * A.abs().max().item() > -EXP_FLOOR
+
+
+def _scan_forward(dt_all, dtu_all, A, B, C, plan: _BlockPlan, boundaries: list | None = None):
+    """The states block by block in two (block, b, n, d) buffers; returns y = C·h as (b, d, padded) (stored
+    time-major). With ``boundaries`` (a list), the state entering each block is appended to it (what the backward
+    restarts from)."""
+    batch, d, padded = dt_all.shape
+    n = A.shape[1]
+    blk = plan.block
+    a_t = A.t().contiguous()
+    clamp = _needs_clamp(dt_all, A)
+    dt_tm, dtu_tm = dt_all.permute(2, 0, 1), dtu_all.permute(2, 0, 1)  # (padded, b, d), contiguous
+    b_tm, c_tm = _time_major(B, padded), _time_major(C, padded)
+    buf_a = dt_all.new_empty(blk, batch, n, d)
+    buf_x = torch.empty_like(buf_a)
+    a_steps, x_steps = _step_views(buf_a, plan), _step_views(buf_x, plan)
+    work = _workspace(plan, batch, n, d, buf_a)
+    y = _time_major_empty(batch, d, padded, dt_all)
+    y_tm = y.permute(2, 0, 1)
+    h = dt_all.new_zeros(batch, n, d)
+    for l0 in range(0, padded, blk):
+        sl = slice(l0, l0 + blk)
+        if boundaries is not None:
+            boundaries.append(h)
+        _fill_decays_(buf_a, dt_tm[sl], a_t, clamp)
+        torch.mul(b_tm[sl, :, :, None], dtu_tm[sl, :, None, :], out=buf_x)
+        h = _scan_(a_steps, x_steps, dt_tm[sl], a_t, h, work)
+        torch.bmm(c_tm[sl].view(-1, 1, n), buf_x.view(-1, n, d), out=y_tm[sl].view(-1, 1, d))  # y_t = C_t · h_t
+    return y
+
+
+def _scan_backward(dt_all, dtu_all, A, B, C, gy, boundaries: list, plan: _BlockPlan):
+    """Gradients of ``y = C·h`` (h the states) with respect to Δ, Δ·u, A, B and C, given ``gy`` = dL/dy
+    (b, d, padded), by recomputing each block's states from the state that entered it, last block first.
+
+    With the adjoint λ_t = a_{t+1} λ_{t+1} + gy_t C_t (a reverse scan of the same form as the forward one):
+    dL/dx_t = λ_t for the input x_t = (Δu)_t B_t, and dL/da_t = λ_t h_{t-1} for the decay a_t = exp(Δ_t A). Memory is
+    three (block, b, n, d) buffers whatever the length. Returns the recomputed y = C·h (the gate's gradient needs
+    it) and the gradients (g_dt, g_dtu, g_A, g_B, g_C), all but g_A as (b, ·, padded) stored time-major."""
+    batch, d, padded = dt_all.shape
+    n = A.shape[1]
+    blk = plan.block
+    a_t = A.t().contiguous()
+    clamp = _needs_clamp(dt_all, A)
+    dt_tm, dtu_tm = dt_all.permute(2, 0, 1), dtu_all.permute(2, 0, 1)
+    b_tm, c_tm = _time_major(B, padded), _time_major(C, padded)
+    gy_tm = gy.permute(2, 0, 1).contiguous()  # (padded, b, d)
+    # decays of steps 0..blk-1 in slots 0..blk-1; slot blk is the decay "after" the block for the adjoint (1: the
+    # carry from the next block arrives already multiplied by that block's first decay)
+    decays = dt_all.new_empty(blk + 1, batch, n, d)
+    # states: slot 0 the state entering the block, slots 1..blk the block's states
+    states = torch.empty_like(decays)
+    adj = dt_all.new_empty(blk, batch, n, d)
+    fwd_a, fwd_x = _step_views(decays[:blk], plan), _step_views(states[1:], plan)
+    rev_a, rev_x = _step_views(decays[1:], plan), _step_views(adj, plan)
+    work = _workspace(plan, batch, n, d, adj)
+    y, g_dt, g_dtu = (_time_major_empty(batch, d, padded, dt_all) for _ in range(3))
+    g_b, g_c = (_time_major_empty(batch, n, padded, dt_all) for _ in range(2))
+    y_tm, g_dt_tm, g_dtu_tm, g_b_tm, g_c_tm = (t.permute(2, 0, 1) for t in (y, g_dt, g_dtu, g_b, g_c))
+    g_a_t = a_t.new_zeros(n, d)
+    carry = dt_all.new_zeros(batch, n, d)
+    dt_next = dt_all.new_zeros(blk, batch, d)  # Δ shifted by one step: the adjoint's chunk decays
+    for i in range(plan.num_blocks - 1, -1, -1):
+        sl = slice(i * blk, (i + 1) * blk)
+        dt, dtu, gy_blk = dt_tm[sl], dtu_tm[sl], gy_tm[sl]  # (blk, b, d)
+        # the block's states again, from the state that entered it
+        _fill_decays_(decays[:blk], dt, a_t, clamp)
+        decays[blk].fill_(1.0)
+        states[0].copy_(boundaries[i])
+        torch.mul(b_tm[sl, :, :, None], dtu[:, :, None, :], out=states[1:])
+        _scan_(fwd_a, fwd_x, dt, a_t, boundaries[i], work)
+        h = states[1:].view(-1, n, d)  # (blk·b, n, d)
+        torch.bmm(c_tm[sl].view(-1, 1, n), h, out=y_tm[sl].view(-1, 1, d))
+        torch.bmm(h, gy_blk.view(-1, d, 1), out=g_c_tm[sl].view(-1, n, 1))
+        # a_t h_{t-1} in slots 0..blk-1 (the states themselves are no longer needed)
+        prev = states[:blk].mul_(decays[:blk])
+        # the adjoint: inputs gy_t C_t, decays a_{t+1}, scanned backwards from the carry of the next block
+        torch.mul(c_tm[sl, :, :, None], gy_blk[:, :, None, :], out=adj)
+        dt_next[:-1] = dt[1:]
+        _scan_(rev_a, rev_x, dt_next, a_t, carry, work, reverse=True)
+        carry = decays[0] * adj[0]
+        lam = adj.view(-1, n, d)
+        torch.bmm(b_tm[sl].view(-1, 1, n), lam, out=g_dtu_tm[sl].view(-1, 1, d))
+        torch.bmm(lam, dtu.view(-1, d, 1), out=g_b_tm[sl].view(-1, n, 1))
+        w = prev.mul_(adj)  # λ_t a_t h_{t-1} = dL/da_t · a_t, (blk, b, n, d)
+        torch.sum(torch.mul(w, a_t, out=adj), 2, out=g_dt_tm[sl])  # Σ_n w A (adj is free now)
+        g_a_t += w.mul_(dt[:, :, None, :]).sum((0, 1))  # Σ_t w Δ
+    return y, g_dt, g_dtu, g_a_t.t(), g_b, g_c
+
+
+class SelectiveScanFunction(torch.autograd.Function):
+    """The selective scan with a backward that recomputes the states (as mamba_ssm's CUDA kernel does).
+
+    Autograd through the recurrence keeps several ``(batch, d_inner, L, d_state)`` tensors per layer (a 256² LightM-UNet
+    training step needed ~19 GB); this saves only the inputs and one ``(batch, d_inner, d_state)`` state per block
+    of at least ``d_state`` steps (so together at most one ``(batch, d_inner, L)`` tensor), and the backward rescans
+    each block from its saved state, last block first. Forward and backward run the same in-place block scan as
+    inference; the gradients equal autograd through ``selective_scan_sequential`` to float32 rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, block_elems: int):
+        dtype = u.dtype
+        u32, delta32, z32 = (None if t is None else t.float() for t in (u, delta, z))
+        A32 = A.float()
+        batch, d, seqlen = u.shape
+        plan = _BlockPlan(batch, d, A.shape[1], seqlen, block_elems, min_block=A.shape[1])
+        dt_all, dtu_all = _dt_and_dtu(u32, delta32, delta_bias, delta_softplus, plan.padded)
+        boundaries: list = []
+        y = _scan_forward(dt_all, dtu_all, A32, B, C, plan, boundaries)[..., :seqlen]
+        if D is not None:
+            y.addcmul_(u32, D.float()[:, None])
+        if z is not None:
+            y.mul_(F.silu(z32))
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, torch.stack(boundaries))
+        ctx.delta_softplus, ctx.plan = delta_softplus, plan
+        return y.to(dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        u, delta, A, B, C, D, z, delta_bias, boundaries = ctx.saved_tensors
+        plan = ctx.plan
+        seqlen = u.shape[2]
+        u32, delta32 = u.float(), delta.float()
+        g_out = g_out.float()
+        dt_all, dtu_all = _dt_and_dtu(u32, delta32, delta_bias, ctx.delta_softplus, plan.padded)
+        gy = g_out if z is None else g_out * F.silu(z.float())
+        gy_all = F.pad(gy, (0, plan.padded - seqlen))
+        y, g_dt, g_dtu, g_a, g_b, g_c = _scan_backward(dt_all, dtu_all, A.float(), B, C, gy_all,
+                                                       list(boundaries.unbind(0)), plan)
+        y, g_dt, g_dtu, g_b, g_c = (t[..., :seqlen] for t in (y, g_dt, g_dtu, g_b, g_c))
+        dt = dt_all[..., :seqlen]
+        g_dt.addcmul_(g_dtu, u32)  # x = (Δ·u) B
+        g_u = g_dtu.mul_(dt)
+        g_d = g_z = g_bias = None
+        if D is not None:
+            g_u.addcmul_(gy, D.float()[:, None])
+            g_d = (gy * u32).sum((0, 2))
+            y.addcmul_(u32, D.float()[:, None])
+        if z is not None:
+            z32 = z.float()
+            s = torch.sigmoid(z32)
+            g_z = g_out * y * s * (1 + z32 * (1 - s))  # d silu(z) / dz = s (1 + z (1 - s))
+        if ctx.delta_softplus:
+            pre = delta32 if delta_bias is None else delta32 + delta_bias.float()[:, None]
+            g_dt = torch.where(pre > 20, g_dt, g_dt * torch.sigmoid(pre))  # torch's softplus: linear above 20
+        if delta_bias is not None:
+            g_bias = g_dt.sum((0, 2)).to(delta_bias.dtype)
+        return (g_u.to(u.dtype), g_dt.to(delta.dtype), g_a.to(A.dtype), g_b.to(B.dtype), g_c.to(C.dtype),
+                None if g_d is None else g_d.to(D.dtype), None if g_z is None else g_z.to(z.dtype), g_bias,
+                None, None)
+
+
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           block_elems: int = DEFAULT_BLOCK_ELEMS):
+    """The fast scan: blocks of the sequence in turn (memory bounded by ``block_elems`` floats per buffer),
+    lock-step chunks (or single steps, for wide layers) inside a block, all in place.
+
+    With autograd on, it runs as ``SelectiveScanFunction`` (training memory linear in the length); without, the
+    same block scan writes y straight into preallocated buffers.
+    """
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    if needs_grad:
+        return SelectiveScanFunction.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), block_elems)
+    return _chunked_inference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_elems)
+
+
+def _chunked_inference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_elems):
+    """The inference form: three full-length (batch, d_inner, L) buffers and two block buffers, the D·u skip and
+    the silu(z) gate applied in place."""
+    dtype = u.dtype
+    u, delta, z = (None if t is None else t.float() for t in (u, delta, z))
+    A = A.float()
+    batch, d, seqlen = u.shape
+    plan = _BlockPlan(batch, d, A.shape[1], seqlen, block_elems)
+    dt_all, dtu_all = _dt_and_dtu(u, delta, delta_bias, delta_softplus, plan.padded)
+    y = _scan_forward(dt_all, dtu_all, A, B, C, plan)[..., :seqlen]
     if D is not None:
         y.addcmul_(u, D.float()[:, None])
     if z is not None:
-        gate = dtu_real  # Δ·u is no longer needed: its buffer takes silu(z)
+        gate = dtu_all[..., :seqlen]  # Δ·u is no longer needed: its buffer takes silu(z)
         torch.ops.aten.silu.out(z, out=gate)
         y.mul_(gate)
     return y.to(dtype)
@@ -337,7 +455,7 @@ def _export_block_source(t_len: int, k_len: int) -> str:
     The block arrives time-major -- ``dt, dtu`` (T, K, batch, d), ``b, c`` (T, K, batch, n) -- so step t of all K
     chunks is one slab and each line below is one runtime op over K chunks at once. States are laid out
     (K, batch, n, d), d innermost: the broadcasts then run along contiguous rows of d (onnxruntime's broadcasting
-    Mul is ~5x slower when the innermost axis is the short n = 16). Three passes, as in ``_scan_block_inference``:
+    Mul is ~5x slower when the innermost axis is the short n = 16). Three passes, as in ``_scan_``:
 
     1. the recurrence inside every chunk from a zero state (T steps; the decays exp(Δ A) <= 1 and inputs Δ B u of
        each step are kept for pass 3);
@@ -477,7 +595,7 @@ def selective_scan_export(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         y = _export_fns(t_len, k_len, script=True)["loop"](*args, at)  # (L, b, d)
     else:
         fns = _export_fns(t_len, k_len, script=False)
-        if not _is_tracing(u):
+        if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
             y = fns["loop"](*args, at)
         else:
             block = fns["block"]
@@ -501,7 +619,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """
     _check_shapes(u, delta, A, B, C)
     if impl == "auto":
-        if _is_exporting():
+        if export_requested():
             impl = "export"
         elif u.is_cuda and _mamba_ssm_scan() is not None:
             impl = "cuda"
