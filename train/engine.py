@@ -255,13 +255,27 @@ class _Trainer:
         self.task: Task = get_task(cfg.task)
         self.data = self._data or self.task.build_data(cfg)
         self.model = self.task.build_model(cfg, self.data)
+        self.peft_spec = self._apply_peft()
         self.frozen_norms = freeze_backbone(self.model, cfg.model.freeze)
+        if self.peft_spec is not None:
+            from zoo.peft import frozen_norm_layers
+
+            self.frozen_norms += [m for m in frozen_norm_layers(self.model) if m not in self.frozen_norms]
+        from zoo.peft import parameter_counts
+
+        self.params = parameter_counts(self.model)
         self.model.to(self.device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if cfg.train.sync_bn and self.world > 1 and self.device.type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.task.setup(cfg, self.data, self.device)
+        self.distiller = None
+        if cfg.train.distill.teacher:
+            from .distill import Distiller, build_teacher
+
+            teacher = build_teacher(cfg.train.distill.teacher, self.data.num_classes, self.device)
+            self.distiller = Distiller(cfg.train.distill, teacher)
 
         bs = cfg.data.batch_size
         self.train_loader, self.train_sampler = make_loader(
@@ -328,6 +342,23 @@ class _Trainer:
         else:
             # one random stream per rank for dropout / drop-path / mixup (identical init came from the shared seed)
             seed_everything(cfg.train.seed + self.rank)
+
+    def _apply_peft(self) -> dict[str, Any] | None:
+        """LoRA / adapters on the freshly built (and base-loaded) model, and the base weights' reference."""
+        p = self.cfg.train.peft
+        self.peft_base: dict[str, Any] | None = None
+        if p.method == "none":
+            return None
+        from zoo.peft import apply_peft, file_sha256
+
+        m = self.cfg.model
+        if m.checkpoint:
+            self.peft_base = {"checkpoint": m.checkpoint, "checkpoint_abs": str(Path(m.checkpoint).resolve()),
+                              "sha256": file_sha256(m.checkpoint)}
+        elif m.pretrained:
+            self.peft_base = {"pretrained": m.pretrained}
+        return apply_peft(self.model, p.method, rank=p.rank, alpha=p.alpha, dropout=p.dropout, target=p.target,
+                          train_norms=p.train_norms, train_head=p.train_head)
 
     def _restore(self, st: dict[str, Any]) -> None:
         saved = st["config"]
@@ -498,7 +529,12 @@ class _Trainer:
                 ctx = self.model.no_sync() if not sync else contextlib.nullcontext()  # type: ignore[operator]
                 with ctx:
                     with self._autocast():
-                        loss = self.task.loss(self.model, batch)
+                        if self.distiller is None:
+                            loss = self.task.loss(self.model, batch)
+                        else:
+                            with self.distiller.capture(self.model_without_ddp) as seen:
+                                loss = self.task.loss(self.model, batch)
+                            loss = self.distiller.combine(loss, seen)
                     scaled = loss / group
                     if self.scaler is not None:
                         self.scaler.scale(scaled).backward()
@@ -672,13 +708,22 @@ class _Trainer:
             "mean": list(data.mean), "std": list(data.std), "color": data.color,
             "model_kwargs": {k: v for k, v in cfg.model.kwargs.items() if k != "drop_path_rate"},
             "epoch": self.epoch + 1, "step": self.step, "weights": weights, "metrics": dict(metrics),
+            "params": dict(self.params),
             "dataset": cfg.data.dataset, "config": cfg.to_dict(), "git_revision": self._git,
             "lightzoo_version": zoo.__version__, "torch_version": torch.__version__,
         }
 
     def save_checkpoint(self, model: nn.Module, name: str, metrics: Mapping[str, Any], weights: str) -> Path:
         path = self.run_dir / f"{name}.safetensors"
-        zoo.save_checkpoint(model, path, self.metadata(metrics, weights))
+        meta = self.metadata(metrics, weights)
+        if self.peft_spec is not None:
+            # the added weights, the head and anything else not frozen, plus a reference to the frozen base
+            from zoo.peft import adapter_state_dict
+
+            tensors, meta["peft"] = adapter_state_dict(model, self.peft_base)
+            zoo.save_checkpoint(tensors, path, meta)
+        else:
+            zoo.save_checkpoint(model, path, meta)
         return path
 
     def write_metrics(self) -> None:
@@ -709,6 +754,12 @@ class _Trainer:
                  f"{len(self.data.train)} train / {len(self.data.val)} val images, "
                  f"{self.num_epochs} epochs x {self.batches_per_epoch} batches of {self.cfg.data.batch_size}"
                  + (f" x {self.world} processes" if self.world > 1 else "") + f", device {self.device}")
+        pc = self.params
+        self.log(f"parameters: {pc['trainable']:,} trainable of {pc['total']:,} "
+                 f"({100 * pc['trainable_fraction']:.2f}%)"
+                 + (f"; {self.cfg.train.peft.method} on {len(self.peft_spec['targets'])} modules"
+                    if self.peft_spec else "")
+                 + (f"; distilling from {self.cfg.train.distill.teacher}" if self.distiller else ""))
         interrupted = False
         try:
             while self.epoch < self.num_epochs:
@@ -734,7 +785,7 @@ class _Trainer:
             "last_checkpoint": str(self.run_dir / "last.safetensors") if self.best else None,
             "state": str(self.run_dir / STATE_FILE), "metrics_jsonl": str(self.run_dir / "metrics.jsonl"),
             "metrics_csv": str(self.run_dir / "metrics.csv"), "plot": str(plot) if plot else None,
-            "history": self.history, "model": self.model_without_ddp,
+            "history": self.history, "model": self.model_without_ddp, "params": dict(self.params),
         }
         return result
 
