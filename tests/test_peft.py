@@ -74,18 +74,29 @@ def test_merged_lora_matches_unmerged_and_is_a_plain_model(name: str, size: int)
     assert not hasattr(merged_model, "zoo_peft")
 
 
-def test_merged_export_graph_has_no_extra_ops(tmp_path: Path) -> None:
+def test_adapter_checkpoint_exports_merged_with_no_extra_ops(lora_run: dict, base_ckpt: Path,
+                                                              tmp_path: Path) -> None:
+    """``zoo export`` of an adapter checkpoint: the same ONNX ops as the plain base model, outputs as unmerged."""
     onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
     from collections import Counter
 
-    def ops(model: nn.Module, path: Path) -> Counter:
-        torch.onnx.export(model.eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False)
+    import zoo.export as export
+
+    def ops(path: Path) -> Counter:
         return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
 
-    plain = zoo.create_model("test_efficientnet", num_classes=4)
-    adapted = zoo.create_model("test_efficientnet", num_classes=4)
-    apply_peft(adapted, "lora", rank=4)
-    assert ops(merge_lora(adapted), tmp_path / "m.onnx") == ops(plain, tmp_path / "p.onnx")
+    adapted = export.export_model(lora_run["result"]["last_checkpoint"], tmp_path / "a", log=lambda m: None)
+    plain = export.export_model(str(base_ckpt), tmp_path / "p", log=lambda m: None)
+    assert ops(adapted.onnx.path) == ops(plain.onnx.path)
+    import onnxruntime as ort
+
+    x = torch.randn(1, 3, 16, 16)
+    unmerged = zoo.create_model(checkpoint_path=lora_run["result"]["last_checkpoint"]).eval()
+    sess = ort.InferenceSession(str(adapted.onnx.path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), unmerged(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("task", ["segmentation", "change_detection", "detection"])
@@ -189,3 +200,24 @@ def test_bad_peft_settings_are_one_line_config_errors(base_ckpt: Path, tmp_path:
         fit(None, TINY + ["train.peft.method=lorra"], quiet=True)
     with pytest.raises(ConfigError, match="dropout"):
         fit(None, TINY + LORA + ["train.peft.dropout=0.1", f"out_dir={tmp_path}"], quiet=True)
+
+
+def test_dinov2_vit_is_a_change_detection_encoder_with_lora(tmp_path: Path) -> None:
+    """PeftCD's setting: a foundation ViT (DINOv2 layout, random weights, 4 blocks to stay small) as the shared
+    siamese encoder, its last blocks resampled to strides 8/16/32, LoRA on the attention projections."""
+    vit = {"backbone_kwargs": {"img_size": 56, "depth": 4}}
+    r = fit(None, ["task=change_detection", "model.name=vit_small_patch14_dinov2", f"model.kwargs={vit}",
+                   "data.dataset=synthetic", "data.img_size=56", "data.batch_size=4",
+                   "data.synth={num_images: 8, num_classes: 2}", "train.epochs=1", "train.progress=false",
+                   "train.peft.method=lora", "train.peft.target=['*attn.qkv', '*attn.proj']", f"out_dir={tmp_path}"],
+            quiet=True)
+    model = r["model"].eval()
+    assert model.backbone.reductions == [8, 16, 32]
+    lora = {n for n, _ in model.named_parameters() if "lora_" in n}
+    assert len(lora) == 2 * 2 * 4 and all(n.startswith("backbone.body.model.blocks.") for n in lora)
+    assert r["params"]["trainable_fraction"] < 0.5 and 0.0 <= r["best"] <= 1.0
+    again = zoo.create_model(checkpoint_path=r["last_checkpoint"]).eval()
+    a, b = torch.randn(1, 3, 56, 56), torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.equal(again(a, b), model(a, b))
+        torch.testing.assert_close(model(a, b), model(b, a))  # both dates through the one adapted encoder
