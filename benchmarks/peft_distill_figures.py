@@ -85,7 +85,8 @@ def write_mnist_folder(root: Path) -> Path:
 
 def adapt(args: argparse.Namespace) -> dict:
     out = Path(args.out)
-    base = run(COMMON + [f"out_dir={out}/digits_base", f"train.epochs={args.base_epochs}"])
+    base = ({"best_checkpoint": args.base, "reused": True} if args.base else
+            run(COMMON + [f"out_dir={out}/digits_base", f"train.epochs={args.base_epochs}"]))
     mnist = write_mnist_folder(out / "mnist5k")
     data = ["data.dataset=folder", f"data.root={mnist}", "data.augment=false", *DIGITS_NORM,
             f"model.checkpoint={base['best_checkpoint']}", f"train.epochs={args.epochs}", "sched.warmup_epochs=0"]
@@ -93,6 +94,7 @@ def adapt(args: argparse.Namespace) -> dict:
     for seed in args.seeds:
         res["lora"].append(run(COMMON + data + [f"out_dir={out}/lora{seed}", f"train.seed={seed}",
                                                 "train.peft.method=lora", f"train.peft.rank={args.rank}",
+                                                f"train.peft.train_norms={args.train_norms}",
                                                 f"optim.lr={args.lora_lr}"]))
         res["full"].append(run(COMMON + data + [f"out_dir={out}/full{seed}", f"train.seed={seed}",
                                                 f"optim.lr={args.full_lr}"]))
@@ -123,13 +125,15 @@ def change(args: argparse.Namespace) -> dict:
     data = ["task=change_detection", "data.dataset=synthetic", "data.img_size=64", "data.batch_size=8",
             "data.synth={num_images: 64, num_classes: 2, seed: 0}", f"data.root={out}/cd_data",
             "train.progress=false", "train.save_every=0", "model.name=emov2_1m", "model.kwargs={window_size: 0}"]
-    base = run(data + [f"out_dir={out}/cd_base", f"train.epochs={args.base_epochs}"])
+    base = ({"best_checkpoint": args.base, "reused": True} if args.base else
+            run(data + [f"out_dir={out}/cd_base", f"train.epochs={args.base_epochs}"]))
     res: dict = {"base": base, "lora": [], "full": []}
     ft = data + [f"model.checkpoint={base['best_checkpoint']}", f"train.epochs={args.epochs}",
                  "sched.warmup_epochs=0"]
     for seed in args.seeds:
         res["lora"].append(run(ft + [f"out_dir={out}/cd_lora{seed}", f"train.seed={seed}", "train.peft.method=lora",
-                                     f"train.peft.rank={args.rank}", f"optim.lr={args.lora_lr}"]))
+                                     f"train.peft.rank={args.rank}", f"train.peft.train_norms={args.train_norms}",
+                                     f"optim.lr={args.lora_lr}"]))
         res["full"].append(run(ft + [f"out_dir={out}/cd_full{seed}", f"train.seed={seed}",
                                      f"optim.lr={args.full_lr}"]))
     for k in ("lora", "full"):
@@ -146,12 +150,15 @@ def main() -> None:
     p.add_argument("--base-epochs", type=int, default=6)
     p.add_argument("--teacher-epochs", type=int, default=8)
     p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--lora-lr", type=float, default=3e-3)
+    p.add_argument("--lora-lr", type=float, default=1e-2)
     p.add_argument("--full-lr", type=float, default=1e-3)
+    p.add_argument("--train-norms", choices=("true", "false"), default="true",
+                   help="LoRA runs also train the backbone's norms (BN statistics follow the new domain)")
     p.add_argument("--kd-type", default="soft")
     p.add_argument("--kd-weight", type=float, default=0.5)
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--base", help="reuse this base checkpoint (adapt / change) instead of training one")
     p.add_argument("--out", default="runs/peft_figures")
     args = p.parse_args()
     import torch
