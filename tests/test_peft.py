@@ -221,3 +221,28 @@ def test_dinov2_vit_is_a_change_detection_encoder_with_lora(tmp_path: Path) -> N
     with torch.no_grad():
         assert torch.equal(again(a, b), model(a, b))
         torch.testing.assert_close(model(a, b), model(b, a))  # both dates through the one adapted encoder
+
+
+def test_adapter_checkpoint_predicts(lora_run: dict, tmp_path: Path) -> None:
+    from PIL import Image
+    from zoo.train.predict import predict
+
+    img = tmp_path / "x.png"
+    Image.fromarray((torch.rand(16, 16, 3) * 255).byte().numpy()).save(img)
+    res = predict(lora_run["result"]["last_checkpoint"], img, topk=4)
+    assert len(res) == 1 and abs(sum(t["prob"] for t in res[0]["topk"]) - 1.0) < 1e-4
+
+
+@pytest.mark.parametrize("name, size", [("emov2_1m", 32), ("mobilenetv2_ulsam", 32)])
+def test_adapter_parameter_count_and_identity_start(name: str, size: int) -> None:
+    model = zoo.create_model(name, num_classes=4).eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        before = model(x)
+    channels = [f["num_chs"] for f in model.feature_info]
+    head = sum(p.numel() for p in model.get_classifier().parameters())
+    apply_peft(model, "adapter", rank=8)
+    # per stage: down (C*r + r) and up (r*C + C)
+    assert parameter_counts(model)["trainable"] == sum(2 * c * 8 + 8 + c for c in channels) + head
+    with torch.no_grad():
+        assert torch.equal(model(x), before)  # ``up`` starts at zero
