@@ -106,7 +106,8 @@ def adapt(args: argparse.Namespace) -> dict:
 
 def distill(args: argparse.Namespace) -> dict:
     out = Path(args.out)
-    teacher = run(COMMON + [f"out_dir={out}/teacher", "model.name=emov2_5m", f"train.epochs={args.teacher_epochs}"])
+    teacher = ({"best_checkpoint": args.base, "reused": True} if args.base else
+               run(COMMON + [f"out_dir={out}/teacher", "model.name=emov2_5m", f"train.epochs={args.teacher_epochs}"]))
     res: dict = {"teacher": teacher, "kd": [], "plain": []}
     student = COMMON + [f"train.epochs={args.epochs}"]
     for seed in args.seeds:
@@ -158,7 +159,7 @@ def main() -> None:
     p.add_argument("--kd-weight", type=float, default=0.5)
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--base", help="reuse this base checkpoint (adapt / change) instead of training one")
+    p.add_argument("--base", help="reuse this base (adapt / change) or teacher (distill) checkpoint instead of training one")
     p.add_argument("--out", default="runs/peft_figures")
     args = p.parse_args()
     import torch

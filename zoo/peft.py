@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, InputShapeError
 
 _logger = logging.getLogger(__name__)
 
@@ -164,7 +164,8 @@ class LoRAWeight(nn.Module):
 class BottleneckAdapter(nn.Module):
     """A residual bottleneck ``y + up(GELU(down(dropout(y))))`` over the channel axis of a stage's output.
 
-    Channels are axis 1 of a 4-D ``(N, C, H, W)`` output and the last axis otherwise (``(N, L, C)`` tokens).
+    Channels are axis 1 of a 4-D ``(N, C, H, W)`` output (timm's feature contract for CNN stages; a 4-D
+    channels-last stage output is refused, not guessed) and the last axis otherwise (``(N, L, C)`` tokens).
     ``up`` starts at zero, so the adapted model computes exactly the base model until it trains.
     """
 
@@ -178,7 +179,10 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        channel_first = y.ndim == 4 and y.shape[1] == self.channels and y.shape[-1] != self.channels
+        channel_first = y.ndim == 4  # timm's feature contract: CNN stages give (N, C, H, W)
+        if y.shape[1 if channel_first else -1] != self.channels:
+            raise InputShapeError(f"adapter for {self.channels} channels got a stage output of shape "
+                                  f"{tuple(y.shape)}; 4-D outputs must be (N, C, H, W), others (..., C)")
         z = y.movedim(1, -1) if channel_first else y
         z = self.up(F.gelu(self.down(self.dropout(z))))
         return y + (z.movedim(-1, 1) if channel_first else z)
