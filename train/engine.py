@@ -5,7 +5,8 @@ here is shared: timm's optimizer and scheduler factories, ``timm.data.Mixup`` an
 classification adapter), ``timm.utils.ModelEmaV3``, AMP, gradient accumulation and clipping, channels_last,
 backbone freezing, DDP under ``torchrun``, per-epoch validation, best/last checkpoints (safetensors + JSON
 sidecar), metrics as JSONL/CSV, a PNG of the curves, and an atomically written training state from which
-``resume`` continues bit-identically on CPU.
+``resume`` continues bit-identically on CPU. ``train.peft`` (``zoo.peft``: LoRA / adapters on a frozen base,
+adapter checkpoints) and ``train.distill`` (``train.distill``: a frozen teacher's logits) plug into the same loop.
 
 Why the resume is exact: the state file holds model, optimizer, scheduler, grad scaler, EMA, every rank's RNG
 states, the epoch and the number of batches already consumed; the data order and each sample's augmentation are
@@ -855,8 +856,9 @@ def fit(config: Config | Mapping[str, Any] | str | os.PathLike | None = None,
     (all validation metrics of the best epoch), ``best_checkpoint`` / ``last_checkpoint`` (``.safetensors`` paths
     with JSON sidecars, loadable by ``zoo.create_model(checkpoint_path=...)``), ``state`` (resumable training
     state), ``metrics_jsonl``, ``metrics_csv``, ``plot`` (PNG), ``history`` (one dict per epoch), ``out_dir``,
-    ``epoch`` / ``step`` reached, ``interrupted`` (stopped by a signal or ``train.stop_at_step``) and ``model``
-    (the trained ``nn.Module``, last weights, on its training device).
+    ``epoch`` / ``step`` reached, ``interrupted`` (stopped by a signal or ``train.stop_at_step``), ``params``
+    (trainable / total parameter counts: with ``train.peft`` only the added modules, head and norms train) and
+    ``model`` (the trained ``nn.Module``, last weights, on its training device).
 
     Raises :class:`zoo.errors.ConfigError` for a bad config and :class:`zoo.errors.CheckpointError` for a bad
     state file.
