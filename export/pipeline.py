@@ -103,6 +103,9 @@ def load_model(source: str | nn.Module, *, model_name: str | None = None, task: 
         task = task or meta.get("task")
         model = zoo.create_model(name, checkpoint_path=source, task=task, head=head,
                                  num_classes=num_classes)
+        from zoo.peft import merge_lora
+
+        model = merge_lora(model)  # an adapter checkpoint exports as plain weights: no LoRA ops in the graph
         return model.eval(), meta, f"{name}_{Path(source).stem}", task
     if _looks_like_path(source):
         raise ExportError(f"checkpoint file {source!r} does not exist")

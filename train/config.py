@@ -81,6 +81,30 @@ class SchedConfig:
 
 
 @dataclass
+class PeftConfig:
+    """Parameter-efficient fine-tuning: train small added modules on frozen base weights (``zoo.peft``)."""
+
+    method: str = "none"  # none | lora | adapter
+    rank: int = 8  # LoRA rank r / adapter bottleneck width
+    alpha: float = 16.0  # LoRA scaling alpha (the update is scaled by alpha / rank)
+    dropout: float = 0.0  # dropout on the LoRA / adapter input
+    target: list[str] = field(default_factory=list)  # module-name globs; []: lora every dense conv/linear of the
+    #                                                  backbone, adapter after every backbone stage
+    train_norms: bool = False  # also train the backbone's normalisation layers (else frozen, in eval mode)
+    train_head: bool = True  # train everything outside the backbone (classifier, decoder, FPN, detection head)
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a teacher (classification)."""
+
+    teacher: str | None = None  # a LightZoo checkpoint, or a model name with optional weights tag (name:tag)
+    type: str = "soft"  # soft: KL on temperature-softened logits | hard: cross-entropy on the teacher's argmax
+    weight: float = 0.5  # loss = (1 - weight) * task loss + weight * distillation loss
+    temperature: float = 1.0  # soft KD temperature T (the KL term is scaled by T^2)
+
+
+@dataclass
 class TrainConfig:
     """The loop itself: length, precision, regularisation, checkpointing."""
 
@@ -105,6 +129,8 @@ class TrainConfig:
     log_every: int = 10  # progress-bar refresh, in steps
     progress: bool = True  # tqdm progress bar on rank 0 (off: one plain line every log_every steps)
     nonfinite: str = "stop"  # a NaN/Inf loss: stop (with the step and likely causes) | skip (drop that update)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass
@@ -132,6 +158,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.amp": ("off", "bf16", "fp16", "auto"),
     "optim.clip_mode": ("norm", "value", "agc"),
     "train.nonfinite": ("stop", "skip"),
+    "train.peft.method": ("none", "lora", "adapter"),
+    "train.distill.type": ("soft", "hard"),
 }
 
 
@@ -274,6 +302,18 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"data.{k} must list one value per channel (or be null)")
     if (cfg.data.mean is None) != (cfg.data.std is None):
         raise ConfigError("data.mean and data.std go together: set both or neither")
+    p = cfg.train.peft
+    if p.rank < 1 or p.alpha <= 0 or not 0.0 <= p.dropout < 1.0:
+        raise ConfigError(f"train.peft needs rank >= 1, alpha > 0 and 0 <= dropout < 1; got rank={p.rank}, "
+                          f"alpha={p.alpha}, dropout={p.dropout}")
+    d = cfg.train.distill
+    if d.teacher is not None:
+        if cfg.task != "classification":
+            raise ConfigError(f"train.distill.teacher distils classification logits; task {cfg.task!r} has none "
+                              f"(unset train.distill.teacher)")
+        if not 0.0 <= d.weight <= 1.0 or d.temperature <= 0:
+            raise ConfigError(f"train.distill needs 0 <= weight <= 1 and temperature > 0; got weight={d.weight}, "
+                              f"temperature={d.temperature}")
 
 
 def get_key(cfg: Config, key: str) -> Any:
@@ -294,10 +334,58 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value
+
+
+def _yaml12_loader() -> type:
+    """A safe YAML loader whose booleans are only ``true`` / ``false`` (YAML 1.2), as ``--help-config`` shows them.
+
+    PyYAML follows YAML 1.1, where ``off``, ``on``, ``yes``, ``no`` (and ``y``/``n`` variants) are booleans, so
+    ``train.amp: off`` would arrive as ``False`` and fail as "needs str". Here they stay strings; a key declared
+    ``bool`` still accepts them, because the schema converts ``on/off/yes/no`` strings for boolean keys.
+    """
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    bool_tag = "tag:yaml.org,2002:bool"
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    return Loader
+
+
+_LOADER: type | None = None
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text as the config does everywhere (files and overrides): safe, YAML 1.2 booleans."""
+    import yaml
+
+    global _LOADER
+    if _LOADER is None:
+        _LOADER = _yaml12_loader()
+    return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a SafeLoader subclass
+
+
+def format_value(value: Any) -> str:
+    """A value as ``--help-config`` shows it: exactly the text to type after ``key=`` (or in YAML)."""
+    import yaml
+
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return str(value)
 
 
 def _nest(key: str, value: Any) -> dict[str, Any]:
@@ -333,7 +421,7 @@ def load_config(source: str | Path | Mapping[str, Any] | Config | None = None,
                 raise ConfigError(f"config file {str(path)!r} does not exist, nor is it a packaged recipe "
                                   f"({', '.join(list_configs())})")
             try:
-                data = yaml.safe_load(path.read_text()) or {}
+                data = yaml_load(path.read_text()) or {}
             except yaml.YAMLError as e:
                 raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
             _apply(cfg, data, "", f" in {str(path)!r}")
@@ -374,13 +462,24 @@ def copy_nested(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: copy_nested(v) if isinstance(v, Mapping) else v for k, v in d.items()}
 
 
+def key_type(key: str) -> Any:
+    """The declared type of a dotted key (``train.amp`` -> ``str``)."""
+    section, _, leaf = key.rpartition(".")
+    owner = get_key(Config(), section) if section else Config()
+    return typing.get_type_hints(type(owner))[leaf]
+
+
 def describe_keys() -> str:
-    """A table of every key with its type and default, for ``zoo train --help-config``."""
+    """A table of every key with its type, default and choices, for ``zoo train --help-config``.
+
+    Values are shown as they are typed (``off``, ``null``, ``true``), and each works as ``key=value`` and in YAML.
+    """
     cfg = Config()
     lines = []
     for key in all_keys():
-        section, _, leaf = key.rpartition(".")
-        owner = get_key(cfg, section) if section else cfg
-        t = typing.get_type_hints(type(owner))[leaf]
-        lines.append(f"  {key:<26} {_type_name(t):<22} default {get_key(cfg, key)!r}")
+        t = key_type(key)
+        line = f"  {key:<28} {_type_name(t):<22} default {format_value(get_key(cfg, key))}"
+        if key in CHOICES:
+            line += f"  (one of {' | '.join(CHOICES[key])})"
+        lines.append(line)
     return "\n".join(lines)

@@ -5,7 +5,8 @@ here is shared: timm's optimizer and scheduler factories, ``timm.data.Mixup`` an
 classification adapter), ``timm.utils.ModelEmaV3``, AMP, gradient accumulation and clipping, channels_last,
 backbone freezing, DDP under ``torchrun``, per-epoch validation, best/last checkpoints (safetensors + JSON
 sidecar), metrics as JSONL/CSV, a PNG of the curves, and an atomically written training state from which
-``resume`` continues bit-identically on CPU.
+``resume`` continues bit-identically on CPU. ``train.peft`` (``zoo.peft``: LoRA / adapters on a frozen base,
+adapter checkpoints) and ``train.distill`` (``train.distill``: a frozen teacher's logits) plug into the same loop.
 
 Why the resume is exact: the state file holds model, optimizer, scheduler, grad scaler, EMA, every rank's RNG
 states, the epoch and the number of batches already consumed; the data order and each sample's augmentation are
@@ -255,13 +256,27 @@ class _Trainer:
         self.task: Task = get_task(cfg.task)
         self.data = self._data or self.task.build_data(cfg)
         self.model = self.task.build_model(cfg, self.data)
+        self.peft_spec = self._apply_peft()
         self.frozen_norms = freeze_backbone(self.model, cfg.model.freeze)
+        if self.peft_spec is not None:
+            from zoo.peft import frozen_norm_layers
+
+            self.frozen_norms += [m for m in frozen_norm_layers(self.model) if m not in self.frozen_norms]
+        from zoo.peft import parameter_counts
+
+        self.params = parameter_counts(self.model)
         self.model.to(self.device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if cfg.train.sync_bn and self.world > 1 and self.device.type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.task.setup(cfg, self.data, self.device)
+        self.distiller = None
+        if cfg.train.distill.teacher:
+            from .distill import Distiller, build_teacher
+
+            teacher = build_teacher(cfg.train.distill.teacher, self.data.num_classes, self.device)
+            self.distiller = Distiller(cfg.train.distill, teacher)
 
         bs = cfg.data.batch_size
         self.train_loader, self.train_sampler = make_loader(
@@ -328,6 +343,23 @@ class _Trainer:
         else:
             # one random stream per rank for dropout / drop-path / mixup (identical init came from the shared seed)
             seed_everything(cfg.train.seed + self.rank)
+
+    def _apply_peft(self) -> dict[str, Any] | None:
+        """LoRA / adapters on the freshly built (and base-loaded) model, and the base weights' reference."""
+        p = self.cfg.train.peft
+        self.peft_base: dict[str, Any] | None = None
+        if p.method == "none":
+            return None
+        from zoo.peft import apply_peft, file_sha256
+
+        m = self.cfg.model
+        if m.checkpoint:
+            self.peft_base = {"checkpoint": m.checkpoint, "checkpoint_abs": str(Path(m.checkpoint).resolve()),
+                              "sha256": file_sha256(m.checkpoint)}
+        elif m.pretrained:
+            self.peft_base = {"pretrained": m.pretrained}
+        return apply_peft(self.model, p.method, rank=p.rank, alpha=p.alpha, dropout=p.dropout, target=p.target,
+                          train_norms=p.train_norms, train_head=p.train_head)
 
     def _restore(self, st: dict[str, Any]) -> None:
         saved = st["config"]
@@ -498,7 +530,12 @@ class _Trainer:
                 ctx = self.model.no_sync() if not sync else contextlib.nullcontext()  # type: ignore[operator]
                 with ctx:
                     with self._autocast():
-                        loss = self.task.loss(self.model, batch)
+                        if self.distiller is None:
+                            loss = self.task.loss(self.model, batch)
+                        else:
+                            with self.distiller.capture(self.model_without_ddp) as seen:
+                                loss = self.task.loss(self.model, batch)
+                            loss = self.distiller.combine(loss, seen)
                     scaled = loss / group
                     if self.scaler is not None:
                         self.scaler.scale(scaled).backward()
@@ -672,13 +709,22 @@ class _Trainer:
             "mean": list(data.mean), "std": list(data.std), "color": data.color, "data_config": data.data_config,
             "model_kwargs": {k: v for k, v in cfg.model.kwargs.items() if k != "drop_path_rate"},
             "epoch": self.epoch + 1, "step": self.step, "weights": weights, "metrics": dict(metrics),
+            "params": dict(self.params),
             "dataset": cfg.data.dataset, "config": cfg.to_dict(), "git_revision": self._git,
             "lightzoo_version": zoo.__version__, "torch_version": torch.__version__,
         }
 
     def save_checkpoint(self, model: nn.Module, name: str, metrics: Mapping[str, Any], weights: str) -> Path:
         path = self.run_dir / f"{name}.safetensors"
-        zoo.save_checkpoint(model, path, self.metadata(metrics, weights))
+        meta = self.metadata(metrics, weights)
+        if self.peft_spec is not None:
+            # the added weights, the head and anything else not frozen, plus a reference to the frozen base
+            from zoo.peft import adapter_state_dict
+
+            tensors, meta["peft"] = adapter_state_dict(model, self.peft_base)
+            zoo.save_checkpoint(tensors, path, meta)
+        else:
+            zoo.save_checkpoint(model, path, meta)
         return path
 
     def write_metrics(self) -> None:
@@ -709,6 +755,12 @@ class _Trainer:
                  f"{len(self.data.train)} train / {len(self.data.val)} val images, "
                  f"{self.num_epochs} epochs x {self.batches_per_epoch} batches of {self.cfg.data.batch_size}"
                  + (f" x {self.world} processes" if self.world > 1 else "") + f", device {self.device}")
+        pc = self.params
+        self.log(f"parameters: {pc['trainable']:,} trainable of {pc['total']:,} "
+                 f"({100 * pc['trainable_fraction']:.2f}%)"
+                 + (f"; {self.cfg.train.peft.method} on {len(self.peft_spec['targets'])} modules"
+                    if self.peft_spec else "")
+                 + (f"; distilling from {self.cfg.train.distill.teacher}" if self.distiller else ""))
         interrupted = False
         try:
             while self.epoch < self.num_epochs:
@@ -734,7 +786,7 @@ class _Trainer:
             "last_checkpoint": str(self.run_dir / "last.safetensors") if self.best else None,
             "state": str(self.run_dir / STATE_FILE), "metrics_jsonl": str(self.run_dir / "metrics.jsonl"),
             "metrics_csv": str(self.run_dir / "metrics.csv"), "plot": str(plot) if plot else None,
-            "history": self.history, "model": self.model_without_ddp,
+            "history": self.history, "model": self.model_without_ddp, "params": dict(self.params),
         }
         return result
 
@@ -804,8 +856,9 @@ def fit(config: Config | Mapping[str, Any] | str | os.PathLike | None = None,
     (all validation metrics of the best epoch), ``best_checkpoint`` / ``last_checkpoint`` (``.safetensors`` paths
     with JSON sidecars, loadable by ``zoo.create_model(checkpoint_path=...)``), ``state`` (resumable training
     state), ``metrics_jsonl``, ``metrics_csv``, ``plot`` (PNG), ``history`` (one dict per epoch), ``out_dir``,
-    ``epoch`` / ``step`` reached, ``interrupted`` (stopped by a signal or ``train.stop_at_step``) and ``model``
-    (the trained ``nn.Module``, last weights, on its training device).
+    ``epoch`` / ``step`` reached, ``interrupted`` (stopped by a signal or ``train.stop_at_step``), ``params``
+    (trainable / total parameter counts: with ``train.peft`` only the added modules, head and norms train) and
+    ``model`` (the trained ``nn.Module``, last weights, on its training device).
 
     Raises :class:`zoo.errors.ConfigError` for a bad config and :class:`zoo.errors.CheckpointError` for a bad
     state file.

@@ -180,7 +180,12 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     """
     source = f"checkpoint {str(path)!r}"
     state = read_state_dict(path)
-    ours = read_metadata(path) is not None or Path(path).suffix == ".safetensors"
+    meta = read_metadata(path)
+    if meta is not None and meta.get("peft"):  # LoRA / adapter weights on top of referenced base weights
+        from .peft import load_adapter_checkpoint
+
+        return load_adapter_checkpoint(model, path, meta, state)
+    ours = meta is not None or Path(path).suffix == ".safetensors"
     if not ours:
         filter_fn = family_filter_fn(model)
         if filter_fn is not None:

@@ -8,10 +8,12 @@ family and stride 4 in another; the paper settings ("RetinaNet on stages 2-4") a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, InputShapeError, ZooError
@@ -23,13 +25,18 @@ class FeatureBackbone(nn.Module):
     Attributes ``channels`` and ``reductions`` describe the returned list, finest level first.
     """
 
-    def __init__(self, body: nn.Module, keep: Sequence[int], in_chans: int) -> None:
+    def __init__(self, body: nn.Module, keep: Sequence[int], in_chans: int,
+                 resample_to: Sequence[int] | None = None) -> None:
         super().__init__()
         self.body = body
         info = body.feature_info
         self.keep = list(keep)
         self.channels = [info.channels()[i] for i in self.keep]
         self.reductions = [info.reduction()[i] for i in self.keep]
+        # a plain ViT has one stride; its levels are resampled to these strides (ViTDet's simple feature pyramid)
+        self.resample_to = list(resample_to) if resample_to else None
+        if self.resample_to:
+            self.reductions = list(self.resample_to)
         self.in_chans = in_chans
         cfg = dict(getattr(body, "pretrained_cfg", None) or {})
         #: the backbone's timm config: the task model's data config starts from it
@@ -52,7 +59,12 @@ class FeatureBackbone(nn.Module):
             raise InputShapeError(
                 f"expected a batch (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
         feats = self.body(x)
-        return [feats[i] for i in self.keep]
+        out = [feats[i] for i in self.keep]
+        if self.resample_to:
+            h, w = x.shape[-2:]
+            out = [F.interpolate(f, size=(math.ceil(h / r), math.ceil(w / r)), mode="bilinear", align_corners=False)
+                   for f, r in zip(out, self.resample_to)]
+        return out
 
 
 def _feature_model(name: str, in_chans: int, pretrained: bool | str, **kwargs: Any) -> nn.Module:
@@ -93,6 +105,13 @@ def create_backbone(
         fkw["out_indices"] = tuple(out_indices)
     body = _feature_model(name, in_chans, pretrained, **fkw)
     have = list(body.feature_info.reduction())
+    if reductions is not None and len(set(have)) == 1 and len(set(reductions)) > 1:
+        # a plain ViT (e.g. DINOv2 via forward_intermediates): its last blocks become the pyramid the head reads
+        wanted = [r for r in reductions if r not in optional] or list(reductions)
+        if len(have) < len(wanted):
+            raise ConfigError(f"backbone {name!r} gives {len(have)} feature levels; this head reads {len(wanted)} "
+                              f"strides {wanted}: pass out_indices with {len(wanted)} blocks")
+        return FeatureBackbone(body, list(range(len(have)))[-len(wanted):], in_chans, resample_to=wanted)
     if reductions is None:
         keep = list(range(len(have)))
     else:

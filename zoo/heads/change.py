@@ -111,11 +111,11 @@ class ChangeModel(DenseTaskModel):
 @register_head("change_detection", "siamese_fpn", needs=(8, 16, 32))
 def build_change_model(backbone_name: str, num_classes: int = 2, in_chans: int = 3,
                        pretrained_backbone: bool | str = False, out_indices: Sequence[int] | None = None,
-                       **kwargs: Any) -> ChangeModel:
+                       backbone_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> ChangeModel:
     """Siamese change detector; kwargs: ``fpn_channels`` (128), ``deep_supervision``, ``aux_weight``,
-    ``ignore_index``, ``dropout``."""
+    ``ignore_index``, ``dropout``. ``backbone_kwargs`` go to the timm encoder (a ViT's ``img_size``)."""
     if num_classes < 2:
         raise ConfigError("change detection needs num_classes >= 2 (2 = no-change / change)")
     backbone = create_backbone(backbone_name, (4, 8, 16, 32), optional=(4,), in_chans=in_chans,
-                               pretrained=pretrained_backbone, out_indices=out_indices)
+                               pretrained=pretrained_backbone, out_indices=out_indices, **(backbone_kwargs or {}))
     return ChangeModel(backbone, num_classes=num_classes, **kwargs)
