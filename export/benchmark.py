@@ -1,4 +1,4 @@
-"""``zoo benchmark CHECKPOINT``: which file to ship -- every export format's size, real metric and latency, side by side.
+"""``zoo benchmark CHECKPOINT``: which file to ship -- each export format's size, real metric and latency side by side.
 
 For one trained checkpoint it writes each requested format (default: every one whose runtime is installed), scores
 each file in its own runtime on the checkpoint's real validation split with the task's metric
@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import zoo

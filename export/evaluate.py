@@ -1,4 +1,4 @@
-"""``zoo eval`` on an exported file: ``.onnx``, ``.int8.onnx``, ``.ort``, ``.pte`` or ``.tflite``, run in its own runtime.
+"""``zoo eval`` on an exported file (``.onnx``, ``.int8.onnx``, ``.ort``, ``.pte``, ``.tflite``) in its own runtime.
 
 Why: an export's parity check says the file computes what PyTorch computes on a few inputs; a person shipping it
 needs the task metric on real images, measured the way the checkpoint's was so the two can be compared. So the
@@ -168,7 +168,6 @@ def evaluate_module(model: nn.Module, cfg: Any, task: Any, data: Any, limit: int
     """The task's metrics of ``model`` (PyTorch or :class:`ExportedModel`) over the validation split, with the
     trainer's accumulator; ``limit`` scores only the first ``limit`` images (quick looks, tests)."""
     from torch.utils.data import Subset
-
     from zoo.train.data import make_loader
 
     val = data.val if limit is None else Subset(data.val, range(min(limit, len(data.val))))
