@@ -11,8 +11,9 @@ The file is checked in the ExecuTorch runtime like the fp32 ``.pte``, against th
 the kernels, so a wrong lowering shows; agreement with the fp32 network is reported too, but the accuracy
 question is answered on real data by ``zoo benchmark``.
 
-Quantization-aware training uses the same quantizer with ``is_qat=True`` (:func:`prepare_qat`): the trained,
-fake-quantized graph is converted here exactly like a calibrated one.
+Quantization-aware training (``zoo train ... train.qat=true``, ``zoo.train.qat``) uses the same quantizer with
+``is_qat=True``; its checkpoint is rebuilt and converted here (:func:`qat_quantized_graph`) exactly like a
+calibrated graph, with the quantization parameters it learned.
 """
 
 from __future__ import annotations
@@ -41,14 +42,16 @@ class PteInt8Report:
     calibration: str
     calibration_samples: int
     vs_quantized_torch: ParityReport
-    top1_agreement_with_fp32: float
+    top1_agreement_with_fp32: float | None
     seconds: float
 
     def summary(self) -> str:
-        return (f"int8 .pte (PT2E, XNNPACK quantizer; calibration: {self.calibration}) -> {self.path.name}\n"
-                f"{self.vs_quantized_torch.summary()}\n"
-                f"  top-1 agreement with the fp32 network on the calibration images: "
-                f"{100 * self.top1_agreement_with_fp32:.2f}%")
+        text = (f"int8 .pte (PT2E, XNNPACK quantizer; calibration: {self.calibration}) -> {self.path.name}\n"
+                f"{self.vs_quantized_torch.summary()}")
+        if self.top1_agreement_with_fp32 is not None:
+            text += (f"\n  top-1 agreement with the fp32 network on the calibration images: "
+                     f"{100 * self.top1_agreement_with_fp32:.2f}%")
+        return text
 
 
 def xnnpack_quantizer(qat: bool = False) -> Any:
@@ -80,15 +83,6 @@ def quantize_pt2e(model: nn.Module, spec: ExportSpec, calibration: Batch) -> tor
     for i in range(len(calibration[0])):
         prepared(*(torch.from_numpy(np.ascontiguousarray(a[i:i + 1])) for a in calibration))
     return convert_pt2e(prepared)
-
-
-def prepare_qat(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
-    """A fake-quantized training graph of ``model`` (``prepare_qat_pt2e``, XNNPACK's QAT config) to fine-tune;
-    :func:`convert_qat` turns it into the int8 reference graph that :func:`lower_quantized` writes."""
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-
-    graph = torch.export.export(model, example_inputs).module()
-    return prepare_qat_pt2e(graph, xnnpack_quantizer(qat=True))
 
 
 def convert_qat(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -160,11 +154,41 @@ def to_pte_int8(model: nn.Module, path: str | os.PathLike, spec: ExportSpec, cal
         os.replace(path, bad)
         raise ExportError(f"the int8 .pte does not match its quantized PyTorch graph:\n{report.summary()}\n"
                           f"the file was moved to {bad}")
-    fp32 = torch_outputs(build_adapter(model.eval(), spec), calibration)
-    k = spec.output_names.index(spec.primary_output)
-    agree, total = agreement(fp32[k], ref_out[k], spec.class_axis)
-    return PteInt8Report(path, calibration_source, len(calibration[0]), report, agree / max(total, 1),
-                         time.perf_counter() - t0)
+    fraction = None
+    if not isinstance(model, PerSample):  # a QAT graph has no separate fp32 network to agree with
+        fp32 = torch_outputs(build_adapter(model.eval(), spec), calibration)
+        k = spec.output_names.index(spec.primary_output)
+        agree, total = agreement(fp32[k], ref_out[k], spec.class_axis)
+        fraction = agree / max(total, 1)
+    return PteInt8Report(path, calibration_source, len(calibration[0]), report, fraction, time.perf_counter() - t0)
+
+
+def is_qat_checkpoint(meta: dict[str, Any]) -> bool:
+    """A checkpoint written by ``zoo train ... train.qat=true`` (its weights are a PT2E QAT graph's state)."""
+    return bool(((meta.get("config") or {}).get("train") or {}).get("qat"))
+
+
+def qat_quantized_graph(checkpoint: str | os.PathLike, meta: dict[str, Any]) -> torch.fx.GraphModule:
+    """The int8 reference graph of a QAT checkpoint: the training graph rebuilt exactly as ``train.qat`` built it
+    (same model arguments, same capture), its state loaded strictly, then ``convert_pt2e`` -- so the quantization
+    parameters are the ones learned in training, not a new calibration."""
+    from safetensors.torch import load_file
+    from zoo.train.qat import prepare_qat_model
+
+    import zoo
+
+    cfg = meta["config"]
+    task = meta.get("task") or cfg.get("task", "classification")
+    in_chans = int(meta.get("in_chans") or 3)
+    model = zoo.create_model(meta["model"], task=task, head=meta.get("head"), num_classes=meta.get("num_classes"),
+                             in_chans=in_chans, **dict(cfg.get("model", {}).get("kwargs") or {}))
+    prepared = prepare_qat_model(model, task, in_chans, int(cfg["data"]["img_size"]))
+    try:
+        prepared.load_state_dict(load_file(str(checkpoint)), strict=True)
+    except RuntimeError as e:
+        raise ExportError(f"{Path(checkpoint).name}: the QAT graph rebuilt here does not match the checkpoint's "
+                          f"({_first_line(e)})") from e
+    return convert_qat(prepared)
 
 
 def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, calib_limit: int = 64,
@@ -173,27 +197,41 @@ def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, c
 
     Calibration draws from the checkpoint's training split (:func:`export.evaluate.training_calibration`), else
     synthetic images (the sidecar says which). A checkpoint fine-tuned with ``train.qat=true`` carries its QAT
-    graph's observers in its weights and is converted from them (:func:`export_qat_checkpoint`).
+    graph's observers in its weights and is converted from them (:func:`qat_quantized_graph`).
     """
+    import zoo
+
     from .calib import synthetic_calibration
     from .evaluate import training_calibration
     from .metadata import preprocessing, write_sidecar
     from .pipeline import _base_fields, _output_shapes, load_model
     from .spec import build_spec, normalize_input_size
 
-    model, meta, name, task = load_model(str(checkpoint))
-    task = task or "classification"
-    pre = preprocessing(model, meta)
-    size = normalize_input_size(pre["default_input_size"][1:], int(meta.get("in_chans") or 3))
-    spec = build_spec(task, size, False, model)
+    meta = zoo.read_metadata(checkpoint) or {}
+    quantized = None
+    if is_qat_checkpoint(meta):
+        quantized = qat_quantized_graph(checkpoint, meta)
+        name, task = f"{meta['model']}_{Path(checkpoint).stem}", meta.get("task", "classification")
+        size = normalize_input_size(meta["input_size"][1:], int(meta.get("in_chans") or 3))
+        spec = build_spec(task, size, False)
+        model = PerSample(quantized, spec)  # the QAT graph is the PyTorch reference of its own int8 file
+        pre = preprocessing(model, meta)
+    else:
+        model, meta, name, task = load_model(str(checkpoint))
+        task = task or "classification"
+        pre = preprocessing(model, meta)
+        size = normalize_input_size(pre["default_input_size"][1:], int(meta.get("in_chans") or 3))
+        spec = build_spec(task, size, False, model)
     found = training_calibration(meta, size, len(spec.input_names), limit=calib_limit)
     if found is not None:
         calibration, source = found
     else:
         norm = (None, None) if task == "detection" else (pre["mean"], pre["std"])
         calibration, source = synthetic_calibration(size, len(spec.input_names), 16, *norm), "synthetic"
+    if quantized is not None:  # the images only check the file; the quantization comes from training
+        source = f"learned in quantization-aware training (checked on {source})"
     log(f"int8 .pte calibration: {source}")
-    report = to_pte_int8(model, path, spec, calibration, calibration_source=source)
+    report = to_pte_int8(model, path, spec, calibration, calibration_source=source, quantized=quantized)
     log(report.summary())
     base = _base_fields(model, meta, name, task, spec, pre, None, _output_shapes(model, spec))
     write_sidecar(report.path, {
@@ -206,5 +244,5 @@ def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, c
     return report.path
 
 
-__all__ = ["PerSample", "PteInt8Report", "capture", "convert_qat", "export_pte_int8", "lower_quantized",
-           "prepare_qat", "quantize_pt2e", "to_pte_int8", "xnnpack_quantizer"]
+__all__ = ["PerSample", "PteInt8Report", "capture", "convert_qat", "export_pte_int8", "is_qat_checkpoint",
+           "lower_quantized", "qat_quantized_graph", "quantize_pt2e", "to_pte_int8", "xnnpack_quantizer"]

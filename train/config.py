@@ -105,6 +105,7 @@ class TrainConfig:
     log_every: int = 10  # progress-bar refresh, in steps
     progress: bool = True  # tqdm progress bar on rank 0 (off: one plain line every log_every steps)
     nonfinite: str = "stop"  # a NaN/Inf loss: stop (with the step and likely causes) | skip (drop that update)
+    qat: bool = False  # int8 quantization-aware fine-tuning (PT2E, XNNPACK scheme; train/qat.py)
 
 
 @dataclass
