@@ -185,7 +185,15 @@ def run_benchmark(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, 
     meta, cfg = _checkpoint_config(checkpoint, overrides)
     task, data = build_eval_data(cfg)
     metric = task.metric
-    model = zoo.create_model(checkpoint_path=checkpoint).eval()
+    from .pt2e import is_qat_checkpoint
+
+    qat = is_qat_checkpoint(meta)
+    if qat:  # the fake-quantized training graph is its PyTorch form; its file is the int8 .pte
+        from .pt2e import qat_training_graph
+
+        model = qat_training_graph(checkpoint, meta)
+    else:
+        model = zoo.create_model(checkpoint_path=checkpoint).eval()
     name = f"{meta['model']}_{Path(checkpoint).stem}"
     steps = 1 + len(wanted)
     log(f"[1/{steps}] pytorch: scoring on {cfg.data.dataset} {cfg.data.val_split} "
@@ -193,14 +201,16 @@ def run_benchmark(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, 
     t0 = time.perf_counter()
     ref = evaluate_module(model, cfg, task, data, limit)
     log(f"      {metric} {100 * ref[metric]:.2f} ({time.perf_counter() - t0:.1f} s)")
-    rows = [BenchmarkRow("pytorch", RUNTIME["pytorch"], threads, metric, value=ref[metric], change_points=0.0,
-                         metrics=ref)]
+    rows = [BenchmarkRow("pytorch", RUNTIME["pytorch"] + (" (QAT fake-quant)" if qat else ""), threads, metric,
+                         value=ref[metric], change_points=0.0, metrics=ref)]
     runners: dict[str, ExportedModel] = {}
     files: dict[str, Path] = {}
     for i, fmt in enumerate(wanted, start=2):
         row = BenchmarkRow(fmt, RUNTIME[fmt], threads, metric)
         rows.append(row)
         why = missing_runtime(fmt)
+        if qat and fmt != "int8.pte" and why is None:
+            why = "a quantization-aware-trained checkpoint exports as int8.pte (the quantizers it learned)"
         if why is None and fmt not in files:
             log(f"[{i}/{steps}] {fmt}: exporting" + (" (with its ONNX companions)" if fmt in ONNX_FAMILY else ""))
             try:

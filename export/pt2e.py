@@ -169,9 +169,14 @@ def is_qat_checkpoint(meta: dict[str, Any]) -> bool:
 
 
 def qat_quantized_graph(checkpoint: str | os.PathLike, meta: dict[str, Any]) -> torch.fx.GraphModule:
-    """The int8 reference graph of a QAT checkpoint: the training graph rebuilt exactly as ``train.qat`` built it
-    (same model arguments, same capture), its state loaded strictly, then ``convert_pt2e`` -- so the quantization
-    parameters are the ones learned in training, not a new calibration."""
+    """The int8 reference graph of a QAT checkpoint: :func:`qat_training_graph`, then ``convert_pt2e`` -- so the
+    quantization parameters are the ones learned in training, not a new calibration."""
+    return convert_qat(qat_training_graph(checkpoint, meta))
+
+
+def qat_training_graph(checkpoint: str | os.PathLike, meta: dict[str, Any]) -> torch.fx.GraphModule:
+    """A QAT checkpoint's fake-quantized graph, rebuilt exactly as ``train.qat`` built it (same model arguments,
+    same capture) with its state loaded strictly; in eval mode (what ``zoo benchmark`` scores as its PyTorch row)."""
     from safetensors.torch import load_file
     from zoo.train.qat import prepare_qat_model
 
@@ -188,7 +193,7 @@ def qat_quantized_graph(checkpoint: str | os.PathLike, meta: dict[str, Any]) -> 
     except RuntimeError as e:
         raise ExportError(f"{Path(checkpoint).name}: the QAT graph rebuilt here does not match the checkpoint's "
                           f"({_first_line(e)})") from e
-    return convert_qat(prepared)
+    return prepared.eval()
 
 
 def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, calib_limit: int = 64,
@@ -245,4 +250,5 @@ def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, c
 
 
 __all__ = ["PerSample", "PteInt8Report", "capture", "convert_qat", "export_pte_int8", "is_qat_checkpoint",
-           "lower_quantized", "qat_quantized_graph", "quantize_pt2e", "to_pte_int8", "xnnpack_quantizer"]
+           "lower_quantized", "qat_quantized_graph", "qat_training_graph", "quantize_pt2e", "to_pte_int8",
+           "xnnpack_quantizer"]
