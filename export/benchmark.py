@@ -164,7 +164,7 @@ def _export(fmt: str, checkpoint: str, out: Path, name: str, int8_select: str, w
     if fmt == "int8.pte":
         from .pt2e import export_pte_int8
 
-        return {fmt: export_pte_int8(checkpoint, out / f"{name}.int8.pte")}
+        return {fmt: export_pte_int8(checkpoint, out / f"{name}.int8.pte", log=quiet)}
     res = export_model(checkpoint, out, format=fmt, name=name, log=quiet)
     return {fmt: res.files[0]}
 

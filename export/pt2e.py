@@ -112,6 +112,7 @@ class PerSample(nn.Module):
 
 def lower_quantized(quantized: torch.fx.GraphModule, path: str | os.PathLike, spec: ExportSpec) -> Path:
     """A converted PT2E graph -> XNNPACK-delegated ``.pte`` (int8 kernels where the quantizer annotated)."""
+    import executorch.kernels.quantized  # noqa: F401 - out variants of q/dq ops XNNPACK leaves to the portable runtime
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
