@@ -194,7 +194,8 @@ def qat_training_graph(checkpoint: str | os.PathLike, meta: dict[str, Any]) -> t
     except RuntimeError as e:
         raise ExportError(f"{Path(checkpoint).name}: the QAT graph rebuilt here does not match the checkpoint's "
                           f"({_first_line(e)})") from e
-    return prepared.eval()
+    prepared.eval()  # the exported-model train/eval override returns None, not the module
+    return prepared
 
 
 def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, calib_limit: int = 64,
