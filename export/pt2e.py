@@ -112,7 +112,9 @@ class PerSample(nn.Module):
 
 def lower_quantized(quantized: torch.fx.GraphModule, path: str | os.PathLike, spec: ExportSpec) -> Path:
     """A converted PT2E graph -> XNNPACK-delegated ``.pte`` (int8 kernels where the quantizer annotated)."""
-    import executorch.kernels.quantized  # noqa: F401 - out variants of q/dq ops XNNPACK leaves to the portable runtime
+    # Not imported on purpose: executorch.kernels.quantized would let q/dq nodes that XNNPACK leaves outside its
+    # partition (EMOv2) lower to portable kernels, but the portable quantize_per_channel then aborts the whole
+    # process (it asserts float64 scales; PT2E gives float32). Refusing here keeps that an ExportError (a row).
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
