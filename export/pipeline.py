@@ -218,10 +218,17 @@ def export_model(
     if int8:
         calibration = images
         source_desc = f"{len(images[0])} images from {calib}" if images is not None else ""
+        if calibration is None:  # the checkpoint's own training images, when it names a dataset
+            from .evaluate import training_calibration
+
+            found = training_calibration(meta, size, len(spec.input_names), limit=calib_limit)
+            if found is not None:
+                calibration, source_desc = found
+                log(f"calibration images: {source_desc}")
         if calibration is None:
-            warnings.warn("no --calib folder given: int8 calibration runs on synthetic images, whose activation "
-                          "ranges differ from real photos; accuracy of the int8 model is only indicative",
-                          stacklevel=2)
+            warnings.warn("no --calib folder given and the checkpoint names no dataset: int8 calibration runs on "
+                          "synthetic images, whose activation ranges differ from real photos; accuracy of the int8 "
+                          "model is only indicative", stacklevel=2)
             calibration = synthetic_calibration(size, len(spec.input_names), 16, *norm)
             source_desc = "synthetic"
         int8_path = out / f"{name}.int8.onnx"
@@ -383,6 +390,8 @@ def _base_fields(model: nn.Module, meta: dict[str, Any], name: str, task: str, s
         "preprocessing": pre,
         **io_description(spec, output_shapes),
         "source_checkpoint_metrics": meta.get("metrics"),
+        # what `zoo eval FILE` / `zoo benchmark` score the file on: the checkpoint's dataset and splits
+        "training_config": meta.get("config"),
     }
     if ex is not None:
         fields.update({"opset": ex.opset, "exporter": ex.exporter, "exporter_requested": ex.requested_exporter,

@@ -66,6 +66,8 @@ class QuantReport:
                          f"kept in float (their int8 kernel was slower here){': ' + ops if ops else ''}")
         lines.append(f"  top-1 agreement with fp32 on the calibration set: {100 * self.agreement:.2f}% "
                      f"({self.agree}/{self.total}); max abs diff {self.max_abs_diff:.3g}")
+        lines.append("  (a sanity check, not accuracy: `zoo benchmark CHECKPOINT` measures the metric change on the "
+                     "validation split)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, object]:

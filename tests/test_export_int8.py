@@ -134,3 +134,37 @@ def test_selection_option_errors(tiny, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="--int8-select auto needs --int8-mode static"):
         export_main(["net", "--out", str(tmp_path), "--int8", "--int8-mode", "dynamic", "--int8-select", "auto"])
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_qat_graph_trains_and_its_checkpoint_converts_with_the_learned_quantizers(tmp_path) -> None:
+    """``train.qat``: a fake-quantized graph with a dynamic batch that trains; its checkpoint (weights + quantizer
+    state) loads strictly into the rebuilt graph and converts to an int8 graph computing what the QAT graph does."""
+    pytest.importorskip("executorch")
+    from zoo.export.pt2e import is_qat_checkpoint, qat_quantized_graph
+    from zoo.train.config import load_config
+    from zoo.train.qat import prepare_qat_model
+
+    import zoo
+
+    torch.manual_seed(0)
+    graph = prepare_qat_model(zoo.create_model("test_efficientnet", num_classes=4), "classification", 3, 16)
+    graph.train()
+    opt = torch.optim.SGD(graph.parameters(), lr=0.01)
+    for _ in range(2):  # batch 3 and 5: the batch axis is dynamic
+        for n in (3, 5):
+            opt.zero_grad()
+            nn.functional.cross_entropy(graph(torch.randn(n, 3, 16, 16)), torch.randint(0, 4, (n,))).backward()
+            opt.step()
+    graph.eval()
+    cfg = load_config({"model": {"name": "test_efficientnet"}, "data": {"img_size": 16}, "train": {"qat": True}})
+    meta = {"model": "test_efficientnet", "task": "classification", "num_classes": 4, "in_chans": 3,
+            "input_size": [3, 16, 16], "config": cfg.to_dict()}
+    ckpt = zoo.save_checkpoint(graph, tmp_path / "qat.safetensors", meta)
+    meta = zoo.read_metadata(ckpt)
+    assert is_qat_checkpoint(meta)
+    quantized = qat_quantized_graph(ckpt, meta)
+    assert any("quantize_per" in str(n.target) for n in quantized.graph.nodes)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        ref, got = graph(x), quantized(x)
+    assert float((ref - got).abs().max()) <= 0.15 * float(ref.abs().max()) + 1e-3  # quantization noise

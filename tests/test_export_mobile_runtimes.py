@@ -102,3 +102,37 @@ def test_runtime_formats_refuse_int8_and_dynamic_batch(tmp_path):
     with pytest.raises(ExportError, match="--int8 and --dynamic-batch are for onnx/ort"):
         export_model("mobilenetv2_ulsam", tmp_path, format="pte", int8=True)
     assert not any(tmp_path.iterdir())
+
+
+def test_pt2e_int8_pte_round_trip_in_executorch(tmp_path):
+    """PT2E with the XNNPACK quantizer -> int8 .pte that runs in ExecuTorch, matches its quantized PyTorch graph,
+    keeps the fp32 network's predictions on its calibration images and stores int8 weights (under 0.6x the fp32
+    file, which a float graph cannot be)."""
+    pytest.importorskip("executorch")
+    import numpy as np
+    from zoo.export.executorch import to_pte
+    from zoo.export.pt2e import to_pte_int8
+    from zoo.export.spec import build_spec
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 64, 3, padding=1)
+            self.dw = torch.nn.Conv2d(64, 64, 3, padding=1, groups=64)
+            self.pw = torch.nn.Conv2d(64, 256, 1)
+            self.fc = torch.nn.Linear(256, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.conv(x))
+            y = y + torch.relu(self.dw(y))
+            return self.fc(torch.relu(self.pw(y)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    spec = build_spec("classification", (3, 16, 16))
+    calib = (np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32),)
+    report = to_pte_int8(model, tmp_path / "m.int8.pte", spec, calib, calibration_source="test")
+    assert report.vs_quantized_torch.passed and report.top1_agreement_with_fp32 >= 0.75
+    assert report.vs_quantized_torch.sets[-1].source == "images"
+    fp32 = to_pte(model, tmp_path / "m.pte", spec)
+    assert report.path.stat().st_size < 0.6 * fp32.stat().st_size

@@ -21,10 +21,15 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("zoo.train.cli:eval_main", "evaluate a checkpoint on a dataset with the task's metrics"),
     "predict": ("zoo.predict.cli:main", "run a trained checkpoint on images"),
     "export": ("zoo.export.cli:main", "export to ONNX / ORT Mobile / ExecuTorch / LiteRT with parity checks"),
+    "benchmark": ("zoo.export.benchmark:main", "every export format of a checkpoint: size, real metric, latency"),
     "xscore": ("zoo.train.xscore_cli:main", "cross-dataset robustness evaluation (xScore)"),
     "weights": ("zoo.weights_cli:main", "list, fetch and convert pretrained weights"),
     "data": ("zoo.data.cli:main", "make synthetic datasets for every task"),
 }
+
+#: ``zoo eval FILE`` on an exported file runs it in its own runtime (the exporter's evaluator), not the trainer's
+EXPORTED_SUFFIXES = (".onnx", ".ort", ".pte", ".tflite")
+EXPORTED_EVAL = "zoo.export.evaluate:main"
 
 
 def _usage() -> str:
@@ -47,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zoo: unknown command {command!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     target, _ = SUBCOMMANDS[command]
+    if command == "eval" and any(a.lower().endswith(EXPORTED_SUFFIXES) for a in rest):
+        target = EXPORTED_EVAL
     module_name, func_name = target.split(":")
     try:
         module = importlib.import_module(module_name)

@@ -1,0 +1,258 @@
+"""ExecuTorch int8: PT2E quantization with the XNNPACK quantizer, lowered to an XNNPACK-delegated ``.pte``.
+
+XNNPACK's int8 kernels are what most Android apps run, and ExecuTorch reaches them through PyTorch 2 export
+quantization: ``torch.export`` captures the network, ``prepare_pt2e`` inserts observers where the XNNPACK quantizer
+annotates (conv, linear, add, ...: symmetric int8, per-channel weights), calibration images run through it,
+``convert_pt2e`` turns observers into quantize/dequantize pairs, and ``to_edge_transform_and_lower`` with the
+XNNPACK partitioner fuses each ``dq -> op -> q`` pattern into an int8 XNNPACK kernel.
+
+The file is checked in the ExecuTorch runtime like the fp32 ``.pte``, against the *quantized* PyTorch model
+(``convert_pt2e``'s output, which computes the int8 arithmetic in float): the two differ only by rounding inside
+the kernels, so a wrong lowering shows; agreement with the fp32 network is reported too, but the accuracy
+question is answered on real data by ``zoo benchmark``.
+
+Quantization-aware training (``zoo train ... train.qat=true``, ``zoo.train.qat``) uses the same quantizer with
+``is_qat=True``; its checkpoint is rebuilt and converted here (:func:`qat_quantized_graph`) exactly like a
+calibrated graph, with the quantization parameters it learned.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoo.errors import ExportError
+
+from .executorch import _first_line, check_runtime_parity, load_pte, require_executorch, versions
+from .parity import Batch, ParityReport, agreement, torch_outputs
+from .spec import ExportSpec, as_tuple, build_adapter
+
+
+@dataclass
+class PteInt8Report:
+    path: Path
+    calibration: str
+    calibration_samples: int
+    vs_quantized_torch: ParityReport
+    top1_agreement_with_fp32: float | None
+    seconds: float
+
+    def summary(self) -> str:
+        text = (f"int8 .pte (PT2E, XNNPACK quantizer; calibration: {self.calibration}) -> {self.path.name}\n"
+                f"{self.vs_quantized_torch.summary()}")
+        if self.top1_agreement_with_fp32 is not None:
+            text += (f"\n  top-1 agreement with the fp32 network on the calibration images: "
+                     f"{100 * self.top1_agreement_with_fp32:.2f}%")
+        return text
+
+
+def xnnpack_quantizer(qat: bool = False) -> Any:
+    """XNNPACK's symmetric int8 scheme: per-channel weights, per-tensor activations (``is_qat``: fake-quant)."""
+    require_executorch()
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+
+
+def capture(model: nn.Module, spec: ExportSpec) -> torch.fx.GraphModule:
+    """The task adapter as a ``torch.export`` graph module (what PT2E quantization annotates)."""
+    adapter = build_adapter(model.eval().float().cpu(), spec)
+    try:
+        return torch.export.export(adapter, spec.example_inputs(1)).module()
+    except Exception as e:  # noqa: BLE001 - torch.export raises many types
+        raise ExportError(f"torch.export failed (needed for PT2E int8): {_first_line(e)}") from e
+
+
+@torch.no_grad()
+def quantize_pt2e(model: nn.Module, spec: ExportSpec, calibration: Batch) -> torch.fx.GraphModule:
+    """Post-training int8: prepare with the XNNPACK quantizer, run the calibration images, convert."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    prepared = prepare_pt2e(capture(model, spec), xnnpack_quantizer())
+    for i in range(len(calibration[0])):
+        prepared(*(torch.from_numpy(np.ascontiguousarray(a[i:i + 1])) for a in calibration))
+    return convert_pt2e(prepared)
+
+
+def convert_qat(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    move_exported_model_to_eval(prepared)
+    return convert_pt2e(prepared)
+
+
+class PerSample(nn.Module):
+    """Run a graph captured at batch 1 over a batch, one sample at a time (outputs without a batch axis, such as
+    detection anchors, are taken once): what the parity helpers need to compare it with the runtime."""
+
+    def __init__(self, graph: nn.Module, spec: ExportSpec) -> None:
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+        super().__init__()
+        self.graph = allow_exported_model_train_eval(graph)  # so the parity helpers' .eval() is a no-op
+        self.batchless = [spec.output_names.index(n) for n in spec.batchless_outputs]
+        self.is_export_adapter = True
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = [as_tuple(self.graph(*(x[i:i + 1] for x in inputs))) for i in range(inputs[0].shape[0])]
+        return tuple(parts[0] if k in self.batchless else torch.cat(parts, 0) for k, parts in enumerate(zip(*outs)))
+
+
+def lower_quantized(quantized: torch.fx.GraphModule, path: str | os.PathLike, spec: ExportSpec) -> Path:
+    """A converted PT2E graph -> XNNPACK-delegated ``.pte`` (int8 kernels where the quantizer annotated)."""
+    # Not imported on purpose: executorch.kernels.quantized would let q/dq nodes that XNNPACK leaves outside its
+    # partition (EMOv2) lower to portable kernels, but the portable quantize_per_channel then aborts the whole
+    # process (it asserts float64 scales; PT2E gives float32). Refusing here keeps that an ExportError (a row).
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    path = Path(path)
+    try:
+        program = torch.export.export(quantized, spec.example_inputs(1))
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"ExecuTorch int8 lowering (XNNPACK) of {path.stem} failed: {_first_line(e)}") from e
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(lowered.buffer)
+    os.replace(tmp, path)
+    return path
+
+
+def to_pte_int8(model: nn.Module, path: str | os.PathLike, spec: ExportSpec, calibration: Batch, *,
+                calibration_source: str = "images", quantized: torch.fx.GraphModule | None = None,
+                threads: int | None = None) -> PteInt8Report:
+    """Quantize (or take the QAT-``quantized`` graph), lower, and check the ``.pte`` in the ExecuTorch runtime.
+
+    The check runs the calibration images and random inputs through the file and through the quantized PyTorch
+    graph: the max abs diff must stay within a few quantization steps of the output (10% of its range) and top-1
+    agreement at 90% or more; a wrong lowering is off by far more. The file is renamed
+    ``*.parity_failed.pte`` when it fails.
+    """
+    require_executorch()
+    if spec.dynamic_batch:
+        raise ExportError("--format pte writes a fixed batch of 1; drop --dynamic-batch")
+    t0 = time.perf_counter()
+    quantized = quantized if quantized is not None else quantize_pt2e(model, spec, calibration)
+    path = lower_quantized(quantized, path, spec)
+    reference = PerSample(quantized, spec)
+    ref_out = torch_outputs(reference, calibration)
+    scale = float(np.max(np.abs(ref_out[0]))) or 1.0
+    report = check_runtime_parity(reference, path, spec, load_pte(path, threads), images=calibration, n_random=2,
+                                  atol=0.1 * scale, min_agreement=0.9, label="int8 .pte vs PT2E int8 in PyTorch",
+                                  raise_on_fail=False, noise_floor=False)
+    if not report.passed:
+        bad = path.with_name(f"{path.stem}.parity_failed{path.suffix}")
+        os.replace(path, bad)
+        raise ExportError(f"the int8 .pte does not match its quantized PyTorch graph:\n{report.summary()}\n"
+                          f"the file was moved to {bad}")
+    fraction = None
+    if not isinstance(model, PerSample):  # a QAT graph has no separate fp32 network to agree with
+        fp32 = torch_outputs(build_adapter(model.eval(), spec), calibration)
+        k = spec.output_names.index(spec.primary_output)
+        agree, total = agreement(fp32[k], ref_out[k], spec.class_axis)
+        fraction = agree / max(total, 1)
+    return PteInt8Report(path, calibration_source, len(calibration[0]), report, fraction, time.perf_counter() - t0)
+
+
+def is_qat_checkpoint(meta: dict[str, Any]) -> bool:
+    """A checkpoint written by ``zoo train ... train.qat=true`` (its weights are a PT2E QAT graph's state)."""
+    return bool(((meta.get("config") or {}).get("train") or {}).get("qat"))
+
+
+def qat_quantized_graph(checkpoint: str | os.PathLike, meta: dict[str, Any]) -> torch.fx.GraphModule:
+    """The int8 reference graph of a QAT checkpoint: :func:`qat_training_graph`, then ``convert_pt2e`` -- so the
+    quantization parameters are the ones learned in training, not a new calibration."""
+    return convert_qat(qat_training_graph(checkpoint, meta))
+
+
+def qat_training_graph(checkpoint: str | os.PathLike, meta: dict[str, Any]) -> torch.fx.GraphModule:
+    """A QAT checkpoint's fake-quantized graph, rebuilt exactly as ``train.qat`` built it (same model arguments,
+    same capture) with its state loaded strictly; in eval mode (what ``zoo benchmark`` scores as its PyTorch row)."""
+    from safetensors.torch import load_file
+    from zoo.train.qat import prepare_qat_model
+
+    import zoo
+
+    cfg = meta["config"]
+    task = meta.get("task") or cfg.get("task", "classification")
+    in_chans = int(meta.get("in_chans") or 3)
+    model = zoo.create_model(meta["model"], task=task, head=meta.get("head"), num_classes=meta.get("num_classes"),
+                             in_chans=in_chans, **dict(cfg.get("model", {}).get("kwargs") or {}))
+    prepared = prepare_qat_model(model, task, in_chans, int(cfg["data"]["img_size"]))
+    try:
+        prepared.load_state_dict(load_file(str(checkpoint)), strict=True)
+    except RuntimeError as e:
+        raise ExportError(f"{Path(checkpoint).name}: the QAT graph rebuilt here does not match the checkpoint's "
+                          f"({_first_line(e)})") from e
+    prepared.eval()  # the exported-model train/eval override returns None, not the module
+    return prepared
+
+
+def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, calib_limit: int = 64,
+                    log: Callable[[str], None] = print) -> Path:
+    """``zoo benchmark``'s ``int8.pte`` row: a checkpoint -> int8 ``.pte`` with its sidecar.
+
+    Calibration draws from the checkpoint's training split (:func:`export.evaluate.training_calibration`), else
+    synthetic images (the sidecar says which). A checkpoint fine-tuned with ``train.qat=true`` carries its QAT
+    graph's observers in its weights and is converted from them (:func:`qat_quantized_graph`).
+    """
+    import zoo
+
+    from .calib import synthetic_calibration
+    from .evaluate import training_calibration
+    from .metadata import preprocessing, write_sidecar
+    from .pipeline import _base_fields, _output_shapes, load_model
+    from .spec import build_spec, normalize_input_size
+
+    meta = zoo.read_metadata(checkpoint) or {}
+    quantized = None
+    if is_qat_checkpoint(meta):
+        quantized = qat_quantized_graph(checkpoint, meta)
+        name, task = f"{meta['model']}_{Path(checkpoint).stem}", meta.get("task", "classification")
+        size = normalize_input_size(meta["input_size"][1:], int(meta.get("in_chans") or 3))
+        spec = build_spec(task, size, False)
+        model = PerSample(quantized, spec)  # the QAT graph is the PyTorch reference of its own int8 file
+        pre = preprocessing(model, meta)
+    else:
+        model, meta, name, task = load_model(str(checkpoint))
+        task = task or "classification"
+        pre = preprocessing(model, meta)
+        size = normalize_input_size(pre["default_input_size"][1:], int(meta.get("in_chans") or 3))
+        spec = build_spec(task, size, False, model)
+    found = training_calibration(meta, size, len(spec.input_names), limit=calib_limit)
+    if found is not None:
+        calibration, source = found
+    else:
+        norm = (None, None) if task == "detection" else (pre["mean"], pre["std"])
+        calibration, source = synthetic_calibration(size, len(spec.input_names), 16, *norm), "synthetic"
+    if quantized is not None:  # the images only check the file; the quantization comes from training
+        source = f"learned in quantization-aware training (checked on {source})"
+    log(f"int8 .pte calibration: {source}")
+    report = to_pte_int8(model, path, spec, calibration, calibration_source=source, quantized=quantized)
+    log(report.summary())
+    base = _base_fields(model, meta, name, task, spec, pre, None, _output_shapes(model, spec))
+    write_sidecar(report.path, {
+        **base, "exporter": "torch.export -> PT2E (XNNPACKQuantizer) -> to_edge_transform_and_lower (XNNPACK)",
+        "runtime": "ExecuTorch (XNNPACK delegate, int8)", "runtime_versions": versions(),
+        "quantization": {"scheme": "PT2E XNNPACK symmetric int8, per-channel weights",
+                         "calibration": source, "calibration_samples": report.calibration_samples,
+                         "top1_agreement_with_fp32": report.top1_agreement_with_fp32},
+        "parity": report.vs_quantized_torch.to_dict()})
+    return report.path
+
+
+__all__ = ["PerSample", "PteInt8Report", "capture", "convert_qat", "export_pte_int8", "is_qat_checkpoint",
+           "lower_quantized", "qat_quantized_graph", "qat_training_graph", "quantize_pt2e", "to_pte_int8",
+           "xnnpack_quantizer"]

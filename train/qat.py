@@ -1,0 +1,56 @@
+"""Quantization-aware fine-tuning (``zoo train model.checkpoint=CKPT train.qat=true``) with PyTorch 2 export QAT.
+
+Why: post-training int8 calibrates activation ranges on a few images and rounds the weights once; when that loses
+more than about a point, a few epochs of training through the int8 rounding (fake quantization) let the weights
+adapt to it. The network is captured with ``torch.export`` (batch axis dynamic), ``prepare_qat_pt2e`` inserts fake
+quantizers where the XNNPACK quantizer annotates (symmetric int8, per-channel weights: the scheme XNNPACK runs on
+phones), and the trainer trains that graph like any model. Its checkpoint holds the graph's state: the fine-tuned
+weights and the learned quantizer statistics, which ``zoo.export.pt2e`` converts into the int8 ``.pte``
+(``zoo benchmark``'s ``int8.pte`` row) instead of calibrating again.
+
+Needs the ``executorch`` extra (its XNNPACK quantizer). Tensor-output tasks only (classification, segmentation,
+change detection): a torchvision detector's data-dependent post-processing does not export as one graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo.errors import ConfigError
+
+
+def xnnpack_qat_quantizer() -> Any:
+    try:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+    except ImportError as e:
+        raise ConfigError("train.qat=true needs the executorch extra (its XNNPACK quantizer): "
+                          "pip install 'lightzoo[executorch]'") from e
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+
+
+def prepare_qat_model(model: nn.Module, task: str, in_chans: int, img_size: int) -> nn.Module:
+    """``model`` as a fake-quantized training graph (``prepare_qat_pt2e``) whose ``train()`` / ``eval()`` switch
+    batch norm and the quantizers' observers like a normal module's."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    if task == "detection":
+        raise ConfigError("train.qat=true is for tensor-output tasks (classification, segmentation, change "
+                          "detection); a detector's post-processing does not export as one graph")
+    n_inputs = 2 if task == "change_detection" else 1
+    example = tuple(torch.randn(2, in_chans, img_size, img_size) for _ in range(n_inputs))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    model.train()
+    try:
+        graph = torch.export.export(model, example, dynamic_shapes=tuple({0: batch} for _ in example)).module()
+    except Exception as e:  # noqa: BLE001 - torch.export raises many types
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"train.qat=true: torch.export of the model failed: {first}") from e
+    prepared = prepare_qat_pt2e(graph, xnnpack_qat_quantizer())
+    return allow_exported_model_train_eval(prepared)
