@@ -3,22 +3,22 @@
 Training the full comparison to time it costs what it measures, so this script measures what decides the time and
 projects it per (model, dataset) cell:
 
-1. ``c_train``: the cost of one training image per model, at the model's input size under the recipe and the
-   recipe's batch size: forward, label-smoothed cross-entropy, backward, AdamW, timed over ``--budget`` seconds.
-2. A *probe run* of the real command (``train.xscore_cli.main``) with the same models, datasets, batch size and
-   threads, but one epoch of ``--probe-images`` training images per dataset: each cell's seconds include
-   everything the real run does once per cell (model building, data preparation, the one validation pass over
-   the whole validation split, checkpoints).
-3. Per cell: ``projected = probe_cell + (epochs * n_train - probe_images) * c_train``, where ``n_train`` is the
-   dataset's training split under the recipe's cap; the total adds the cells.
+1. ``c_train``: the cost of one training image per model, at the model's input size under the recipe and each
+   batch size the recipe's size tiers use: forward, label-smoothed cross-entropy, backward, AdamW, timed over
+   ``--budget`` seconds.
+2. A *probe run* of the real command (``zoo.train.xscore_cli.main``) with the same models, datasets and threads,
+   but one epoch of ``--probe-images`` training images per dataset: each cell's seconds include everything the real
+   run does once per cell (model building, data preparation, the one validation pass over the whole validation
+   split, checkpoints).
+3. Per cell: ``projected = probe_cell + (epochs * n_train - probe_images) * c_train``, where ``epochs`` and the
+   batch size are the tier's for the dataset's ``n_train`` (:meth:`Recipe.plan`); the total adds the cells.
 
 Both wall-clock and CPU (process) time are reported. On a shared, busy machine the wall figures overstate what a
-quiet machine takes; with ``--threads 1`` the CPU-time projection approximates the quiet single-thread wall time
-(a quiet run with 2 threads should be no slower). The figure of record is a quiet run of the real command:
+quiet machine takes; with ``--threads 1`` the CPU-time projection approximates the quiet single-thread wall time.
+The figure of record is a run of the real command:
 
-    taskset -c 0,1 python benchmarks/xscore_cpu.py --threads 1            # about 3 quiet minutes
-    taskset -c 0,1 zoo xscore --suite embedded --models emov2_1m lwganet_l0 mobilenetv2_ulsam \\
-        phc_resnet18_cifar --epochs 3 --threads 2 --out runs/xscore_embedded
+    taskset -c 0,1 python benchmarks/xscore_cpu.py --threads 1 --models emov2_1m peer_ghostnet
+    zoo xscore --suite embedded --models paper-peers emov2_1m lwganet_l0 --out runs/xscore_embedded
 """
 
 from __future__ import annotations
@@ -61,41 +61,48 @@ def train_cost(name: str, size: int, batch: int, budget_s: float) -> dict[str, f
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["emov2_1m", "lwganet_l0", "mobilenetv2_ulsam",
-                                                   "phc_resnet18_cifar"])
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--max-train", type=int, default=cli.EMBEDDED_MAX_TRAIN)
-    p.add_argument("--batch-size", type=int, default=cli.EMBEDDED_BATCH_SIZE)
+    p.add_argument("--models", nargs="+", default=["emov2_1m", "peer_ghostnet", "peer_mobilenet"],
+                   help="model names; paper-peers expands to the paper's peer set")
+    p.add_argument("--epochs", type=int, default=None, help="override every tier's epochs (default: by size)")
+    p.add_argument("--max-train", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--probe-images", type=int, default=32, help="training images per cell in the probe run")
     p.add_argument("--budget", type=float, default=8.0, help="seconds of timed training steps per model")
     p.add_argument("--out", help="write the figures as JSON here")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    sizes = {m: cli.smallest_size(m) for m in a.models}
+    models = cli.expand_models(a.models)
+    recipe = cli.Recipe(max_train=a.max_train, epochs=a.epochs)
+    sizes = {m: cli.smallest_size(m) for m in models}
     n_train = {d: min(EMBEDDED_INFO[d].n_train, a.max_train or EMBEDDED_INFO[d].n_train) for d in EMBEDDED_SUITE}
-    print(f"{a.threads} thread(s), batch {a.batch_size}, {a.epochs} epochs, training images per dataset {n_train}")
-    cost = {}
-    for m in a.models:
-        cost[m] = train_cost(m, sizes[m], a.batch_size, a.budget)
-        print(f"  {m:<22} {sizes[m]}x{sizes[m]}: {1e3 * cost[m]['wall']:.1f} ms wall, "
-              f"{1e3 * cost[m]['cpu']:.1f} ms cpu per training image", flush=True)
+    plans = {d: recipe.plan(n) for d, n in n_train.items()}
+    print(f"{a.threads} thread(s); per dataset: " + "; ".join(
+        f"{d} {n_train[d]} images, {p.tier}: {p.epochs} epochs x batch {p.batch_size}" for d, p in plans.items()))
+    batches = sorted({p.batch_size for p in plans.values()})
+    cost: dict[str, dict[int, dict[str, float]]] = {}
+    for m in models:
+        cost[m] = {b: train_cost(m, sizes[m], b, a.budget / len(batches)) for b in batches}
+        print(f"  {m:<22} {sizes[m]}x{sizes[m]}: " + ", ".join(
+            f"batch {b}: {1e3 * c['wall']:.1f} ms wall, {1e3 * c['cpu']:.1f} ms cpu per image"
+            for b, c in cost[m].items()), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        cli.main(["--suite", "embedded", "--models", *a.models, "--epochs", "1", "--max-train", str(a.probe_images),
-                  "--batch-size", str(a.batch_size), "--threads", str(a.threads), "--out", tmp, "--no-plots"])
+        cli.main(["--suite", "embedded", "--models", *models, "--epochs", "1", "--max-train", str(a.probe_images),
+                  "--threads", str(a.threads), "--out", tmp, "--no-plots"])
         probe_wall = time.perf_counter() - t0
         rows = cli.read_results(Path(tmp) / "results.csv")
     cells, tot = [], {"wall": 0.0, "cpu": 0.0}
     print(f"\n{'model':<22} {'dataset':<10} {'probe s':>8} {'probe cpu':>9} {'proj. s':>8} {'proj. cpu':>9}")
     for r in rows:
         m, d = r["model"], r["dataset"]
-        extra = a.epochs * n_train[d] - int(r["train_images"])
-        proj = {"wall": float(r["seconds"]) + extra * cost[m]["wall"],
-                "cpu": float(r["cpu_seconds"]) + extra * cost[m]["cpu"]}
+        plan = plans[d]
+        extra = plan.epochs * n_train[d] - int(r["train_images"])
+        c = cost[m][plan.batch_size]
+        proj = {"wall": float(r["seconds"]) + extra * c["wall"], "cpu": float(r["cpu_seconds"]) + extra * c["cpu"]}
         tot["wall"] += proj["wall"]
         tot["cpu"] += proj["cpu"]
-        cells.append({"model": m, "dataset": d, "probe_s": float(r["seconds"]),
+        cells.append({"model": m, "dataset": d, "tier": plan.tier, "epochs": plan.epochs,
+                      "batch_size": plan.batch_size, "probe_s": float(r["seconds"]),
                       "probe_cpu_s": float(r["cpu_seconds"]), "projected_s": proj["wall"],
                       "projected_cpu_s": proj["cpu"]})
         print(f"{m:<22} {d:<10} {float(r['seconds']):>8.1f} {float(r['cpu_seconds']):>9.1f} {proj['wall']:>8.0f} "
@@ -105,10 +112,9 @@ def main() -> None:
           f"the quiet {a.threads}-thread estimate")
     if a.out:
         with open(a.out, "w") as f:
-            json.dump({"threads": a.threads, "batch_size": a.batch_size, "epochs": a.epochs,
-                       "max_train": a.max_train, "n_train": n_train, "sizes": sizes, "train_cost_s": cost,
-                       "cells": cells, "projected_total_s": tot["wall"], "projected_total_cpu_s": tot["cpu"]},
-                      f, indent=2)
+            json.dump({"threads": a.threads, "recipe": recipe.to_json(), "n_train": n_train, "sizes": sizes,
+                       "train_cost_s": cost, "cells": cells, "projected_total_s": tot["wall"],
+                       "projected_total_cpu_s": tot["cpu"]}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,153 +1,187 @@
-"""xScore components pinned on small tables computed by hand (values in the comments are the hand results)."""
+"""xScore (G - λV of per-dataset min-max accuracies) and the k-dataset estimate, pinned on tables computed by hand
+and on the paper's published accuracy table (values in the comments are the hand results)."""
 
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from zoo.errors import ConfigError, DataError
 from zoo.xscore import (
-    average_ranks,
     compute_xscore,
-    few_dataset_estimate,
+    fit_subset,
+    generalisation_and_variance,
     kendalls_w,
     max_rank_std,
+    normalise_columns,
     rank_stability,
     rank_table,
     read_table_csv,
     spearman_rho,
+    subset_estimate,
     table_from_records,
     xscore_values,
 )
+
+PAPER_TABLE = Path(__file__).parent / "data" / "xscore_paper_accuracy.csv"
 
 # A best everywhere; B and C swap places 2/3 between d0 and d1, d2.
 BEST = [[0.9, 0.8, 0.7], [0.8, 0.6, 0.5], [0.7, 0.7, 0.6]]
 
 
-def test_average_ranks_ties_share_mean_position() -> None:
-    assert average_ranks([0.9, 0.8, 0.8]).tolist() == [1.0, 2.5, 2.5]
-    assert average_ranks([0.5, 0.5, 0.5]).tolist() == [2.0, 2.0, 2.0]
-    assert average_ranks([0.1, 0.7, 0.7, 0.7, 0.9]).tolist() == [5.0, 3.0, 3.0, 3.0, 1.0]
-    assert average_ranks([3.0, 1.0, 2.0], higher_is_better=False).tolist() == [3.0, 1.0, 2.0]
+def test_columns_are_min_max_normalised_per_dataset() -> None:
+    # d0: 0.7..0.9 -> A 1, B .5, C 0; d1: 0.6..0.8 -> 1, 0, .5; d2: 0.5..0.7 -> 1, 0, .5
+    assert np.allclose(normalise_columns(BEST), [[1, 1, 1], [0.5, 0, 0], [0, 0.5, 0.5]])
 
 
-def test_rank_table_is_per_dataset_column() -> None:
-    assert rank_table(BEST).tolist() == [[1, 1, 1], [2, 3, 3], [3, 2, 2]]
-
-
-def test_max_rank_std_hand_values() -> None:
-    assert max_rank_std(3, 3) == pytest.approx(2 * math.sqrt(2) / 3)  # ranks {1, 3, 3}: std 2√2/3
-    assert max_rank_std(4, 4) == pytest.approx(1.5)  # ranks {1, 1, 4, 4}
-    assert max_rank_std(3, 2) == pytest.approx(1.0)
-    assert max_rank_std(5, 1) == 0.0 and max_rank_std(1, 4) == 0.0
-
-
-def test_model_best_everywhere_scores_one_and_the_rest_by_hand() -> None:
+def test_g_v_and_xscore_by_hand() -> None:
+    g, v = generalisation_and_variance(BEST)
+    # A: 1,1,1 -> G 1, V 0. B: .5,0,0 -> G 1/6, V = ((1/3)^2 + 2(1/6)^2) / 2 = 1/12. C: 0,.5,.5 -> G 1/3, V 1/12
+    assert g.tolist() == pytest.approx([1.0, 1 / 6, 1 / 3])
+    assert v.tolist() == pytest.approx([0.0, 1 / 12, 1 / 12])
+    assert xscore_values(BEST).tolist() == pytest.approx([1.0, 1 / 6 - 1 / 24, 1 / 3 - 1 / 24])
+    assert xscore_values(BEST, lam=2.0).tolist() == pytest.approx([1.0, 0.0, 1 / 6])  # λ configurable
+    assert xscore_values(BEST, lam=0.0).tolist() == pytest.approx(g.tolist())
     rep = compute_xscore(BEST, ["A", "B", "C"], ["d0", "d1", "d2"])
-    a, b, c = rep.score("A"), rep.score("B"), rep.score("C")
-    # A: ranks 1,1,1 -> R 1; mean 0.8 is the max -> normalised 1; X = 1
-    assert (a.xscore, a.rank_stability, a.normalised_mean_accuracy, a.position) == (1.0, 1.0, 1.0, 1)
-    # B: ranks 2,3,3 -> σ √2/3, σ_max 2√2/3 -> R 1/2; mean 0.6333 is the min -> 0; X = 0.25
-    assert b.rank_std == pytest.approx(math.sqrt(2) / 3)
-    assert b.rank_stability == pytest.approx(0.5)
-    assert b.xscore == pytest.approx(0.25)
-    # C: ranks 3,2,2 -> R 1/2; mean 0.6667 -> (0.6667-0.6333)/(0.8-0.6333) = 0.2; X = 0.1 + 0.25 = 0.35
-    assert c.normalised_mean_accuracy == pytest.approx(0.2)
-    assert c.xscore == pytest.approx(0.35)
     assert [s.model for s in rep.scores] == ["A", "C", "B"]
-    assert b.worst_accuracy == 0.5 and b.worst_dataset == "d2"
-    assert c.mean_accuracy == pytest.approx(2.0 / 3) and c.mean_rank == pytest.approx(7 / 3)
-    assert c.ranks == {"d0": 3.0, "d1": 2.0, "d2": 2.0}
-    # rank sums 3, 8, 7, mean 6 -> S = 14; W = 12*14 / (9*(27-3)) = 7/9
+    c = rep.score("C")
+    assert (c.generalisation, c.variance, c.xscore) == pytest.approx((1 / 3, 1 / 12, 7 / 24))
+    assert c.normalised == pytest.approx({"d0": 0.0, "d1": 0.5, "d2": 0.5})
+
+
+def test_variance_is_the_sample_variance() -> None:
+    acc = [[10, 0], [0, 10]]  # each model best once, worst once: ã = (1, 0) and (0, 1)
+    g, v = generalisation_and_variance(acc)
+    assert g.tolist() == [0.5, 0.5] and v.tolist() == [0.5, 0.5]  # (0.25 + 0.25) / (2 - 1), not / 2
+    assert xscore_values(acc).tolist() == [0.25, 0.25]
+
+
+def test_a_stable_middling_model_beats_an_erratic_one_with_the_same_mean() -> None:
+    # S is second everywhere; E is first on two datasets and last on two: same G = 0.5, V 0 vs 1/3
+    acc = [[0.5, 0.5, 0.5, 0.5], [0.9, 0.9, 0.1, 0.1], [0.1, 0.1, 0.9, 0.9]]
+    rep = compute_xscore(acc, ["S", "E", "F"], list("abcd"))
+    assert rep.score("S").generalisation == pytest.approx(rep.score("E").generalisation) == pytest.approx(0.5)
+    assert rep.score("E").variance == pytest.approx(1 / 3)
+    assert rep.scores[0].model == "S" and rep.score("E").xscore == pytest.approx(0.5 - 1 / 6)
+
+
+def test_flat_dataset_is_one_for_all_with_a_warning_and_one_dataset_has_no_variance() -> None:
+    with pytest.warns(UserWarning, match=r"same on \['flat'\]"):
+        rep = compute_xscore([[0.5, 0.9], [0.5, 0.1]], ["A", "B"], ["flat", "d"])
+    assert rep.normalised.tolist() == [[1.0, 1.0], [1.0, 0.0]]
+    single = compute_xscore([[0.9], [0.5], [0.7]], ["A", "B", "C"], ["only"])
+    assert {s.model: s.xscore for s in single.scores} == pytest.approx({"A": 1.0, "B": 0.0, "C": 0.5})
+    assert all(s.variance == 0.0 for s in single.scores)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one model: nothing to compare, and no warning about it
+        solo = compute_xscore([[0.3, 0.9]], ["solo"], ["a", "b"])
+    assert solo.scores[0].xscore == 1.0 and math.isnan(solo.kendalls_w)
+
+
+def test_lambda_must_be_a_non_negative_number() -> None:
+    with pytest.raises(ConfigError, match=">= 0"):
+        xscore_values(BEST, lam=-0.1)
+    with pytest.raises(ConfigError, match=">= 0"):
+        compute_xscore(BEST, lam=float("nan"))
+
+
+def test_extra_columns_ranks_stability_and_kendalls_w() -> None:
+    rep = compute_xscore(BEST, ["A", "B", "C"], ["d0", "d1", "d2"])
+    assert rank_table(BEST).tolist() == [[1, 1, 1], [2, 3, 3], [3, 2, 2]]
+    assert max_rank_std(3, 3) == pytest.approx(2 * math.sqrt(2) / 3)
+    # B: ranks 2,3,3 -> σ √2/3 over σ_max 2√2/3 -> stability 1/2
+    assert rep.score("B").rank_stability == pytest.approx(0.5) and rep.score("A").rank_stability == 1.0
+    assert rep.score("B").worst_accuracy == 0.5 and rep.score("B").worst_dataset == "d2"
+    assert rep.score("C").mean_accuracy == pytest.approx(2 / 3) and rep.score("C").mean_rank == pytest.approx(7 / 3)
+    # rank sums 3, 8, 7 around 6 -> S = 14; W = 12*14 / (9*(27-3)) = 7/9
     assert rep.kendalls_w == pytest.approx(7 / 9)
-
-
-def test_ties_with_tie_corrected_kendalls_w() -> None:
-    acc = [[0.9, 0.9], [0.8, 0.8], [0.8, 0.7]]  # d0 ties models 1 and 2
-    assert rank_table(acc).tolist() == [[1, 1], [2.5, 2], [2.5, 3]]
-    # rank sums 2, 4.5, 5.5 around 4 -> S = 6.5; T_d0 = 2^3 - 2 = 6 -> W = 78 / (4*24 - 2*6) = 13/14
-    assert kendalls_w(acc) == pytest.approx(13 / 14)
-    x = xscore_values(acc)
-    # σ_max(3,2) = 1; stabilities 1, .75, .75; means .9, .8, .75 -> normalised 1, 1/3, 0
-    assert x.tolist() == pytest.approx([1.0, 0.5 / 3 + 0.375, 0.375])
-
-
-def test_rank_flip_between_two_models() -> None:
-    rep = compute_xscore([[0.9, 0.6], [0.7, 0.8]], ["A", "B"], ["d0", "d1"])
-    # each model is first once and last once: σ = 0.5 = σ_max(2,2) -> R = 0; equal means -> normalised 1 -> X = .5
-    assert [s.rank_stability for s in rep.scores] == [0.0, 0.0]
-    assert [s.xscore for s in rep.scores] == [0.5, 0.5]
-    assert rep.kendalls_w == 0.0  # rank sums 3, 3: no agreement at all
-    # exact tie on xScore and mean: the better worst-case (B: 0.7 > A: 0.6) goes first
-    assert [s.model for s in rep.scores] == ["B", "A"]
-
-
-def test_one_dataset() -> None:
-    rep = compute_xscore([[0.9], [0.5], [0.7]], ["A", "B", "C"], ["only"])
-    assert [s.rank_stability for s in rep.scores] == [1.0, 1.0, 1.0]  # nothing can vary
-    assert {s.model: s.xscore for s in rep.scores} == pytest.approx({"A": 1.0, "B": 0.5, "C": 0.75})
-    assert rep.kendalls_w == pytest.approx(1.0)  # one judge agrees with itself
-    assert math.isnan(kendalls_w([[0.5], [0.5]]))  # ... unless it ties everything: undefined
-
-
-def test_two_models_and_one_model() -> None:
-    rep = compute_xscore([[0.6, 0.6, 0.9], [0.5, 0.7, 0.8]], ["A", "B"], list("xyz"))
-    # ranks A: 1,2,1; B: 2,1,2; σ = √2/3, σ_max(2,3) = √2/3 -> R = 0 for both; means .7 vs .6667
-    assert [s.rank_stability for s in rep.scores] == pytest.approx([0.0, 0.0])
-    assert [(s.model, s.xscore) for s in rep.scores] == [("A", pytest.approx(0.5)), ("B", pytest.approx(0.0))]
-    single = compute_xscore([[0.3, 0.9]], ["solo"], ["a", "b"])
-    assert single.scores[0].xscore == 1.0 and math.isnan(single.kendalls_w)
-
-
-def test_weight_moves_between_terms() -> None:
-    assert xscore_values(BEST, weight=1.0).tolist() == pytest.approx([1.0, 0.0, 0.2])  # accuracy only
-    assert xscore_values(BEST, weight=0.0).tolist() == pytest.approx([1.0, 0.5, 0.5])  # stability only
-    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
-        xscore_values(BEST, weight=1.5)
-
-
-def test_stability_reaches_zero_for_odd_dataset_counts() -> None:
-    ranks = np.array([[1, 1, 3], [2, 2, 2], [3, 3, 1]], dtype=float)
-    assert rank_stability(ranks).tolist() == pytest.approx([0.0, 1.0, 0.0])
-
-
-def test_spearman_rho_hand_values() -> None:
+    # ties: d0 ties two models; T = 6 -> W = 78 / (4*24 - 2*6) = 13/14
+    assert kendalls_w([[0.9, 0.9], [0.8, 0.8], [0.8, 0.7]]) == pytest.approx(13 / 14)
+    assert rank_stability(np.array([[1, 1, 3], [2, 2, 2], [3, 3, 1]], float)).tolist() == pytest.approx([0, 1, 0])
     assert spearman_rho([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    # ranks 1,2.5,2.5,4 vs 1..4: 4.5 / sqrt(4.5 * 5)
-    assert spearman_rho([4, 3, 3, 1], [4, 3, 2, 1]) == pytest.approx(4.5 / math.sqrt(22.5))
     assert math.isnan(spearman_rho([1, 1, 1], [1, 2, 3]))
 
 
-def test_few_dataset_estimate_hand_computed() -> None:
-    acc = [[0.9, 0.9, 0.1], [0.5, 0.5, 0.5], [0.1, 0.1, 0.9]]
-    # full table: R = 0, 1, 0; normalised means 1, .5, 0 -> X = .5, .75, 0 (B > A > C)
-    assert xscore_values(acc).tolist() == pytest.approx([0.5, 0.75, 0.0])
-    est = few_dataset_estimate(acc, ["d0", "d1", "d2"], k=2)
-    k1, k2, k3 = est.per_k
-    # k=1: d0 or d1 order A>B>C -> ρ = 0.5; d2 order C>B>A -> ρ = -0.5
-    assert (k1.best_rho, k1.best_subset, k1.n_subsets, k1.exhaustive) == (pytest.approx(0.5), ("d0",), 3, True)
-    assert k1.mean_rho == pytest.approx(1 / 6) and k1.worst_rho == pytest.approx(-0.5)
-    # k=2: {d0,d1} -> ρ 0.5; {d0,d2} and {d1,d2} -> X = .5, 1, .5 -> ρ = 1.5/√3
-    assert est.best_subset == ("d0", "d2") and est.best_rho == pytest.approx(1.5 / math.sqrt(3))
-    assert k2.worst_rho == pytest.approx(0.5)
-    assert (k3.best_rho, k3.best_subset, k3.n_subsets) == (pytest.approx(1.0), ("d0", "d1", "d2"), 1)
-    assert est.to_dict()["per_k"][1]["best_subset"] == ["d0", "d2"]
+# ------------------------------------------------------------------------------------------ k-dataset estimate
+def test_fit_subset_recovers_an_exact_linear_target_and_r2_by_hand() -> None:
+    acc = np.array([[1.0, 5.0], [2.0, 3.0], [3.0, 4.0], [4.0, 1.0]])
+    fit = fit_subset(acc, 0.5 + 2.0 * acc[:, 0], [0], ["a", "b"])
+    assert (fit.datasets, fit.r2) == (("a",), pytest.approx(1.0))
+    assert fit.coefficients == pytest.approx((2.0,)) and fit.intercept == pytest.approx(0.5)
+    assert fit.predict({"a": 10.0}) == pytest.approx(20.5) and fit.predict([1.0]) == pytest.approx(2.5)
+    # y = 0, 0, 1, 1 on x = 1, 2, 3, 4: slope 0.4, intercept -0.5, residuals .1 -.3 .3 -.1 -> R² = 1 - .2/1 = 0.8
+    half = fit_subset(acc, [0, 0, 1, 1], [0])
+    assert (half.coefficients[0], half.intercept, half.r2) == pytest.approx((0.4, -0.5, 0.8))
+    assert math.isnan(fit_subset(acc, [1, 1, 1, 1], [0]).r2)  # a constant target has no R²
+    with pytest.raises(DataError, match="missing"):
+        fit.predict({"b": 1.0})
 
 
-def test_few_dataset_estimate_samples_when_too_many_subsets() -> None:
+def test_subset_estimate_keeps_the_best_r2_subset_and_reports_the_ordering() -> None:
+    rng = np.random.default_rng(0)
+    acc = rng.uniform(50, 90, size=(8, 5))
+    est = subset_estimate(acc, [f"m{i}" for i in range(8)], list("abcde"), k=2)
+    x = xscore_values(acc)
+    best = max((fit_subset(acc, x, s).r2, s) for s in [(i, j) for i in range(5) for j in range(i + 1, 5)])
+    assert est.fit.r2 == pytest.approx(best[0]) and est.fit.datasets == tuple("abcde"[i] for i in best[1])
+    assert (est.n_subsets, est.exhaustive, est.underdetermined) == (10, True, False)
+    assert est.full == pytest.approx(dict(zip(est.models, x)))
+    assert est.full_order == [f"m{i}" for i in np.argsort(-x)]
+    assert [p.k for p in est.curve] == [1, 2, 3, 4, 5] and est.curve[1].best_r2 == pytest.approx(best[0])
+    assert est.curve[-1].n_subsets == 1 and est.curve[0].best_r2 <= est.curve[1].best_r2 <= est.curve[2].best_r2
+    moved = {m: (a, b) for m, a, b in est.moved()}
+    assert all(est.estimated_order[b - 1] == m for m, (a, b) in moved.items())
+    d = est.to_dict()
+    assert d["datasets"] == list(est.fit.datasets) and d["r2"] == est.fit.r2 and len(d["curve"]) == 5
+
+
+def test_subset_estimate_samples_warns_and_rejects_bad_k() -> None:
     rng = np.random.default_rng(1)
-    acc = rng.uniform(0.3, 0.9, size=(5, 8))
-    est = few_dataset_estimate(acc, k=4, max_subsets=10, seed=3)
-    k4 = est.per_k[3]
-    assert (k4.n_subsets, k4.exhaustive) == (10, False)  # C(8,4) = 70 > 10
-    assert est.per_k[0].exhaustive and est.per_k[0].n_subsets == 8
-    assert est.to_dict() == few_dataset_estimate(acc, k=4, max_subsets=10, seed=3).to_dict()  # seeded
+    acc = rng.uniform(0.3, 0.9, size=(9, 8))
+    est = subset_estimate(acc, k=4, max_subsets=10, seed=3)
+    assert (est.n_subsets, est.exhaustive) == (10, False)  # C(8,4) = 70 > 10
+    assert est.to_dict() == subset_estimate(acc, k=4, max_subsets=10, seed=3).to_dict()  # seeded
+    with pytest.warns(UserWarning, match="every subset fits"):
+        assert subset_estimate(acc[:5], k=4, curve=False).underdetermined  # 5 models <= k + 1
     with pytest.raises(ConfigError, match="between 1 and the number of datasets"):
-        few_dataset_estimate(acc, k=9)
+        subset_estimate(acc, k=9)
 
 
+# ------------------------------------------------------------------------------------------ the paper's table
+def test_paper_table_reproduces_the_published_xscores() -> None:
+    table, models, datasets = read_table_csv(PAPER_TABLE)
+    assert table.shape == (11, 7)
+    assert datasets == ["Imagenette", "CIFAR10", "CIFAR100", "HAM10k", "Dogs", "Indoor67", "MiniPlaces"]
+    rep = compute_xscore(table, models, datasets)
+    ranking = [(s.model, round(s.xscore, 3)) for s in rep.scores]
+    assert ranking == [("EfficientNet", 0.962), ("ConvMixer", 0.853), ("MobileViT", 0.796), ("MobileNet", 0.706),
+                       ("StarNet", 0.681), ("FBNet", 0.639), ("ShuffleNet", 0.565), ("GhostNet", 0.521),
+                       ("MobileOne", 0.504), ("TinyNet", 0.491), ("ConvNeXt", 0.070)]
+    # the script's G and V columns, rounded as it prints them
+    assert (round(rep.score("TinyNet").generalisation, 3), round(rep.score("TinyNet").variance, 3)) == (0.573, 0.163)
+    assert (round(rep.score("ConvNeXt").generalisation, 3), round(rep.score("ConvNeXt").variance, 3)) == (0.102, 0.063)
+    # percent or fraction: the same scores
+    assert compute_xscore(table / 100, models, datasets).xscores() == pytest.approx(rep.xscores(), abs=1e-12)
+
+
+def test_paper_table_best_four_datasets_and_their_fit() -> None:
+    table, models, datasets = read_table_csv(PAPER_TABLE)
+    est = subset_estimate(table, models, datasets, k=4)
+    assert est.fit.datasets == ("CIFAR10", "HAM10k", "Dogs", "Indoor67")
+    assert round(est.fit.r2, 3) == 0.990 and (est.n_subsets, est.exhaustive) == (35, True)
+    assert est.fit.intercept == pytest.approx(-8.419, abs=1e-3)
+    assert est.fit.coefficients == pytest.approx((0.07546, 0.01147, 0.00842, 0.01249), abs=1e-5)
+    # the estimate keeps the top and bottom and swaps two neighbouring pairs
+    assert est.estimated_order[0] in ("EfficientNet", "MobileViT") and est.estimated_order[-1] == "ConvNeXt"
+    assert est.moved() == [("ConvMixer", 2, 3), ("MobileViT", 3, 2), ("MobileOne", 9, 10), ("TinyNet", 10, 9)]
+    assert est.spearman_rho == pytest.approx(1 - 6 * 4 / (11 * 120))  # four positions off by one: Σd² = 4
+
+
+# ------------------------------------------------------------------------------------------ tables
 def test_bad_tables_are_clear_errors() -> None:
     with pytest.raises(DataError, match="2-D"):
         compute_xscore([0.1, 0.2])
@@ -159,7 +193,7 @@ def test_bad_tables_are_clear_errors() -> None:
         compute_xscore([[0.1, 0.2]], ["a"], ["x"])
 
 
-def test_records_and_csv_tables(tmp_path) -> None:
+def test_records_and_csv_tables(tmp_path: Path) -> None:
     rows = [
         {"model": "m1", "dataset": "a", "accuracy": "0.5"},
         {"model": "m2", "dataset": "a", "accuracy": "0.7"},
@@ -175,7 +209,7 @@ def test_records_and_csv_tables(tmp_path) -> None:
     long_csv.write_text("model,dataset,accuracy,seconds\nm1,a,0.5,3\nm1,b,0.6,4\n")
     assert read_table_csv(long_csv)[0].tolist() == [[0.5, 0.6]]
     wide_csv = tmp_path / "wide.csv"
-    wide_csv.write_text("model,cifar10,flowers\nx,91.0,80.5\ny,90.0,82.0\n")
+    wide_csv.write_text("# source: a paper\nmodel,cifar10,flowers\nx,91.0,80.5\ny,90.0,82.0\n")
     table, models, datasets = read_table_csv(wide_csv)
     assert (table.tolist(), models, datasets) == ([[91.0, 80.5], [90.0, 82.0]], ["x", "y"], ["cifar10", "flowers"])
     bad = tmp_path / "bad.csv"
@@ -187,7 +221,9 @@ def test_records_and_csv_tables(tmp_path) -> None:
 def test_report_dict_and_text() -> None:
     rep = compute_xscore(BEST, ["A", "B", "C"], ["d0", "d1", "d2"])
     d = rep.to_dict()
-    assert [r["model"] for r in d["ranking"]] == ["A", "C", "B"]
+    assert [r["model"] for r in d["ranking"]] == ["A", "C", "B"] and d["lambda"] == 0.5
     assert d["ranks"][1] == [2.0, 3.0, 3.0] and d["kendalls_w"] == pytest.approx(7 / 9)
-    text = rep.format()
-    assert text.splitlines()[2].split()[:3] == ["1", "A", "1.0000"] and "Kendall's W" in text
+    assert d["ranking"][1]["generalisation"] == pytest.approx(1 / 3)
+    text = rep.format({"params": {"A": "1.2M"}})
+    assert text.splitlines()[2].split()[:6] == ["1", "A", "1.000", "1.000", "0.000", "1.2M"]
+    assert "G - 0.5·V" in text and "Kendall's W" in text

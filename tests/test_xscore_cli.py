@@ -1,4 +1,4 @@
-"""``zoo xscore``: recompute from a table, resume from a pre-seeded results file, one real tiny training cell."""
+"""``zoo xscore``: the paper's table, the peer set, recipes per dataset size, resumable cells and sharded runs."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import zoo.train.xscore_cli as cli
 
 from zoo.errors import ConfigError, DataError, UnknownModelError
-from zoo.xscore import compute_xscore
 
 PNG = b"\x89PNG\r\n\x1a\n"
+PAPER_TABLE = Path(__file__).parent / "data" / "xscore_paper_accuracy.csv"
 
 
 def _image_folder(root: Path, n_train: int = 8, n_val: int = 4, size: int = 32) -> Path:
@@ -32,122 +32,144 @@ def _image_folder(root: Path, n_train: int = 8, n_val: int = 4, size: int = 32) 
     return root
 
 
-def test_table_mode_writes_report_and_plots(tmp_path: Path) -> None:
-    table = tmp_path / "paper.csv"
-    table.write_text("model,cifar10,flowers,pets,chest\na,90,80,70,60\nb,85,82,72,50\nc,80,70,60,65\n")
+def test_table_mode_on_the_papers_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "report"
-    assert cli.main(["--table", str(table), "--out", str(out), "--imagenet-top1", "a=75.0", "c=70.5"]) == 0
+    assert cli.main(["--table", str(PAPER_TABLE), "--out", str(out), "--imagenet-top1", "EfficientNet=77.0"]) == 0
+    printed = capsys.readouterr().out
+    assert "EfficientNet" in printed.splitlines()[2] and "0.962" in printed.splitlines()[2]
+    assert "CIFAR10, HAM10k, Dogs, Indoor67, R² = 0.990" in printed
+    assert "lowest cell: TinyNet on Dogs: 29.59" in printed
     payload = json.loads((out / "xscore.json").read_text())
-    ref = compute_xscore([[90, 80, 70, 60], [85, 82, 72, 50], [80, 70, 60, 65]], ["a", "b", "c"],
-                         ["cifar10", "flowers", "pets", "chest"])
-    assert [r["model"] for r in payload["ranking"]] == [s.model for s in ref.scores]
-    assert [r["xscore"] for r in payload["ranking"]] == pytest.approx([s.xscore for s in ref.scores])
-    assert payload["kendalls_w"] == pytest.approx(ref.kendalls_w)
-    assert payload["imagenet_top1"] == {"a": 75.0, "c": 70.5}
-    few = payload["few_dataset_estimate"]
-    assert few["k"] == 4 and len(few["per_k"]) == 4 and few["best_rho"] == pytest.approx(1.0)
+    assert [r["model"] for r in payload["ranking"]][:3] == ["EfficientNet", "ConvMixer", "MobileViT"]
+    assert payload["lambda"] == 0.5 and payload["model_costs"] == {}  # the paper's names are not models here
+    est = payload["subset_estimate"]
+    assert est["datasets"] == ["CIFAR10", "HAM10k", "Dogs", "Indoor67"] and round(est["r2"], 3) == 0.990
+    assert len(est["curve"]) == 7 and est["moved"][0] == {"model": "ConvMixer", "full_position": 2,
+                                                          "estimated_position": 3}
     for name in ("accuracy_heatmap.png", "ranks.png", "xscore_vs_imagenet.png", "few_datasets.png"):
         assert (out / name).read_bytes()[:8] == PNG
-    assert "Few-dataset estimate" in (out / "xscore.txt").read_text()
     md = (out / "xscore.md").read_text().splitlines()
-    assert md[0] == "| # | model | cifar10 | flowers | pets | chest | mean | worst | stability | xScore |"
-    top = ref.scores[0]
-    assert md[2].startswith(f"| 1 | `{top.model}` | ") and md[2].endswith(f"| {top.xscore:.3f} |")
+    assert md[0].endswith("| mean | worst | G | V | xScore |")
+    assert md[2].startswith("| 1 | `EfficientNet` | ") and md[2].endswith("| 0.962 |")
     with (out / "table.csv").open() as f:
-        assert next(csv.reader(f)) == ["model", "cifar10", "flowers", "pets", "chest"]
+        assert next(csv.reader(f))[:3] == ["model", "Imagenette", "CIFAR10"]
+    # λ is an option
+    assert cli.main(["--table", str(PAPER_TABLE), "--out", str(out), "--lam", "0", "--no-plots", "--k", "2"]) == 0
+    payload = json.loads((out / "xscore.json").read_text())
+    assert payload["lambda"] == 0.0 and payload["subset_estimate"]["k"] == 2
+    top = payload["ranking"][0]
+    assert top["xscore"] == pytest.approx(top["generalisation"])
 
 
-def test_imagenet_top1_from_manifest_and_overrides() -> None:
-    # manifest in1k (not the distilled 73.5), the ULSAM paper's row, nothing for a model with no figure
-    assert cli.imagenet_top1(["emov2_1m", "mobilenetv2_ulsam", "unknown_net"], {}) == {
-        "emov2_1m": 72.3, "mobilenetv2_ulsam": 71.52}
-    assert cli.imagenet_top1(["emov2_1m"], {"emov2_1m": 1.0}) == {"emov2_1m": 1.0}
-    with pytest.raises(ConfigError, match="NAME=TOP1"):
-        cli.main(["--table", "x.csv", "--imagenet-top1", "emov2_1m"])
+def test_paper_peers_expand_and_are_about_two_and_a_half_million_parameters() -> None:
+    import zoo
+    from zoo.bench import count_params
+
+    assert list(cli.PAPER_PEERS) == ["peer_convmixer", "peer_efficientnet", "peer_mobilenet", "peer_ghostnet",
+                                     "peer_tinynet", "peer_mobileone", "peer_fbnet", "peer_convnext",
+                                     "peer_mobilevit", "peer_starnet"]
+    assert cli.expand_models(["emov2_1m", "paper-peers", "peer_starnet"]) == ["emov2_1m", *cli.PAPER_PEERS]
+    # two of the cheaper ones, counted exactly (100 classes; the rest are listed in the module)
+    assert count_params(zoo.create_model("peer_ghostnet", num_classes=100)) == 2_578_006
+    assert count_params(zoo.create_model("peer_efficientnet", num_classes=100)) == 2_467_540
+    with pytest.raises(ConfigError, match="no pretrained weights"):
+        zoo.create_model("peer_ghostnet", pretrained=True)
 
 
-def test_finished_cells_are_not_retrained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_recipe_tiers_follow_the_training_set_size() -> None:
+    r = cli.Recipe()
+    plans = {n: r.plan(n) for n in (160, 576, 1438, 4000, 50000)}  # the embedded sets and a CIFAR-sized one
+    assert [(p.tier, p.epochs, p.batch_size) for p in plans.values()] == [
+        ("tiny", 40, 16), ("small", 12, 16), ("medium", 6, 32), ("large", 3, 32), ("full", 30, 64)]
+    assert [p.steps(n) for n, p in plans.items()][:4] == [400, 432, 270, 375]  # several hundred steps each
+    fixed = cli.Recipe(epochs=2, batch_size=8, lr=1e-3).plan(160)
+    assert (fixed.tier, fixed.epochs, fixed.batch_size, fixed.lr, fixed.warmup_epochs) == ("tiny", 2, 8, 1e-3, 0)
+    assert r.plan(5).batch_size == 5  # never more than the split holds
+    o = r.overrides(32, plans[160])
+    assert (o["train.epochs"], o["train.val_every"], o["sched.warmup_epochs"], o["optim.lr"]) == (40, 40, 4, 2e-3)
+
+
+def test_shard_parsing_and_a_disjoint_complete_split() -> None:
+    assert cli.parse_shard(None) is None and cli.parse_shard("3/8") == (3, 8)
+    assert cli.parse_shard("torchrun", {"RANK": "2", "WORLD_SIZE": "4"}) == (3, 4)
+    for bad in ("0/4", "5/4", "x", "1-4"):
+        with pytest.raises(ConfigError, match="--shard"):
+            cli.parse_shard(bad)
+    with pytest.raises(ConfigError, match="under torchrun"):
+        cli.parse_shard("torchrun", {})
+    grid = [(m, d) for d in ("d2", "d1", "d0") for m in ("b", "a", "c")]
+    shares = [cli.shard_cells(grid, (k, 4)) for k in range(1, 5)]
+    assert sorted(c for s in shares for c in s) == sorted(grid) and sum(map(len, shares)) == 9  # no overlap
+    assert [len(s) for s in shares] == [3, 2, 2, 2]
+    assert cli.shard_cells(list(reversed(grid)), (2, 4)) == shares[1]  # the caller's order does not matter
+
+
+def test_sharded_runs_merge_into_the_same_table_as_an_unsharded_run(tmp_path: Path) -> None:
+    d1, d2 = _image_folder(tmp_path / "d1", 2, 2), _image_folder(tmp_path / "d2", 2, 2)
+    common = ["--models", "test_efficientnet", "test_resnet", "--datasets", str(d1), str(d2), "--epochs", "1",
+              "--img-size", "32", "--no-plots", "--threads", "1"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert cli.main([*common, "--out", str(whole)]) == 0
+    for k in (1, 2, 3):  # what three jobs of an array would run, here one after the other
+        assert cli.main([*common, "--shard", f"{k}/3", "--out", str(parts)]) == 0
+    assert len(list((parts / "cells").glob("*.json"))) == 4
+    assert cli.main(["--table", str(parts), "--no-plots"]) == 0  # merge (the last shard already did)
+
+    def cells(folder: Path) -> dict[tuple[str, str], float]:
+        return {(r["model"], r["dataset"]): float(r["accuracy"]) for r in cli.read_results(folder / "results.csv")}
+
+    assert cells(parts) == cells(whole) and len(cells(whole)) == 4
+    a, b = (json.loads((f / "xscore.json").read_text()) for f in (whole, parts))
+    assert a["ranking"] == b["ranking"] and a["accuracy"] == b["accuracy"]
+    assert b["model_costs"]["test_resnet"]["params"] > 0 and b["model_costs"]["test_resnet"]["img_size"] == 32
+    assert b["recipe"]["per_dataset"]["d1"] == {"train": 4, "val": 4, "tier": "tiny", "epochs": 1, "steps": 1}
+
+
+def test_finished_cells_are_not_retrained_and_a_new_recipe_is_refused(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     d1, d2 = _image_folder(tmp_path / "d1", 1, 1), _image_folder(tmp_path / "d2", 1, 1)
     out = tmp_path / "out"
     args = ["--models", "emov2_1m", "--datasets", str(d1), str(d2), "--epochs", "1", "--img-size", "32",
             "--out", str(out), "--no-plots"]
-    # pre-seed: the (emov2_1m, d1) cell finished in an earlier run of the same recipe
     out.mkdir()
-    recipe = cli.Recipe(epochs=1, img_size="32", batch_size=64, lr=3e-3, seed=0, augment=True, max_train=0)
-    (out / "recipe.json").write_text(json.dumps(cli.asdict(recipe)))
-    cli.write_results(out / "results.csv", [{"model": "emov2_1m", "dataset": "d1", "accuracy": 0.75,
-                                              "img_size": 32, "seconds": 7.0}])
+    recipe = cli.Recipe(img_size="32", epochs=1)
+    (out / "recipe.json").write_text(json.dumps(recipe.to_json()))
+    cli.write_cell(out, {"model": "emov2_1m", "dataset": "d1", "accuracy": 0.75, "img_size": 32, "seconds": 7.0})
     calls = []
 
     def fake_cell(model, spec, rec, run_dir, data=None, img_size=None):
         calls.append((model, spec.name, rec, img_size))
-        return {"model": model, "dataset": spec.name, "accuracy": 0.5, "best_accuracy": 0.5, "best_epoch": 1,
-                "img_size": img_size, "seconds": 3.0, "cpu_seconds": 2.5}
+        return {"model": model, "dataset": spec.name, "accuracy": 0.5, "img_size": img_size, "seconds": 3.0}
 
     monkeypatch.setattr(cli, "train_cell", fake_cell)
     assert cli.main(args) == 0
     assert calls == [("emov2_1m", "d2", recipe, 32)]
-    assert "[1/1] emov2_1m on d2 (32x32) ..." in capsys.readouterr().out
     assert cli.main(args) == 0 and len(calls) == 1  # everything done: nothing trained
     rows = cli.read_results(out / "results.csv")
     assert [(r["dataset"], float(r["accuracy"])) for r in rows] == [("d1", 0.75), ("d2", 0.5)]
     payload = json.loads((out / "xscore.json").read_text())  # the report carries its recipe
-    assert payload["recipe"]["epochs"] == 1 and payload["recipe"]["max_train"] == 0
-    assert payload["recipe"]["input_size_per_model"] == {"emov2_1m": 32}
-    assert payload["recipe"]["training_seconds_total"] == 10.0
-    assert payload["recipe"]["train_subset"] == "all training images"
-    # --table recomputes from the runner's results and keeps the recipe saved next to them
-    (out / "xscore.json").unlink()
-    assert cli.main(["--table", str(out / "results.csv"), "--no-plots"]) == 0
-    again = json.loads((out / "xscore.json").read_text())
-    assert again["recipe"] == payload["recipe"] and again["ranking"] == payload["ranking"]
-    # another budget into the same folder is refused rather than mixed into one table
+    assert payload["recipe"]["epochs"] == 1 and payload["recipe"]["training_seconds_total"] == 10.0
     with pytest.raises(ConfigError, match="epochs: 1 there, 2 now"):
         cli.main([a if a != "1" else "2" for a in args])
 
 
-def test_interrupted_cell_stops_the_run_without_a_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_cell_stops_the_run_without_a_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d1 = _image_folder(tmp_path / "d1", 1, 1)
     out = tmp_path / "out"
     monkeypatch.setattr(cli, "train_cell", lambda *a, **k: {"interrupted": True})
     code = cli.main(["--models", "emov2_1m", "--datasets", str(d1), "--epochs", "1", "--img-size", "32",
                      "--out", str(out), "--no-plots"])
-    assert code == 130 and cli.read_results(out / "results.csv") == [] and not (out / "xscore.json").exists()
-
-
-def test_real_cell_trains_and_resumes_from_engine_state(tmp_path: Path) -> None:
-    root = _image_folder(tmp_path / "shades")
-    spec = cli.DatasetSpec("shades", str(root))
-    recipe = cli.Recipe(epochs=1, img_size="32", batch_size=4, lr=3e-3, seed=0, augment=False)
-    run_dir = tmp_path / "cell"
-    row = cli.train_cell("test_efficientnet", spec, recipe, run_dir)
-    assert row["model"] == "test_efficientnet" and row["dataset"] == "shades"
-    assert 0.0 <= row["accuracy"] <= 1.0 and row["best_epoch"] == 1 and row["params"] > 0
-    assert row["img_size"] == 32 and row["cpu_seconds"] >= 0
-    assert (run_dir / "train_state.pt").is_file() and (run_dir / "last.safetensors").is_file()
-    # the state of a finished cell resumes to the same result without another epoch
-    again = cli.train_cell("test_efficientnet", spec, recipe, run_dir)
-    assert again["accuracy"] == row["accuracy"]
+    assert code == 130 and cli.read_cells(out) == [] and not (out / "xscore.json").exists()
 
 
 def test_embedded_bundle_and_argument_errors(tmp_path: Path) -> None:
-    recipe = cli.Recipe(epochs=1, img_size="32", batch_size=8, lr=1e-3, seed=0, augment=True)
-    bundle = cli._bundle(cli.DatasetSpec("lfw_faces"), recipe)
+    recipe = cli.Recipe(img_size="32", augment=True)
+    bundle = cli._bundle(cli.DatasetSpec("lfw_faces"), recipe, 32)
     assert (len(bundle.train), len(bundle.val), bundle.num_classes) == (160, 40, 2)
-    assert bundle.mean == bundle.train.mean and bundle.train.augment and not bundle.val.augment
-    assert cli._bundle(cli.DatasetSpec("x", str(tmp_path)), recipe) is None  # folders: the engine's loader
-    # the cap cuts training splits only, stratified (50 faces + 50 backgrounds), at the model's own size
-    capped = cli.Recipe(epochs=1, img_size="auto", batch_size=8, lr=1e-3, seed=0, augment=False, max_train=100)
-    bundle = cli._bundle(cli.DatasetSpec("lfw_faces"), capped, 48)
-    assert (len(bundle.train), len(bundle.val)) == (100, 40)
-    assert bundle.train.targets.bincount().tolist() == [50, 50] and bundle.train[0][0].shape == (3, 48, 48)
-    folder = _image_folder(tmp_path / "shades", n_train=5, n_val=2)
-    fb = cli._bundle(cli.DatasetSpec("shades", str(folder)), cli.Recipe(1, "32", 8, 1e-3, 0, False, max_train=4))
-    assert (len(fb.train), len(fb.val)) == (4, 4)
-    assert sorted(fb.train.dataset.targets[i] for i in fb.train.indices) == [0, 0, 1, 1]
-    assert "at most 100 training images per dataset" in capped.describe()["train_subset"]
-    assert capped.describe()["input_size"].startswith("each model at the smallest of 32, 64")
+    assert bundle.train.augment and not bundle.val.augment
+    capped = cli._bundle(cli.DatasetSpec("lfw_faces"), cli.Recipe(max_train=100, augment=False), 48)
+    assert (len(capped.train), len(capped.val)) == (100, 40) and capped.train[0][0].shape == (3, 48, 48)
+    assert capped.train.targets.bincount().tolist() == [50, 50]
     with pytest.raises(ConfigError, match="--suite embedded or --datasets"):
         cli.main(["--models", "emov2_1m"])
     with pytest.raises(UnknownModelError, match="emov2_1m"):
@@ -156,15 +178,18 @@ def test_embedded_bundle_and_argument_errors(tmp_path: Path) -> None:
         cli.main(["--models", "emov2_1m", "--datasets", str(tmp_path)])
     with pytest.raises(DataError, match="did you mean 'textures'"):
         cli.main(["--models", "emov2_1m", "--suite", "embedded", "--only", "texture"])
+    with pytest.raises(ConfigError, match="--lam"):
+        cli.main(["--table", str(PAPER_TABLE), "--lam", "-1"])
+    with pytest.raises(DataError, match="no finished cells"):
+        cli.main(["--table", str(tmp_path)])
 
 
 def test_auto_size_per_model_and_common_size() -> None:
     assert cli.smallest_size("test_efficientnet") == 32
     assert cli.smallest_size("lwganet_l0") == 96  # LWGANet needs >= 96
-    assert cli.Recipe(1, "auto", 8, 1e-3, 0, False).size_for("lwganet_l0") == 96
-    assert cli.Recipe(1, "64", 8, 1e-3, 0, False).size_for("lwganet_l0") == 64  # a fixed size is not probed
+    assert cli.Recipe().size_for("lwganet_l0") == 96
+    assert cli.Recipe(img_size="64").size_for("lwganet_l0") == 64  # a fixed size is not probed
     assert cli.smallest_common_size(["test_efficientnet", "lwganet_l0"]) == 96
-    assert cli.Recipe(3, "32", 8, 1e-3, 0, False).overrides(32)["train.val_every"] == 3  # validate once, at the end
 
 
 def test_plots_are_skipped_with_a_message_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -1,6 +1,9 @@
-"""Invariances of xScore and its parts, checked on random tables (hypothesis) and against scipy where it has one."""
+"""Invariances of xScore, its parts and the k-dataset estimate on random tables (hypothesis), and checks against
+numpy / scipy where they have the same quantity."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
@@ -10,10 +13,13 @@ from hypothesis import strategies as st
 from zoo.xscore import (
     average_ranks,
     compute_xscore,
+    generalisation_and_variance,
     kendalls_w,
+    normalise_columns,
     rank_stability,
     rank_table,
     spearman_rho,
+    subset_estimate,
     xscore_values,
 )
 
@@ -27,12 +33,19 @@ tables = st.integers(1, 6).flatmap(
 FAST = settings(max_examples=40, deadline=None)
 
 
+def _quiet(fn, *a, **k):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # flat columns warn; the properties hold all the same
+        return fn(*a, **k)
+
+
 @FAST
-@given(tables, st.integers(1, 50), st.integers(-30, 30))
-def test_xscore_invariant_to_increasing_affine_maps(table, alpha, beta) -> None:
-    base = xscore_values(table)
-    assert xscore_values(alpha * table + beta) == pytest.approx(base, abs=1e-12)
-    assert xscore_values(table / 100.0) == pytest.approx(base, abs=1e-12)  # percent vs fraction
+@given(tables, st.lists(st.integers(1, 50), min_size=6, max_size=6), st.integers(-30, 30))
+def test_xscore_invariant_to_increasing_affine_maps_per_dataset(table, alphas, beta) -> None:
+    base = _quiet(xscore_values, table)
+    alpha = np.array(alphas[: table.shape[1]], dtype=float)
+    assert _quiet(xscore_values, alpha * table + beta) == pytest.approx(base, abs=1e-12)
+    assert _quiet(xscore_values, table / 100.0) == pytest.approx(base, abs=1e-12)  # percent vs fraction
 
 
 @FAST
@@ -42,22 +55,27 @@ def test_xscore_ignores_dataset_order_and_follows_model_order(table, rnd) -> Non
     rows = list(range(table.shape[0]))
     rnd.shuffle(cols)
     rnd.shuffle(rows)
-    base = xscore_values(table)
-    assert xscore_values(table[:, cols]) == pytest.approx(base, abs=1e-12)
-    assert xscore_values(table[rows]) == pytest.approx(base[rows], abs=1e-12)
+    base = _quiet(xscore_values, table)
+    assert _quiet(xscore_values, table[:, cols]) == pytest.approx(base, abs=1e-12)
+    assert _quiet(xscore_values, table[rows]) == pytest.approx(base[rows], abs=1e-12)
 
 
 @FAST
-@given(tables, st.floats(0.0, 1.0))
-def test_ranges_and_rank_sums(table, weight) -> None:
+@given(tables, st.floats(0.0, 4.0))
+def test_ranges_and_the_formula(table, lam) -> None:
+    norm = _quiet(normalise_columns, table)
+    assert np.all((norm >= 0) & (norm <= 1))
+    g, v = _quiet(generalisation_and_variance, table)
+    assert np.allclose(g, norm.mean(axis=1))
+    if table.shape[1] > 1:
+        assert np.allclose(v, np.var(norm, axis=1, ddof=1))
+    assert np.all((g >= -1e-12) & (g <= 1 + 1e-12)) and np.all(v >= 0)
+    assert _quiet(xscore_values, table, lam) == pytest.approx(g - lam * v, abs=1e-12)
     m = table.shape[0]
     ranks = rank_table(table)
     assert np.allclose(ranks.sum(axis=0), m * (m + 1) / 2)  # averaged ties keep the rank sum
-    assert np.all((ranks >= 1) & (ranks <= m))
     stab = rank_stability(ranks)
     assert np.all((stab >= 0) & (stab <= 1))
-    x = xscore_values(table, weight)
-    assert np.all((x >= -1e-12) & (x <= 1 + 1e-12))
     w = kendalls_w(table)
     assert np.isnan(w) or -1e-12 <= w <= 1 + 1e-12
 
@@ -66,8 +84,22 @@ def test_ranges_and_rank_sums(table, weight) -> None:
 @given(tables)
 def test_a_model_best_everywhere_gets_exactly_one_and_first_place(table) -> None:
     top = np.vstack([table.max(axis=0, keepdims=True) + 1, table])
-    rep = compute_xscore(top)
+    rep = _quiet(compute_xscore, top)
     assert rep.scores[0].model == "model0" and rep.scores[0].xscore == 1.0
+    assert (rep.scores[0].generalisation, rep.scores[0].variance) == (1.0, 0.0)
+
+
+@FAST
+@given(st.integers(6, 9), st.integers(2, 5), st.integers(0, 2**31 - 1), st.floats(0.5, 100.0))
+def test_subset_estimate_r2_in_unit_range_and_invariant_to_units(m, d, seed, scale) -> None:
+    acc = np.random.default_rng(seed).uniform(0.2, 0.95, size=(m, d))
+    k = min(2, d)
+    est = _quiet(subset_estimate, acc, k=k)
+    scaled = _quiet(subset_estimate, acc * scale + 1.0, k=k)
+    assert all(-1e-9 <= p.best_r2 <= 1 + 1e-9 for p in est.curve)
+    assert scaled.fit.r2 == pytest.approx(est.fit.r2, abs=1e-9)  # units change the coefficients, not the fit
+    assert scaled.estimated == pytest.approx(est.estimated, abs=1e-9)
+    assert est.curve[-1].best_r2 >= max(p.best_r2 for p in est.curve) - 1e-12  # more regressors never fit worse
 
 
 @FAST

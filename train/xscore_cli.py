@@ -1,39 +1,37 @@
-"""``zoo xscore``: train many models on many datasets with one recipe, then rank them by xScore.
+"""``zoo xscore``: train many models on many datasets with one recipe, then rank them by the paper's xScore.
 
-    zoo xscore --models emov2_1m lwganet_l0 --suite embedded --epochs 3 [--out runs/xscore]
-    zoo xscore --models emov2_1m mobilenetv3_small_100 --datasets ~/data/cifar10 ~/data/flowers --epochs 30
-    zoo xscore --table results.csv                       # recompute the report from a finished table, no training
+    zoo xscore --models paper-peers emov2_1m lwganet_l0 --suite embedded [--out runs/xscore]
+    zoo xscore --models emov2_1m mobilenetv3_small_100 --datasets ~/data/cifar10 ~/data/flowers
+    zoo xscore --models paper-peers emov2_1m --suite embedded --shard 3/8 --out runs/xs   # one share of the grid
+    zoo xscore --table runs/xs                          # merge the cells of a folder (all shards), then report
+    zoo xscore --table results.csv                      # report on a finished table (or a paper's), no training
 
-Every (model, dataset) cell is trained by the training engine (``train.engine.fit``) with the same recipe: the
-engine's defaults (AdamW, lr 3e-3, weight decay 0.05, cosine schedule, label smoothing 0.1, no EMA or mixup) plus
-the epochs, batch size, seed and training-image cap given here; one warm-up epoch when there are at least three
-epochs, none otherwise. The accuracy in the table is the validation top-1 after the *last* epoch, and the
-validation split is evaluated only then (it is also the test split here, so picking the best epoch on it would
-flatter every model, and evaluating every epoch would cost time that no number in the table uses).
+xScore, G, V and the k-dataset estimate are defined in :mod:`zoo.xscore` (arXiv 2511.00335). ``paper-peers`` names
+the paper's architectures as timm configurations of about 2.5 M parameters (:data:`PAPER_PEERS`).
 
-Input size (``--img-size``): ``auto`` (default) trains each model at the smallest of :data:`AUTO_SIZES` it
-accepts: 32x32 for most models, which holds every embedded image at its native size or larger (8, 28, 25, 32
-pixels), so no model is handed less information than another; models that cannot run that small (LWGANet needs
-96x96) see the same images upsampled, which adds compute but no information. ``common`` trains every model at the
-largest of those minimums (one size for all; a CIFAR-style ResNet then costs ~8x more at 96x96 than at 32x32);
-a number sets it for all. Each row of the table records the size its model used.
+**Recipe per dataset size.** Every cell is trained by the training engine (``train.engine.fit``) with its defaults
+(AdamW, weight decay 0.05, cosine schedule stepped per update, label smoothing 0.1, no EMA or mixup) and the
+epochs, batch size, peak learning rate and warm-up of the size tier its training split falls in
+(:data:`SIZE_TIERS`): small datasets get many epochs so that every cell takes several hundred optimizer steps,
+large ones few. ``--epochs``, ``--batch-size`` and ``--lr`` override every tier. Input size (``--img-size``):
+``auto`` (default) trains each model at the smallest of :data:`AUTO_SIZES` it accepts (32x32 for most, which holds
+every embedded image at its native size or larger; LWGANet needs 96x96); ``common`` gives every model the largest
+of those minimums; a number fixes it. The table's accuracy is the validation top-1 after the *last* epoch, the
+only epoch validated (the validation split is the test split here: picking a best epoch on it would flatter every
+model). ``--max-train N`` cuts each training split to a fixed class-stratified subset (the same images for every
+model); the tier follows the images actually trained on.
 
-Training-image cap (``--max-train N``): each dataset's training split is cut to a fixed, class-stratified subset
-of N images (:func:`zoo.data.embedded.stratified_subset`, seed 0: the same images for every model and run); the
-validation split stays whole. Defaults for ``--suite embedded``: 600 images per dataset in batches of 16, so the
-README's 4-model, 3-epoch comparison fits 20 minutes on 2 CPU cores (about 12 measured) and still takes 113
-optimizer steps per dataset: with 300 images (57 steps) or batches of 64 most cells stayed at chance level; for
-``--datasets``: no cap, batches of 64.
-Image-folder datasets (``DIR/train/<class>/*``, ``DIR/val/<class>/*``) are read by the engine's own folder
-loader, the embedded suite by :mod:`zoo.data.embedded`.
-
-Resumable: each finished cell is appended to ``OUT/results.csv`` (rewritten atomically) and skipped when the same
-command runs again; a cell interrupted mid-training continues from its engine state (``OUT/runs/<model>__<data>/``).
-The recipe is stored in ``OUT/recipe.json``, and a rerun with a different recipe into the same folder is refused, so
-a table never mixes budgets. Outputs: ``results.csv`` (long form) and ``table.csv`` (wide), ``xscore.json`` (every
-component, Kendall's W, the few-dataset estimate), ``xscore.txt`` (the ranking) and PNG plots (accuracy heat map,
-ranks per dataset, xScore vs ImageNet top-1 where the weights manifest or ``--imagenet-top1`` knows it, and the
-few-dataset agreement curve).
+**Cells, shards and the shared table.** Each finished (model, dataset) cell is written as its own file,
+``OUT/cells/<model>__<dataset>.json`` (temp file + rename), so any number of processes can fill one folder at once
+without a lock; a cell already there is skipped, and a cell interrupted mid-training continues from its engine
+state (``OUT/runs/<model>__<dataset>/``). ``--shard K/N`` trains only cells K, K+N, K+2N, ... of the grid sorted
+by (model, dataset) name, so N processes given the same models and datasets split it without overlap and without
+talking to each other (``--shard torchrun`` takes K and N from torchrun's RANK and WORLD_SIZE and keeps the
+engine from starting distributed training). ``OUT/results.csv`` is the merged table: written by an unsharded run,
+by the shard that finds the grid complete, or by ``zoo xscore --table OUT``. The recipe is stored in
+``OUT/recipe.json``; a run with a different recipe into the same folder is refused, so a table never mixes
+budgets. Outputs: ``results.csv`` (long form), ``table.csv`` (wide), ``xscore.json`` (every component, the
+k-dataset estimate, parameters and MACs, the recipe), ``xscore.txt``, ``xscore.md`` and PNG plots.
 """
 
 from __future__ import annotations
@@ -42,59 +40,223 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zoo.checkpoint import atomic_write_bytes
 from zoo.errors import ConfigError, DataError
-from zoo.xscore import XScoreReport, compute_xscore, few_dataset_estimate, read_table_csv, table_from_records
+from zoo.xscore import (
+    DEFAULT_LAMBDA,
+    SubsetEstimate,
+    XScoreReport,
+    compute_xscore,
+    read_table_csv,
+    subset_estimate,
+    table_from_records,
+)
 
 AUTO_SIZES = (32, 64, 96, 128, 160, 192, 224)
-# The embedded suite's time-boxed defaults (see the module docstring): at most 600 training images per dataset, in
-# batches of 16 (113 optimizer steps per dataset in 3 epochs; with 300 images, or at batch 64, most models stayed
-# at chance level).
-EMBEDDED_MAX_TRAIN = 600
-EMBEDDED_BATCH_SIZE = 16
-RESULT_FIELDS = ["model", "dataset", "accuracy", "best_accuracy", "best_epoch", "epochs", "img_size", "batch_size",
-                 "lr", "seed", "params", "train_images", "val_images", "seconds", "cpu_seconds"]
+RESULT_FIELDS = ["model", "dataset", "accuracy", "tier", "epochs", "batch_size", "lr", "warmup_epochs", "steps",
+                 "img_size", "seed", "params", "train_images", "val_images", "seconds", "cpu_seconds"]
+PEERS_ALIAS = "paper-peers"
+
+
+# ------------------------------------------------------------------------------------------------ paper peers
+@dataclass(frozen=True)
+class Peer:
+    """One architecture of the paper's peer set as a timm configuration of about 2.5 M parameters."""
+
+    name: str  # the name it is registered under (timm's registry, so ``zoo.create_model`` builds it)
+    paper_name: str  # the architecture as the paper names it
+    timm_entry: str  # the timm variant or generator it is built from
+    args: Mapping[str, Any]  # what differs from that variant
+    build: Callable[..., Any] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.args.items())
+        return f"{self.timm_entry}({args})" if args else self.timm_entry
+
+
+def _variant(variant: str, **args: Any) -> Callable[..., Any]:
+    """A registered timm variant with overridden constructor arguments (for families whose entry points pass
+    every keyword on)."""
+
+    def build(**kwargs: Any) -> Any:
+        import timm
+
+        return timm.create_model(variant, pretrained=False, **args, **kwargs)
+
+    return build
+
+
+def _generator(module: str, fn: str, variant: str, **args: Any) -> Callable[..., Any]:
+    """timm's own family generator (the function its registered variants call), for families whose variants fix
+    the width or depth and refuse it as a keyword (ConvMixer, EfficientNet, GhostNet, FBNet)."""
+
+    def build(**kwargs: Any) -> Any:
+        import importlib
+
+        gen = getattr(importlib.import_module(module), fn)
+        if fn == "_create_convmixer":
+            return gen(variant, False, **args, **kwargs)
+        return gen(variant, pretrained=False, **args, **kwargs)
+
+    return build
+
+
+# Parameter counts at 100 / 10 classes, measured with timm 1.0.31 (tests pin them within 1 %). The papers say
+# only "about 2.5 M parameters" per model; the configurations are ours. ShuffleNet, the eleventh architecture of
+# the paper, has no timm family: it is left out rather than approximated by another architecture.
+PAPER_PEERS: dict[str, Peer] = {p.name: p for p in (
+    Peer("peer_convmixer", "ConvMixer", "convmixer (timm ConvMixer)",
+         {"dim": 320, "depth": 19, "kernel_size": 9, "patch_size": 4},
+         _generator("timm.models.convmixer", "_create_convmixer", "convmixer_768_32",
+                    dim=320, depth=19, kernel_size=9, patch_size=4)),  # 2,522,980 / 2,494,090
+    Peer("peer_efficientnet", "EfficientNet", "efficientnet_b0", {"channel_multiplier": 0.75},
+         _generator("timm.models.efficientnet", "_gen_efficientnet", "efficientnet_b0",
+                    channel_multiplier=0.75)),  # 2,467,540 / 2,381,050
+    Peer("peer_mobilenet", "MobileNet", "mobilenetv2_100", {},
+         _variant("mobilenetv2_100")),  # 2,351,972 / 2,236,682
+    Peer("peer_ghostnet", "GhostNet", "ghostnet_100", {"width": 0.75},
+         _generator("timm.models.ghostnet", "_create_ghostnet", "ghostnet_100", width=0.75)),  # 2,578,006 / 2,462,716
+    Peer("peer_tinynet", "TinyNet", "tinynet_b", {}, _variant("tinynet_b")),  # 2,577,662 / 2,462,372
+    # MobileOne trains with over-parameterised branches that fold into single convs for inference: 4,370,772
+    # parameters while training, 1,156,004 after timm.utils.reparameterize_model (100 classes); no timm variant
+    # lands nearer 2.5 M on both counts.
+    Peer("peer_mobileone", "MobileOne", "mobileone_s0", {}, _variant("mobileone_s0")),
+    Peer("peer_fbnet", "FBNet", "fbnetc_100", {"channel_multiplier": 0.8},
+         _generator("timm.models.efficientnet", "_gen_fbnetc", "fbnetc_100",
+                    channel_multiplier=0.8)),  # 2,566,564 / 2,387,914
+    Peer("peer_convnext", "ConvNeXt", "convnext_atto", {"depths": (2, 2, 8, 2), "dims": (32, 64, 128, 256)},
+         _variant("convnext_atto", depths=(2, 2, 8, 2), dims=(32, 64, 128, 256))),  # 2,480,068 / 2,456,938
+    Peer("peer_mobilevit", "MobileViT", "mobilevit_xs", {}, _variant("mobilevit_xs")),  # 1,971,348 / 1,936,698
+    Peer("peer_starnet", "StarNet", "starnet_s1", {}, _variant("starnet_s1")),  # 2,695,468 / 2,678,098
+)}
+
+
+def _register_paper_peers() -> None:
+    """Register every peer in timm's registry (idempotent), so the engine, ``zoo.create_model`` and the MAC
+    counter build them by name like any other model."""
+    import timm
+    from timm.models import register_model
+
+    for peer in PAPER_PEERS.values():
+        if timm.is_model(peer.name) or peer.build is None:
+            continue
+
+        def entry(pretrained: bool = False, _peer: Peer = peer, **kwargs: Any) -> Any:
+            if pretrained:
+                raise ConfigError(f"{_peer.name} has no pretrained weights: the xScore peers train from scratch")
+            kwargs.pop("pretrained_cfg", None)
+            kwargs.pop("pretrained_cfg_overlay", None)
+            return _peer.build(**kwargs)
+
+        entry.__name__ = peer.name
+        entry.__qualname__ = peer.name
+        entry.__module__ = __name__
+        entry.__doc__ = f"{peer.paper_name} of the xScore paper's peer set: {peer.describe()}."
+        register_model(entry)
+
+
+def expand_models(names: Sequence[str]) -> list[str]:
+    """``paper-peers`` expanded to the peers' names, duplicates dropped, order kept."""
+    out: list[str] = []
+    for n in names:
+        out.extend(PAPER_PEERS if n == PEERS_ALIAS else [n])
+    return list(dict.fromkeys(out))
+
+
+# ------------------------------------------------------------------------------------------------ recipe
+@dataclass(frozen=True)
+class SizeTier:
+    """Training budget for datasets whose training split has fewer than ``below`` images (None: no bound)."""
+
+    name: str
+    below: int | None
+    epochs: int
+    batch_size: int
+    lr: float
+    warmup_epochs: int
+
+
+# Chosen so that each embedded cell takes several hundred optimizer steps (113 steps per cell left most cells at
+# chance): 160 face crops x 40 epochs / 16 = 400 steps; 576 texture patches x 12 / 16 = 432; digits 1,438 x 6 / 32
+# = 270; mnist5k 4,000 x 3 / 32 = 375. Datasets of the paper's size get 30 epochs (the paper trains 100).
+SIZE_TIERS: tuple[SizeTier, ...] = (
+    SizeTier("tiny", 400, epochs=40, batch_size=16, lr=2e-3, warmup_epochs=4),
+    SizeTier("small", 1000, epochs=12, batch_size=16, lr=2e-3, warmup_epochs=2),
+    SizeTier("medium", 2000, epochs=6, batch_size=32, lr=2e-3, warmup_epochs=1),
+    SizeTier("large", 20000, epochs=3, batch_size=32, lr=2e-3, warmup_epochs=1),
+    SizeTier("full", None, epochs=30, batch_size=64, lr=2e-3, warmup_epochs=2),
+)
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """What one cell trains with: its tier's budget after the recipe's overrides."""
+
+    tier: str
+    epochs: int
+    batch_size: int
+    lr: float
+    warmup_epochs: int
+
+    def steps(self, n_train: int) -> int:
+        return self.epochs * math.ceil(n_train / self.batch_size)
 
 
 @dataclass(frozen=True)
 class Recipe:
     """The one training recipe every cell shares; stored next to the results so a table never mixes budgets.
 
-    ``img_size``: ``"auto"`` (each model at the smallest of :data:`AUTO_SIZES` it accepts) or a number as text
-    (every model at that size). ``max_train``: training images kept per dataset (0: all).
+    ``img_size``: ``"auto"`` (each model at the smallest of :data:`AUTO_SIZES` it accepts) or a number as text.
+    ``epochs`` / ``batch_size`` / ``lr``: None keeps each size tier's value, a number overrides every tier.
+    ``max_train``: training images kept per dataset (0: all).
     """
 
-    epochs: int
-    img_size: str
-    batch_size: int
-    lr: float
-    seed: int
-    augment: bool
+    img_size: str = "auto"
+    seed: int = 0
+    augment: bool = True
     max_train: int = 0
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    tiers: tuple[SizeTier, ...] = SIZE_TIERS
 
     def size_for(self, model: str) -> int:
         """The input size ``model`` trains at under this recipe."""
         return smallest_size(model) if self.img_size == "auto" else int(self.img_size)
 
-    def overrides(self, img_size: int) -> dict[str, Any]:
+    def plan(self, n_train: int) -> CellPlan:
+        """The budget of a dataset with ``n_train`` training images."""
+        tier = next(t for t in self.tiers if t.below is None or n_train < t.below)
+        epochs = self.epochs if self.epochs is not None else tier.epochs
+        warmup = min(tier.warmup_epochs, max(epochs - 1, 0)) if self.epochs is None else (1 if epochs >= 3 else 0)
+        batch = min(self.batch_size or tier.batch_size, max(n_train, 1))  # a split smaller than a batch: one batch
+        return CellPlan(tier.name, epochs, batch, self.lr or tier.lr, warmup)
+
+    def overrides(self, img_size: int, plan: CellPlan) -> dict[str, Any]:
         return {
-            "data.img_size": img_size, "data.batch_size": self.batch_size, "data.augment": self.augment,
-            "data.workers": 0, "optim.lr": self.lr, "train.epochs": self.epochs, "train.seed": self.seed,
-            "sched.warmup_epochs": 1 if self.epochs >= 3 else 0, "train.progress": False,
-            "train.val_every": self.epochs,  # validate once, after the last epoch: the table's number
+            "data.img_size": img_size, "data.batch_size": plan.batch_size, "data.augment": self.augment,
+            "data.workers": 0, "optim.lr": plan.lr, "train.epochs": plan.epochs, "train.seed": self.seed,
+            "sched.warmup_epochs": plan.warmup_epochs, "train.progress": False,
+            "train.val_every": plan.epochs,  # validate once, after the last epoch: the table's number
         }
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
 
     def describe(self) -> dict[str, Any]:
         """The recipe in words and numbers, for the report: what every cell shared."""
-        return {**asdict(self), "optimizer": "AdamW (engine default), weight decay 0.05",
-                "schedule": f"cosine, {1 if self.epochs >= 3 else 0} warm-up epoch(s)", "label_smoothing": 0.1,
+        return {**self.to_json(), "optimizer": "AdamW (engine default), weight decay 0.05",
+                "schedule": "cosine per update after a linear warm-up of the tier's warm-up epochs",
+                "label_smoothing": 0.1,
                 "validation": "whole validation split, once after the last epoch (the table's accuracy)",
                 "train_subset": ("all training images" if not self.max_train else
                                  f"at most {self.max_train} training images per dataset: a fixed class-stratified "
@@ -116,35 +278,73 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zoo xscore",
         description="Train each model on each dataset with one recipe, then rank the models by xScore "
-                    "(mean accuracy and rank stability across datasets; formula in zoo/xscore.py).",
+                    "(G - lambda*V of per-dataset min-max accuracies; arXiv 2511.00335; zoo/xscore.py).",
     )
-    p.add_argument("--models", nargs="+", metavar="NAME", help="LightZoo or timm model names")
+    p.add_argument("--models", nargs="+", metavar="NAME",
+                   help=f"LightZoo or timm model names; {PEERS_ALIAS} adds the paper's peer set "
+                        f"({', '.join(PAPER_PEERS)})")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--suite", choices=["embedded"], help="the offline datasets bundled with installed packages")
     src.add_argument("--datasets", nargs="+", metavar="DIR", help="image folders: DIR/train/<class>/*, DIR/val/...")
-    src.add_argument("--table", metavar="CSV", help="recompute the report from this results table, no training")
+    src.add_argument("--table", metavar="CSV|DIR",
+                     help="report on this results table, or merge the cells of this output folder; no training")
     p.add_argument("--only", nargs="+", metavar="NAME", help="with --suite: use only these embedded datasets")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per cell (default 3)")
+    p.add_argument("--shard", metavar="K/N|torchrun",
+                   help="train only share K of N of the (model, dataset) cells (K = 1..N); torchrun: K-1 = RANK, "
+                        "N = WORLD_SIZE")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per cell for every dataset (default: by size)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size for every dataset (default: by size)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate for every dataset (default: by size)")
     p.add_argument("--img-size", default="auto", metavar="auto|common|N",
                    help="square input size; auto (default): each model at the smallest of "
                         f"{', '.join(map(str, AUTO_SIZES))} it accepts; common: one size for all, the smallest "
                         "that every model accepts; N: every model at N")
-    p.add_argument("--max-train", type=int, default=None, metavar="N",
+    p.add_argument("--max-train", type=int, default=0, metavar="N",
                    help="training images kept per dataset (fixed class-stratified subset, the same for every "
-                        f"model; 0: all). Default {EMBEDDED_MAX_TRAIN} with --suite embedded, all with --datasets")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"default {EMBEDDED_BATCH_SIZE} with --suite embedded, 64 with --datasets")
-    p.add_argument("--lr", type=float, default=3e-3)
+                        "model; 0, the default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true", help="switch off the datasets' training augmentation")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/xscore; with --table: the table's)")
-    p.add_argument("--weight", type=float, default=0.5, help="share of the accuracy term in xScore (default 0.5)")
-    p.add_argument("--k", type=int, default=4, help="subset size of the few-dataset estimate (default 4)")
+    p.add_argument("--lam", type=float, default=DEFAULT_LAMBDA,
+                   help=f"lambda, the weight of the variance penalty in xScore = G - lambda*V (default "
+                        f"{DEFAULT_LAMBDA})")
+    p.add_argument("--k", type=int, default=4, help="datasets in the k-dataset estimate (default 4, the paper's)")
     p.add_argument("--imagenet-top1", nargs="+", default=[], metavar="NAME=TOP1",
                    help="ImageNet top-1 (percent) for models the weights manifest does not list")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-plots", action="store_true")
     return p
+
+
+def parse_shard(text: str | None, env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """``"K/N"`` -> (K, N) with 1 <= K <= N; ``"torchrun"`` -> (RANK + 1, WORLD_SIZE); None -> None."""
+    if text is None:
+        return None
+    if text == "torchrun":
+        env = os.environ if env is None else env
+        if "RANK" not in env or "WORLD_SIZE" not in env:
+            raise ConfigError("--shard torchrun needs RANK and WORLD_SIZE in the environment (run it under torchrun)")
+        return int(env["RANK"]) + 1, int(env["WORLD_SIZE"])
+    k, sep, n = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        kk, nn = int(k), int(n)
+    except ValueError:
+        raise ConfigError(f"--shard expects K/N (e.g. 2/8) or torchrun, got {text!r}") from None
+    if not 1 <= kk <= nn:
+        raise ConfigError(f"--shard K/N needs 1 <= K <= N, got {text!r}")
+    return kk, nn
+
+
+def shard_cells(cells: Sequence[tuple[str, str]], shard: tuple[int, int] | None) -> list[tuple[str, str]]:
+    """Shard K of N: cells K, K+N, ... of the grid sorted by (model, dataset); the order the caller gave is
+    irrelevant, so every shard of the same models and datasets computes the same split."""
+    ordered = sorted(set(cells))
+    if shard is None:
+        return ordered
+    k, n = shard
+    return [c for i, c in enumerate(ordered) if i % n == k - 1]
 
 
 def _dataset_specs(args: argparse.Namespace) -> list[DatasetSpec]:
@@ -248,7 +448,70 @@ def smallest_common_size(models: Sequence[str], sizes: Sequence[int] = AUTO_SIZE
     return max(smallest_size(m, sizes) for m in models)
 
 
-# ------------------------------------------------------------------------------------------------ results file
+def model_costs(models: Sequence[str], sizes: Mapping[str, int], num_classes: int = 10) -> dict[str, dict[str, int]]:
+    """Parameters (at ``num_classes``) and MACs (batch 1, at the model's training size, else 224) of every model
+    that can be built by name; names that are not models (a paper's table) are left out."""
+    import timm
+
+    import zoo
+    from zoo.bench import count_macs, count_params
+    from zoo.registry import list_models
+
+    ours = set(list_models())
+    out: dict[str, dict[str, int]] = {}
+    for m in models:
+        if m not in ours and not timm.is_model(m):
+            continue
+        size = int(sizes.get(m, 224))
+        net = zoo.create_model(m, num_classes=num_classes)
+        out[m] = {"params": count_params(net), "macs": count_macs(net, (3, size, size)), "img_size": size,
+                  "num_classes": num_classes}
+    return out
+
+
+def _short(n: float) -> str:
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+# ------------------------------------------------------------------------------------------------ cells
+def cell_key(model: str, dataset: str) -> str:
+    return f"{model}__{dataset}"
+
+
+def cell_path(out: Path, model: str, dataset: str) -> Path:
+    return out / "cells" / f"{cell_key(model, dataset)}.json"
+
+
+def write_cell(out: Path, row: Mapping[str, Any]) -> Path:
+    """One finished cell as its own JSON file, written atomically: concurrent shards never touch the same file."""
+    path = cell_path(out, str(row["model"]), str(row["dataset"]))
+    data = json.dumps(dict(row), indent=1) + "\n"
+
+    def _write(tmp: str) -> None:
+        Path(tmp).write_text(data)
+
+    atomic_write_bytes(path, _write)
+    return path
+
+
+def read_cells(out: Path) -> list[dict[str, Any]]:
+    """Every finished cell of an output folder: ``results.csv`` rows overlaid by ``cells/*.json`` (the newer
+    form), sorted by (model, dataset)."""
+    rows = {(r["model"], r["dataset"]): dict(r) for r in read_results(out / "results.csv")}
+    cells_dir = out / "cells"
+    if cells_dir.is_dir():
+        for p in sorted(cells_dir.glob("*.json")):
+            try:
+                r = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise DataError(f"unreadable cell file {p}: {e}; delete it to train that cell again") from e
+            rows[(str(r["model"]), str(r["dataset"]))] = r
+    return [rows[k] for k in sorted(rows)]
+
+
 def read_results(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
@@ -266,13 +529,12 @@ def write_results(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             for r in rows:
                 w.writerow(r)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, _write)
 
 
 def _check_recipe(out: Path, recipe: Recipe) -> None:
     path = out / "recipe.json"
-    mine = asdict(recipe)
+    mine = recipe.to_json()
     if path.is_file():
         saved = json.loads(path.read_text())
         diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
@@ -280,9 +542,9 @@ def _check_recipe(out: Path, recipe: Recipe) -> None:
             shown = ", ".join(f"{k}: {a} there, {b} now" for k, (a, b) in diff.items())
             raise ConfigError(f"{out} holds results of another recipe ({shown}); use another --out or the same "
                               f"options, so one table never mixes training budgets")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(mine, indent=2) + "\n")
+    else:  # shards may race here: each writes the same content atomically
+        text = json.dumps(mine, indent=2) + "\n"
+        atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -291,18 +553,12 @@ def _cell_config(model: str, spec: DatasetSpec, run_dir: Path) -> dict[str, Any]
             "data": {"dataset": spec.name if spec.root is None else "folder", "root": spec.root}}
 
 
-def _bundle(spec: DatasetSpec, recipe: Recipe, img_size: int | None = None) -> Any:
-    """The DataBundle of one dataset at ``img_size`` with the recipe's training-image cap.
-
-    None for an uncapped image folder: the engine builds that from the config itself.
-    """
+def _bundle(spec: DatasetSpec, recipe: Recipe, img_size: int) -> Any:
+    """The DataBundle of one dataset at ``img_size`` with the recipe's training-image cap."""
     from .data import DataBundle
 
-    size = int(recipe.img_size) if img_size is None else img_size
     cap = recipe.max_train or None
     if spec.root is not None:
-        if cap is None:
-            return None
         from torch.utils.data import Subset
 
         from zoo.data.embedded import stratified_subset
@@ -310,25 +566,26 @@ def _bundle(spec: DatasetSpec, recipe: Recipe, img_size: int | None = None) -> A
         from .config import load_config
         from .data import build_classification_data
 
-        cfg = load_config(_cell_config("x", spec, Path(".")), recipe.overrides(size))
+        provisional = recipe.plan(0)  # the bundle holds datasets only; the batch size is applied by the engine
+        cfg = load_config(_cell_config("x", spec, Path(".")), recipe.overrides(img_size, provisional))
         full = build_classification_data(cfg, None)
-        if cap >= len(full.train):
+        if cap is None or cap >= len(full.train):
             return full
         keep = stratified_subset(full.train.targets, cap).tolist()  # ImageFolder's labels, read without decoding
         full.train = Subset(full.train, keep)
         return full
     from zoo.data.embedded import embedded_splits
 
-    train, val = embedded_splits(spec.name, img_size=size, in_chans=3, augment=recipe.augment, max_train=cap)
+    train, val = embedded_splits(spec.name, img_size=img_size, in_chans=3, augment=recipe.augment, max_train=cap)
     return DataBundle(train, val, num_classes=len(train.classes), class_names=list(train.classes), in_chans=3,
                       mean=train.mean, std=train.std, color="gray")
 
 
 def train_cell(model: str, spec: DatasetSpec, recipe: Recipe, run_dir: Path, data: Any = None,
                img_size: int | None = None) -> dict[str, Any]:
-    """Train ``model`` on one dataset with the recipe; continue from the cell's engine state if one exists.
+    """Train ``model`` on one dataset with the recipe's plan for that dataset's size; continue from the cell's
+    engine state if one exists.
 
-    ``img_size``: the model's size under the recipe (``recipe.size_for(model)`` when not given).
     Returns the results row, or ``{"interrupted": True}`` when a signal stopped the engine (its state is saved).
     """
     from zoo.bench import count_params
@@ -337,8 +594,11 @@ def train_cell(model: str, spec: DatasetSpec, recipe: Recipe, run_dir: Path, dat
     from .engine import STATE_FILE, fit
 
     size = recipe.size_for(model) if img_size is None else img_size
+    if data is None:
+        data = _bundle(spec, recipe, size)
+    plan = recipe.plan(len(data.train))
     config = _cell_config(model, spec, run_dir)
-    overrides = recipe.overrides(size)
+    overrides = recipe.overrides(size, plan)
     t0, c0 = time.perf_counter(), time.process_time()
     state = run_dir / STATE_FILE
     result = None
@@ -355,43 +615,45 @@ def train_cell(model: str, spec: DatasetSpec, recipe: Recipe, run_dir: Path, dat
     if "val_top1" not in last:
         raise DataError(f"the engine reported no validation top-1 for {model} on {spec.name}")
     net = result.get("model")
-    n_train = n_val = ""
-    if data is not None:
-        n_train, n_val = len(data.train), len(data.val)
     return {
-        "model": model, "dataset": spec.name, "accuracy": float(last["val_top1"]),
-        "best_accuracy": float(result["best"]) if result.get("best") is not None else "",
-        "best_epoch": result.get("best_epoch") or "", "epochs": recipe.epochs, "img_size": size,
-        "batch_size": recipe.batch_size, "lr": recipe.lr, "seed": recipe.seed,
-        "params": count_params(net) if net is not None else "", "train_images": n_train, "val_images": n_val,
-        "seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 2),
+        "model": model, "dataset": spec.name, "accuracy": float(last["val_top1"]), "tier": plan.tier,
+        "epochs": plan.epochs, "batch_size": plan.batch_size, "lr": plan.lr, "warmup_epochs": plan.warmup_epochs,
+        "steps": plan.steps(len(data.train)), "img_size": size, "seed": recipe.seed,
+        "params": count_params(net) if net is not None else "", "train_images": len(data.train),
+        "val_images": len(data.val), "seconds": round(time.perf_counter() - t0, 2),
+        "cpu_seconds": round(time.process_time() - c0, 2),
     }
 
 
 # ------------------------------------------------------------------------------------------------ report
 def write_report(report: XScoreReport, out: Path, k: int, top1: Mapping[str, float], plots: bool,
-                 recipe: Mapping[str, Any] | None = None) -> list[Path]:
-    """xscore.json, xscore.txt, table.csv and the plots; returns the paths written.
+                 recipe: Mapping[str, Any] | None = None, costs: Mapping[str, Mapping[str, int]] | None = None,
+                 ) -> tuple[list[Path], SubsetEstimate]:
+    """xscore.json, xscore.txt, xscore.md, table.csv and the plots; returns the paths written and the estimate.
 
-    ``recipe``: how the table was trained (:meth:`Recipe.describe` plus per-model sizes and per-dataset image
-    counts), copied into xscore.json so the numbers never travel without their budget. Plots are skipped, with a
-    message, when matplotlib is missing.
+    ``recipe``: how the table was trained, copied into xscore.json so the numbers never travel without their
+    budget. ``costs``: parameters and MACs per model (:func:`model_costs`). Plots are skipped, with a message, when
+    matplotlib is missing.
     """
     out.mkdir(parents=True, exist_ok=True)
+    costs = dict(costs or {})
     k_eff = min(k, len(report.datasets))
-    few = few_dataset_estimate(report.accuracy, report.datasets, k=k_eff, weight=report.weight)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = subset_estimate(report.accuracy, report.models, report.datasets, k=k_eff, lam=report.lam)
     payload = report.to_dict()
-    payload["few_dataset_estimate"] = few.to_dict()
+    payload["subset_estimate"] = est.to_dict()
+    payload["model_costs"] = costs
     payload["imagenet_top1"] = {m: top1[m] for m in report.models if m in top1}
     payload["recipe"] = dict(recipe) if recipe else None
     written = [out / "xscore.json", out / "xscore.txt", out / "xscore.md", out / "table.csv"]
     (out / "xscore.json").write_text(json.dumps(payload, indent=2) + "\n")
-    lines = [report.format(), "", f"Few-dataset estimate: best {k_eff} of {len(report.datasets)} datasets "
-             f"{', '.join(few.best_subset)} (Spearman rho {few.best_rho:.3f} with the full ranking)", "",
-             f"{'k':>3} {'best rho':>9} {'mean rho':>9} {'worst rho':>9} {'subsets':>8}  best subset"]
-    for a in few.per_k:
-        lines.append(f"{a.k:>3} {a.best_rho:>9.3f} {a.mean_rho:>9.3f} {a.worst_rho:>9.3f} {a.n_subsets:>8}  "
-                     f"{', '.join(a.best_subset)}{'' if a.exhaustive else ' (sampled)'}")
+    lines = [report.format(_cost_columns(costs)), "", est.format(), "",
+             f"{'k':>3} {'best R2':>8} {'mean R2':>8} {'subsets':>8}  best subset"]
+    for p in est.curve:
+        lines.append(f"{p.k:>3} {p.best_r2:>8.3f} {p.mean_r2:>8.3f} {p.n_subsets:>8}  "
+                     f"{', '.join(p.best_subset)}{'' if p.exhaustive else ' (sampled)'}")
+    lines += [f"note: {w.message}" for w in caught]
     with (out / "table.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", *report.datasets])
@@ -400,7 +662,7 @@ def write_report(report: XScoreReport, out: Path, k: int, top1: Mapping[str, flo
     if recipe:
         lines += ["", "Recipe: " + json.dumps(dict(recipe))]
     (out / "xscore.txt").write_text("\n".join(lines) + "\n")
-    (out / "xscore.md").write_text(markdown_table(report))
+    (out / "xscore.md").write_text(markdown_table(report, est, costs))
     if plots:
         try:
             import matplotlib  # noqa: F401
@@ -408,26 +670,47 @@ def write_report(report: XScoreReport, out: Path, k: int, top1: Mapping[str, flo
             print("plots skipped: matplotlib is not installed (pip install matplotlib); the tables are written",
                   file=sys.stderr)
         else:
-            written += make_plots(report, few, top1, out)
-    return written
+            written += make_plots(report, est, top1, out)
+    return written, est
 
 
-def markdown_table(report: XScoreReport) -> str:
-    """The ranking with every accuracy as a Markdown table (what a README pastes), best model first."""
+def _cost_columns(costs: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, str]]:
+    if not costs:
+        return {}
+    return {"params": {m: _short(c["params"]) for m, c in costs.items()},
+            "MACs": {m: f"{_short(c['macs'])}@{c['img_size']}" for m, c in costs.items()}}
+
+
+def markdown_table(report: XScoreReport, est: SubsetEstimate | None = None,
+                   costs: Mapping[str, Mapping[str, int]] | None = None) -> str:
+    """The ranking with every accuracy as a Markdown table (what the docs paste), best model first."""
+    costs = dict(costs or {})
     idx = {m: i for i, m in enumerate(report.models)}
-    lines = ["| # | model | " + " | ".join(report.datasets) + " | mean | worst | stability | xScore |",
-             "|---|---|" + "---|" * (len(report.datasets) + 4)]
+    cost_head = " params | MACs |" if costs else ""
+    lines = ["| # | model | " + " | ".join(report.datasets) + f" | mean | worst | G | V | xScore |{cost_head}",
+             "|---|---|" + "---|" * (len(report.datasets) + 5 + (2 if costs else 0))]
     for s in report.scores:
         accs = " | ".join(f"{a:.3f}" for a in report.accuracy[idx[s.model]].tolist())
-        lines.append(f"| {s.position} | `{s.model}` | {accs} | {s.mean_accuracy:.3f} | {s.worst_accuracy:.3f} | "
-                     f"{s.rank_stability:.3f} | {s.xscore:.3f} |")
+        line = (f"| {s.position} | `{s.model}` | {accs} | {s.mean_accuracy:.3f} | {s.worst_accuracy:.3f} | "
+                f"{s.generalisation:.3f} | {s.variance:.3f} | {s.xscore:.3f} |")
+        if costs:
+            c = costs.get(s.model)
+            line += f" {_short(c['params'])} | {_short(c['macs'])} @{c['img_size']} |" if c else " – | – |"
+        lines.append(line)
     w = "n/a" if math.isnan(report.kendalls_w) else f"{report.kendalls_w:.3f}"
     lines.append("")
-    lines.append(f"Kendall's W over {len(report.datasets)} datasets: {w} (xScore weight w = {report.weight}).")
+    lines.append(f"xScore = G − {report.lam:g}·V; Kendall's W over {len(report.datasets)} datasets: {w}.")
+    if est is not None:
+        f = est.fit
+        terms = " + ".join(f"{c:.4g}·{d}" for c, d in zip(f.coefficients, f.datasets))
+        lines.append(f"{est.k}-dataset estimate (best of {est.n_subsets} subsets): xScore ≈ {f.intercept:.4g} + "
+                     f"{terms}, R² = {f.r2:.3f}; Spearman ρ with the full ranking {est.spearman_rho:.3f}"
+                     + (" (fewer than k + 2 models: exact for every subset, uninformative)"
+                        if est.underdetermined else "") + ".")
     return "\n".join(lines) + "\n"
 
 
-def make_plots(report: XScoreReport, few: Any, top1: Mapping[str, float], out: Path) -> list[Path]:
+def make_plots(report: XScoreReport, est: SubsetEstimate, top1: Mapping[str, float], out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -475,13 +758,13 @@ def make_plots(report: XScoreReport, few: Any, top1: Mapping[str, float], out: P
         ax.set_title(f"xScore vs ImageNet top-1 ({len(known)} of {len(models)} models have one)")
         ax.grid(alpha=0.3)
         paths.append(_save(fig, out / "xscore_vs_imagenet.png"))
-    # 4. few-dataset agreement
+    # 4. k-dataset estimate: best and mean R² per k
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    ks = [a.k for a in few.per_k]
-    ax.plot(ks, [a.best_rho for a in few.per_k], marker="o", label="best subset")
-    ax.plot(ks, [a.mean_rho for a in few.per_k], marker="s", label="mean over subsets")
+    ks = [p.k for p in est.curve]
+    ax.plot(ks, [p.best_r2 for p in est.curve], marker="o", label="best subset")
+    ax.plot(ks, [p.mean_r2 for p in est.curve], marker="s", label="mean over subsets")
     ax.set_xlabel("datasets used (k)")
-    ax.set_ylabel("Spearman rho with the full ranking")
+    ax.set_ylabel("R² of the fit to the full xScore")
     ax.set_xticks(ks)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -498,29 +781,42 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _finish(report: XScoreReport, out: Path, args: argparse.Namespace,
-            recipe: Mapping[str, Any] | None = None) -> int:
-    top1 = imagenet_top1(report.models, args.top1)
-    paths = write_report(report, out, args.k, top1, plots=not args.no_plots, recipe=recipe)
-    print(report.format())
-    print(f"\nwrote {', '.join(str(p) for p in paths)}")
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------ main
 def _report_recipe(recipe: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The recipe as saved, plus what each cell actually used: the input size per model and the number of
-    training / validation images per dataset (from the results rows), and the summed training time."""
+    """The recipe as saved, plus what each cell actually used: input size per model, images, tier, epochs and
+    steps per dataset (from the results rows), and the summed training time."""
     if recipe is None:
         return None
     out = dict(recipe)
-    sizes = {r["model"]: int(r["img_size"]) for r in rows if str(r.get("img_size", "")).strip()}
-    images = {r["dataset"]: {"train": int(r["train_images"]), "val": int(r["val_images"])}
-              for r in rows if str(r.get("train_images", "")).strip() and str(r.get("val_images", "")).strip()}
-    secs = [float(r["seconds"]) for r in rows if str(r.get("seconds", "")).strip()]
-    out.update({"input_size_per_model": sizes, "images_per_dataset": images,
+
+    def has(r: Mapping[str, Any], *keys: str) -> bool:
+        return all(str(r.get(k, "")).strip() for k in keys)
+
+    sizes = {r["model"]: int(r["img_size"]) for r in rows if has(r, "img_size")}
+    per_dataset = {r["dataset"]: {"train": int(r["train_images"]), "val": int(r["val_images"]),
+                                  **({"tier": r["tier"], "epochs": int(r["epochs"]), "steps": int(r["steps"])}
+                                     if has(r, "tier", "epochs", "steps") else {})}
+                   for r in rows if has(r, "train_images", "val_images")}
+    secs = [float(r["seconds"]) for r in rows if has(r, "seconds")]
+    out.update({"input_size_per_model": sizes, "per_dataset": per_dataset,
                 "training_seconds_total": round(sum(secs), 1) if secs else None})
     return out
+
+
+def _finish(report: XScoreReport, out: Path, args: argparse.Namespace, recipe: Mapping[str, Any] | None = None,
+            sizes: Mapping[str, int] | None = None) -> int:
+    top1 = imagenet_top1(report.models, args.top1)
+    costs = model_costs(report.models, sizes or {})
+    paths, est = write_report(report, out, args.k, top1, plots=not args.no_plots, recipe=recipe, costs=costs)
+    print(report.format(_cost_columns(costs)))
+    if costs:
+        n_cls = next(iter(costs.values()))["num_classes"]
+        print(f"(params with a {n_cls}-class head; MACs per image at the input size trained with)")
+    print("\n" + est.format())
+    low = min(((report.accuracy[i, j], m, d) for i, m in enumerate(report.models)
+               for j, d in enumerate(report.datasets)))
+    print(f"lowest cell: {low[1]} on {low[2]}: {low[0]:.4g}")
+    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    return 0
 
 
 def _clock(seconds: float) -> str:
@@ -528,40 +824,66 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
+def _saved_recipe(folder: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    saved = folder / "recipe.json"
+    if not saved.is_file():
+        return None
+    stored = json.loads(saved.read_text())
+    try:
+        tiers = tuple(SizeTier(**t) for t in stored.get("tiers", ()))
+        described = Recipe(**{**stored, "tiers": tiers}).describe()
+    except TypeError:  # a recipe.json of another version: report it as it is
+        described = stored
+    return _report_recipe(described, rows)
+
+
+def _table_mode(args: argparse.Namespace) -> int:
+    path = Path(args.table)
+    if path.is_dir():  # an output folder: merge every shard's cells into its results.csv first
+        rows = read_cells(path)
+        if not rows:
+            raise DataError(f"{path} holds no finished cells (cells/*.json or results.csv)")
+        write_results(path / "results.csv", rows)
+        folder, csv_path = path, path / "results.csv"
+    else:
+        folder, csv_path = path.resolve().parent, path
+    table, models, datasets = read_table_csv(csv_path)
+    rows = read_results(csv_path) if csv_path.suffix == ".csv" else []
+    sizes = {r["model"]: int(r["img_size"]) for r in rows if str(r.get("img_size", "")).strip()}
+    out = Path(args.out) if args.out else folder
+    report = compute_xscore(table, models, datasets, lam=args.lam)
+    return _finish(report, out, args, _saved_recipe(folder, rows), sizes)
+
+
+# ------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0.0 <= args.weight <= 1.0:
-        raise ConfigError(f"--weight must lie in [0, 1], got {args.weight}")
+    if not (math.isfinite(args.lam) and args.lam >= 0):
+        raise ConfigError(f"--lam must be a number >= 0, got {args.lam}")
     if args.k < 1:
         raise ConfigError(f"--k must be at least 1, got {args.k}")
     args.top1 = _parse_top1(args.imagenet_top1)  # checked now, not after hours of training
     if args.table:
-        table, models, datasets = read_table_csv(args.table)
-        out = Path(args.out) if args.out else Path(args.table).resolve().parent
-        saved = Path(args.table).resolve().parent / "recipe.json"  # a runner's folder: keep its recipe
-        recipe_meta = None
-        if saved.is_file():
-            stored = json.loads(saved.read_text())
-            try:
-                described = Recipe(**stored).describe()
-            except TypeError:  # a recipe.json of another version: report it as it is
-                described = stored
-            recipe_meta = _report_recipe(described, read_results(Path(args.table)))
-        return _finish(compute_xscore(table, models, datasets, weight=args.weight), out, args, recipe_meta)
+        return _table_mode(args)
 
     if not args.models:
-        raise ConfigError("give --models NAME ... (or --table CSV to recompute a finished table)")
+        raise ConfigError("give --models NAME ... (or --table CSV|DIR to report on finished cells)")
     if not (args.suite or args.datasets):
         raise ConfigError("give --suite embedded or --datasets DIR ... (image folders with train/ and val/)")
-    batch_size = args.batch_size if args.batch_size is not None else (EMBEDDED_BATCH_SIZE if args.suite else 64)
-    if args.epochs < 1 or batch_size < 1:
-        raise ConfigError("--epochs and --batch-size must be positive")
-    max_train = args.max_train if args.max_train is not None else (EMBEDDED_MAX_TRAIN if args.suite else 0)
-    if max_train < 0:
-        raise ConfigError(f"--max-train must be 0 (all images) or positive, got {max_train}")
+    for flag, v in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if v is not None and v < 1:
+            raise ConfigError(f"{flag} must be positive, got {v}")
+    if args.lr is not None and not args.lr > 0:
+        raise ConfigError(f"--lr must be positive, got {args.lr}")
+    if args.max_train < 0:
+        raise ConfigError(f"--max-train must be 0 (all images) or positive, got {args.max_train}")
+    shard = parse_shard(args.shard)
+    if args.shard == "torchrun":  # each process trains its own cells: keep the engine from starting DDP
+        for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+            os.environ.pop(var, None)
     from zoo.registry import check_model_name
 
-    models = list(dict.fromkeys(args.models))
+    models = expand_models(args.models)
     for m in models:
         check_model_name(m)  # every name before the first hour of training, not after
     specs = _dataset_specs(args)
@@ -588,42 +910,52 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--img-size must be at least 8, got {img_size}")
         policy = str(img_size)
         sizes = {m: img_size for m in models}
-    recipe = Recipe(args.epochs, policy, batch_size, args.lr, args.seed, not args.no_augment, max_train)
+    recipe = Recipe(img_size=policy, seed=args.seed, augment=not args.no_augment, max_train=args.max_train,
+                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     out = Path(args.out or "runs/xscore")
+    out.mkdir(parents=True, exist_ok=True)
     _check_recipe(out, recipe)
 
-    results_path = out / "results.csv"
-    rows = read_results(results_path)
-    done = {(r["model"], r["dataset"]) for r in rows}
-    todo = [(m, s) for s in specs for m in models if (m, s.name) not in done]
-    total = len(models) * len(specs)
-    if len(todo) < total:
-        print(f"{total - len(todo)} of {total} cells already in {results_path}; training the other {len(todo)}")
+    by_name = {s.name: s for s in specs}
+    grid = [(m, s.name) for s in specs for m in models]
+    mine = shard_cells(grid, shard)
+    done = {(r["model"], r["dataset"]) for r in read_cells(out)}
+    todo = [c for c in mine if c not in done]
+    label = f"shard {shard[0]}/{shard[1]}: " if shard else ""
+    if len(todo) < len(mine):
+        print(f"{label}{len(mine) - len(todo)} of {len(mine)} cells already in {out}; training the other "
+              f"{len(todo)}")
     t_start = time.perf_counter()
-    for n, (m, spec) in enumerate(todo, start=1):
+    for n, (m, d) in enumerate(todo, start=1):
+        spec = by_name[d]
         data = _bundle(spec, recipe, sizes[m])  # per cell: cheap (cached arrays), and no state leaks between cells
-        imgs = f", {len(data.train)} train / {len(data.val)} val images" if data is not None else ""
-        print(f"[{n}/{len(todo)}] {m} on {spec.name} ({sizes[m]}x{sizes[m]}{imgs}) ...", flush=True)
-        row = train_cell(m, spec, recipe, out / "runs" / f"{m}__{spec.name}", data, img_size=sizes[m])
+        plan = recipe.plan(len(data.train))
+        print(f"{label}[{n}/{len(todo)}] {m} on {d} ({sizes[m]}x{sizes[m]}, {len(data.train)} train / "
+              f"{len(data.val)} val images; {plan.tier}: {plan.epochs} epochs, batch {plan.batch_size}, "
+              f"{plan.steps(len(data.train))} steps) ...", flush=True)
+        row = train_cell(m, spec, recipe, out / "runs" / cell_key(m, d), data, img_size=sizes[m])
         if row.get("interrupted"):
-            print(f"interrupted during {m} on {spec.name} after {_clock(time.perf_counter() - t_start)}; its state "
+            print(f"interrupted during {m} on {d} after {_clock(time.perf_counter() - t_start)}; its state "
                   f"is saved: run the same command to continue", file=sys.stderr)
             return 130
-        rows.append(row)
-        write_results(results_path, rows)
+        write_cell(out, row)
         print(f"    top-1 {row['accuracy']:.4f}, {row['seconds']:.1f} s (cpu {row.get('cpu_seconds', 0):.1f} s); "
               f"elapsed {_clock(time.perf_counter() - t_start)}", flush=True)
     if todo:
-        print(f"trained {len(todo)} cells in {_clock(time.perf_counter() - t_start)}")
+        print(f"{label}trained {len(todo)} cells in {_clock(time.perf_counter() - t_start)}")
 
-    # the table in the order asked for, whatever order earlier runs appended their cells in
-    order = {(m, s.name): (j, i) for i, m in enumerate(models) for j, s in enumerate(specs)}
-    mine = sorted((r for r in rows if (r["model"], r["dataset"]) in order),
-                  key=lambda r: order[r["model"], r["dataset"]])
-    table, t_models, t_datasets = table_from_records(mine)
-    report = compute_xscore(table, t_models, t_datasets, weight=args.weight)
-    return _finish(report, out, args, _report_recipe(recipe.describe(), mine))
+    rows = [r for r in read_cells(out) if (r["model"], r["dataset"]) in set(grid)]
+    if len(rows) < len(grid):  # other shards still running: their cells complete the table later
+        print(f"{len(rows)} of {len(grid)} cells of the grid are in {out}; when every shard has finished: "
+              f"zoo xscore --table {out}")
+        return 0
+    write_results(out / "results.csv", read_cells(out))
+    table, t_models, t_datasets = table_from_records(rows)
+    report = compute_xscore(table, t_models, t_datasets, lam=args.lam)
+    return _finish(report, out, args, _report_recipe(recipe.describe(), rows), sizes)
 
+
+_register_paper_peers()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,49 +1,47 @@
-r"""xScore: cross-dataset robustness of many models over many datasets, with every component explicit.
+r"""xScore: cross-dataset robustness of many models over many datasets, as the paper defines it.
 
-Sources. "Beyond ImageNet: Understanding Cross-Dataset Robustness of Lightweight Vision Models" (Zhang, Ding, Liu;
-arXiv 2511.00335) and its journal version "xScore: A Simple Metric for Cross-Domain Robustness in Lightweight Vision
-Models" (Algorithms 2026, 19(1), 14). Their text says xScore is "a simple metric that captures both average accuracy
-across domains and the stability of model rankings" and that it "can be estimated from just four datasets"; related
-work they cite (DomainBed, WILDS) reports mean and worst-case accuracy. The exact formula could not be retrieved
-here, so this module defines one and keeps every part separately visible, so a reader can swap any part.
+Source. "Beyond ImageNet: Understanding Cross-Dataset Robustness of Lightweight Vision Models" (W. Zhang,
+P. L. K. Ding, H. Liu; arXiv 2511.00335) and its journal version "xScore: A Simple Metric for Cross-Domain
+Robustness in Lightweight Vision Models" (Algorithms 2026, 19(1), 14). The papers' text names the ingredients
+(average accuracy across domains, stability, an estimate from four datasets); the exact definition below was read
+from a public analysis script whose 11 models and 7 datasets are the paper's (its function
+``compute_xscore_pair_and_summary`` and the four-dataset search after it). The tests reproduce that script's
+figures from its own accuracy table (``tests/data/xscore_paper_accuracy.csv``).
 
 Notation: an accuracy table :math:`A \in \mathbb{R}^{M \times D}`, :math:`a_{ij}` the accuracy of model *i* on
-dataset *j* (higher is better; any unit: fraction, percent, or any other positive affine scale).
+dataset *j* (higher is better; fraction or percent, any unit).
 
-==========================  ===================================================================  =================
-quantity                    definition                                                           from
-==========================  ===================================================================  =================
-mean accuracy               :math:`\bar a_i = \frac1D \sum_j a_{ij}`                              papers' text
-worst-dataset accuracy      :math:`\min_j a_{ij}`                                                 cited work
-per-dataset rank            :math:`r_{ij}` = rank of model *i* among the *M* models on dataset    papers' text
-                            *j*, 1 = best, ties get the mean of the positions they span          (ties: ours)
-rank spread                 :math:`\sigma_i = \sqrt{\frac1D \sum_j (r_{ij} - \bar r_i)^2}`        ours (pop. std)
-its maximum                 :math:`\sigma_{max}(M, D) = (M-1)\sqrt{\lfloor D/2\rfloor             ours
-                            \lceil D/2\rceil}\,/\,D` (half the datasets at rank 1, half at *M*)
-rank stability              :math:`R_i = 1 - \sigma_i/\sigma_{max}`, :math:`R_i = 1` when         papers' idea,
-                            :math:`\sigma_{max} = 0` (one model or one dataset); in [0, 1]       form ours
-normalised mean accuracy    :math:`\tilde a_i = (\bar a_i - \min_k \bar a_k) /                    ours
-                            (\max_k \bar a_k - \min_k \bar a_k)`, 1 when all equal
-xScore                      :math:`X_i = w\,\tilde a_i + (1 - w)\,R_i`, default :math:`w = 1/2`   papers' idea,
-                                                                                                 form ours
-==========================  ===================================================================  =================
+==========================  =========================================================================================
+quantity                    definition
+==========================  =========================================================================================
+normalised accuracy         :math:`\tilde a_{ij} = (a_{ij} - \min_k a_{kj}) / (\max_k a_{kj} - \min_k a_{kj})`: each
+                            dataset's column min-max scaled across the models (best model 1, worst 0)
+generalisation              :math:`G_i = \frac1D \sum_j \tilde a_{ij}`
+variance                    :math:`V_i = \frac{1}{D-1} \sum_j (\tilde a_{ij} - G_i)^2` (sample variance)
+xScore                      :math:`X_i = G_i - \lambda V_i`, :math:`\lambda = 0.5` by default
+==========================  =========================================================================================
 
-Consequences of these choices (pinned by the tests): xScore lies in [0, 1]; it is unchanged when every accuracy is
-mapped through the same increasing affine map :math:`a \mapsto \alpha a + \beta`, :math:`\alpha > 0` (so percent
-and fraction tables give identical scores), unchanged by reordering datasets, and a model that is best on every
-dataset scores exactly 1. Stability rewards consistency, not quality: a model last everywhere is perfectly stable
-(:math:`R = 1`) and only the accuracy term places it low; with the default weight a consistently last model
-(:math:`X = 0.5`) can outrank an erratic middling one. Raise ``weight`` when that is unwanted.
+So xScore rewards a model that is near the best on every dataset (high *G*) and penalises one whose standing
+swings between datasets (high *V*). Because every column is min-max scaled, xScore is *relative to the models in
+the table*: adding or removing a model changes everyone's score. It is unchanged by any increasing affine map of
+a dataset's accuracies (percent vs fraction) and by reordering the datasets.
 
-Concordance of the whole table is Kendall's W over the *D* datasets as judges of the *M* models, with the usual tie
-correction: :math:`W = 12 S / (D^2 (M^3 - M) - D \sum_j T_j)`, :math:`S = \sum_i (\rho_i - D(M+1)/2)^2`,
-:math:`\rho_i = \sum_j r_{ij}`, :math:`T_j = \sum_g (t_g^3 - t_g)` over the groups of *t_g* tied models on dataset
-*j*. W = 1: every dataset ranks the models alike; W = 0: no agreement.
+Two edge cases the paper's table never meets, decided here: a dataset on which every model scores the same
+cannot separate them, and its normalised column is 1 for every model (no model is below the best there; a
+warning names it); with a single dataset the sample variance is undefined and *V* is taken as 0.
 
-Few-dataset estimate (the procedure behind "estimated from four datasets", details ours): for each subset of *k*
-datasets, compute xScore on those columns only and its Spearman ρ (Pearson correlation of average ranks) with the
-full-table xScore; report the best subset for the requested *k* and, for every *k* = 1..D, the best, mean and worst
-ρ. Exhaustive while the number of subsets is at most ``max_subsets``, else a seeded random sample (reported).
+**The k-dataset estimate** (the papers' "xScore can be estimated from just four datasets"): for every subset of
+*k* datasets, an ordinary least-squares fit with intercept of the full-table xScore on the subset's *raw*
+accuracies, :math:`X_i \approx \beta_0 + \sum_{j \in S} \beta_j a_{ij}`; the subset with the highest coefficient of
+determination :math:`R^2` is kept, and its fit is the estimator a new model can be scored with after training on
+those *k* datasets only. Ties in :math:`R^2` keep the first subset in the datasets' order. With :math:`M \le k + 1`
+models every subset fits exactly (:math:`R^2 = 1`) and the choice says nothing; a warning says so.
+
+Extra columns, kept because they help a reader and are not part of xScore: mean and worst-dataset accuracy (what
+DomainBed and WILDS report), per-dataset ranks (1 = best, ties averaged), a rank-stability term
+:math:`R_i = 1 - \sigma_i / \sigma_{max}` (population std of model *i*'s ranks over its largest possible value
+:math:`(M-1)\sqrt{\lfloor D/2\rfloor\lceil D/2\rceil}/D`), and for the whole table Kendall's W (tie-corrected
+concordance of the datasets' rankings: 1 = every dataset ranks the models alike, 0 = no agreement).
 
 Everything here is numpy only and pure (no training, no torch): the runner ``zoo xscore`` lives in ``train/``.
 """
@@ -53,6 +51,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,21 +62,28 @@ import numpy as np
 from .errors import ConfigError, DataError
 
 __all__ = [
-    "FewDatasetEstimate",
+    "DEFAULT_LAMBDA",
     "ModelScore",
+    "SubsetEstimate",
+    "SubsetFit",
     "XScoreReport",
     "average_ranks",
     "compute_xscore",
-    "few_dataset_estimate",
+    "fit_subset",
+    "generalisation_and_variance",
     "kendalls_w",
     "max_rank_std",
+    "normalise_columns",
     "rank_stability",
     "rank_table",
     "read_table_csv",
     "spearman_rho",
+    "subset_estimate",
     "table_from_records",
     "xscore_values",
 ]
+
+DEFAULT_LAMBDA = 0.5
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -111,14 +117,54 @@ def _names(names: Sequence[str] | None, n: int, prefix: str, what: str) -> list[
     return names
 
 
-def _check_weight(weight: float) -> float:
-    weight = float(weight)
-    if not 0.0 <= weight <= 1.0:
-        raise ConfigError(f"xScore weight must lie in [0, 1] (share of the accuracy term), got {weight}")
-    return weight
+def _check_lambda(lam: float) -> float:
+    lam = float(lam)
+    if not (math.isfinite(lam) and lam >= 0.0):
+        raise ConfigError(f"xScore lambda (weight of the variance penalty) must be a finite number >= 0, got {lam}")
+    return lam
 
 
-# ----------------------------------------------------------------------------------------------- components
+# ----------------------------------------------------------------------------------------------- the formula
+
+
+def normalise_columns(accuracy: Any, datasets: Sequence[str] | None = None) -> np.ndarray:
+    """ã_ij: each dataset's column min-max scaled across the models (best 1, worst 0).
+
+    A column where every model scores the same is 1 throughout (nobody is below the best there), with a warning
+    naming the dataset, since such a dataset adds nothing to the comparison.
+    """
+    table = _as_table(accuracy)
+    lo, hi = table.min(axis=0), table.max(axis=0)
+    span = hi - lo
+    flat = span <= 1e-12 * np.maximum(1.0, np.maximum(np.abs(hi), np.abs(lo)))
+    if flat.any() and table.shape[0] > 1:
+        names = _names(datasets, table.shape[1], "dataset", "dataset")
+        warnings.warn(f"every model scores the same on {[names[j] for j in np.flatnonzero(flat)]}; those datasets "
+                      "cannot separate the models (normalised to 1 for all)", stacklevel=2)
+    out = np.ones_like(table)
+    keep = ~flat
+    out[:, keep] = (table[:, keep] - lo[keep]) / span[keep]
+    return out
+
+
+def generalisation_and_variance(accuracy: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(G, V) per model: mean and sample variance (n - 1) of the model's normalised accuracies; V = 0 for D = 1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the caller that names datasets warns; here we only compute
+        norm = normalise_columns(accuracy)
+    g = norm.mean(axis=1)
+    v = norm.var(axis=1, ddof=1) if norm.shape[1] > 1 else np.zeros(norm.shape[0])
+    return g, v
+
+
+def xscore_values(accuracy: Any, lam: float = DEFAULT_LAMBDA) -> np.ndarray:
+    """X_i = G_i - λ V_i for every model of an (M, D) accuracy table (see the module docstring)."""
+    lam = _check_lambda(lam)
+    g, v = generalisation_and_variance(accuracy)
+    return g - lam * v
+
+
+# ----------------------------------------------------------------------------------------------- extra columns
 
 
 def average_ranks(values: Sequence[float] | np.ndarray, higher_is_better: bool = True) -> np.ndarray:
@@ -149,12 +195,7 @@ def rank_table(accuracy: Any) -> np.ndarray:
 
 
 def max_rank_std(n_models: int, n_datasets: int) -> float:
-    """Largest population std of one model's ranks: ⌊D/2⌋ datasets at rank 1 and ⌈D/2⌉ at rank M.
-
-    A set of D numbers in [1, M] has the largest spread when they sit at the two ends, split as evenly as D allows;
-    the variance is then (M-1)² ⌊D/2⌋⌈D/2⌉ / D². Normalising by this (not by the looser (M-1)/2) lets stability
-    reach 0 for odd D too.
-    """
+    """Largest population std of one model's ranks: ⌊D/2⌋ datasets at rank 1 and ⌈D/2⌉ at rank M."""
     if n_models < 1 or n_datasets < 1:
         raise DataError(f"need at least one model and one dataset, got {n_models} x {n_datasets}")
     half_down, half_up = n_datasets // 2, (n_datasets + 1) // 2
@@ -170,31 +211,13 @@ def rank_stability(ranks: Any) -> np.ndarray:
     smax = max_rank_std(*r.shape)
     if smax == 0.0:
         return np.ones(r.shape[0])
-    # clip guards the last ulp: σ can exceed σ_max by rounding only
-    return np.clip(1.0 - sigma / smax, 0.0, 1.0)
-
-
-def _minmax(x: np.ndarray) -> np.ndarray:
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if hi - lo <= 1e-12 * max(1.0, abs(hi), abs(lo)):
-        return np.ones_like(x)  # no spread: the term cannot separate the models; every model gets the full share
-    return (x - lo) / (hi - lo)
-
-
-def xscore_values(accuracy: Any, weight: float = 0.5) -> np.ndarray:
-    """X_i = w · minmax(mean accuracy)_i + (1 - w) · R_i for every model of an (M, D) accuracy table."""
-    weight = _check_weight(weight)
-    table = _as_table(accuracy)
-    acc_term = _minmax(table.mean(axis=1))
-    stab_term = rank_stability(rank_table(table))
-    return weight * acc_term + (1.0 - weight) * stab_term
+    return np.clip(1.0 - sigma / smax, 0.0, 1.0)  # clip guards the last ulp: σ can exceed σ_max by rounding only
 
 
 def kendalls_w(accuracy: Any) -> float:
     """Kendall's coefficient of concordance W of the datasets' rankings of the models, tie-corrected.
 
     NaN when it is undefined: fewer than two models, or every dataset ties all models (zero denominator).
-    With one dataset W = 1 whenever that dataset separates the models at all (a judge agrees with itself).
     """
     ranks = rank_table(accuracy)
     m_models, d_sets = ranks.shape
@@ -224,6 +247,10 @@ def spearman_rho(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarra
     return float(np.sum(da * db) / denom)
 
 
+def _nan_to_none(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
 # ----------------------------------------------------------------------------------------------- report
 
 
@@ -234,8 +261,10 @@ class ModelScore:
     model: str
     position: int
     xscore: float
+    generalisation: float  # G_i
+    variance: float  # V_i
+    normalised: dict[str, float]  # ã_ij per dataset
     mean_accuracy: float
-    normalised_mean_accuracy: float
     worst_accuracy: float
     worst_dataset: str
     ranks: dict[str, float]
@@ -254,8 +283,9 @@ class XScoreReport:
     models: list[str]
     datasets: list[str]
     accuracy: np.ndarray
+    normalised: np.ndarray
     ranks: np.ndarray
-    weight: float
+    lam: float
     kendalls_w: float
     scores: list[ModelScore] = field(default_factory=list)
 
@@ -265,28 +295,43 @@ class XScoreReport:
                 return s
         raise KeyError(f"model {model!r} is not in this report; models: {self.models}")
 
+    def xscores(self) -> np.ndarray:
+        """xScore per model in the table's model order (not the ranking's)."""
+        by_name = {s.model: s.xscore for s in self.scores}
+        return np.array([by_name[m] for m in self.models])
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "formula": "xScore = G - lambda * V; G, V = mean, sample variance of per-dataset min-max accuracies",
+            "lambda": self.lam,
             "models": list(self.models),
             "datasets": list(self.datasets),
             "accuracy": self.accuracy.tolist(),
+            "normalised": self.normalised.tolist(),
             "ranks": self.ranks.tolist(),
-            "weight": self.weight,
-            "kendalls_w": None if math.isnan(self.kendalls_w) else self.kendalls_w,
+            "kendalls_w": _nan_to_none(self.kendalls_w),
             "ranking": [s.to_dict() for s in self.scores],
         }
 
-    def format(self) -> str:
-        """The ranking as a fixed-width text table (what the CLI prints)."""
-        head = f"{'#':>2}  {'model':<24} {'xScore':>7} {'mean':>8} {'worst':>8} {'stab.':>6}  worst dataset"
+    def format(self, extra: Mapping[str, Mapping[str, str]] | None = None) -> str:
+        """The ranking as a fixed-width text table (what the CLI prints).
+
+        ``extra``: more columns, ``{header: {model: text}}`` (the CLI adds parameters and MACs).
+        """
+        extra = dict(extra or {})
+        widths = {h: max([len(h)] + [len(str(v)) for v in col.values()]) for h, col in extra.items()}
+        head = f"{'#':>2}  {'model':<24} {'xScore':>7} {'G':>6} {'V':>6}"
+        head += "".join(f" {h:>{widths[h]}}" for h in extra)
+        head += f" {'mean':>8} {'worst':>8} {'stab.':>6}  worst dataset"
         rows = [head, "-" * len(head)]
         for s in self.scores:
-            rows.append(
-                f"{s.position:>2}  {s.model:<24} {s.xscore:>7.4f} {s.mean_accuracy:>8.4g} {s.worst_accuracy:>8.4g} "
-                f"{s.rank_stability:>6.3f}  {s.worst_dataset}"
-            )
+            line = f"{s.position:>2}  {s.model:<24} {s.xscore:>7.3f} {s.generalisation:>6.3f} {s.variance:>6.3f}"
+            line += "".join(f" {extra[h].get(s.model, ''):>{widths[h]}}" for h in extra)
+            line += (f" {s.mean_accuracy:>8.4g} {s.worst_accuracy:>8.4g} {s.rank_stability:>6.3f}  "
+                     f"{s.worst_dataset}")
+            rows.append(line)
         w = "n/a" if math.isnan(self.kendalls_w) else f"{self.kendalls_w:.4f}"
-        rows.append(f"Kendall's W over {len(self.datasets)} datasets: {w}   (weight w = {self.weight})")
+        rows.append(f"xScore = G - {self.lam:g}·V over {len(self.datasets)} datasets; Kendall's W: {w}")
         return "\n".join(rows)
 
 
@@ -294,89 +339,157 @@ def compute_xscore(
     accuracy: Any,
     models: Sequence[str] | None = None,
     datasets: Sequence[str] | None = None,
-    weight: float = 0.5,
+    lam: float = DEFAULT_LAMBDA,
 ) -> XScoreReport:
-    """Every per-model component, xScore, its ranking and Kendall's W for an (M models, D datasets) table.
+    """xScore (the paper's G - λV) with its parts and the extra columns for an (M models, D datasets) table.
 
-    The ranking sorts by xScore, then mean accuracy, then worst accuracy (both higher first), then name, so it is
-    deterministic even with exact ties.
+    The ranking sorts by xScore, then G, then mean accuracy (all higher first), then name, so it is deterministic
+    even with exact ties.
     """
-    weight = _check_weight(weight)
+    lam = _check_lambda(lam)
     table = _as_table(accuracy)
     m_names = _names(models, table.shape[0], "model", "model")
     d_names = _names(datasets, table.shape[1], "dataset", "dataset")
+    norm = normalise_columns(table, d_names)
+    g, v = generalisation_and_variance(table)
+    x = g - lam * v
     ranks = rank_table(table)
     stability = rank_stability(ranks)
     mean_acc = table.mean(axis=1)
-    norm_acc = _minmax(mean_acc)
-    x = weight * norm_acc + (1.0 - weight) * stability
     worst_idx = np.argmin(table, axis=1)
-    order = sorted(range(len(m_names)), key=lambda i: (-x[i], -mean_acc[i], -table[i].min(), m_names[i]))
-    scores = []
-    for pos, i in enumerate(order, start=1):
-        scores.append(
-            ModelScore(
-                model=m_names[i],
-                position=pos,
-                xscore=float(x[i]),
-                mean_accuracy=float(mean_acc[i]),
-                normalised_mean_accuracy=float(norm_acc[i]),
-                worst_accuracy=float(table[i, worst_idx[i]]),
-                worst_dataset=d_names[int(worst_idx[i])],
-                ranks={d: float(ranks[i, j]) for j, d in enumerate(d_names)},
-                mean_rank=float(ranks[i].mean()),
-                rank_std=float(ranks[i].std(ddof=0)),
-                rank_stability=float(stability[i]),
-            )
+    order = sorted(range(len(m_names)), key=lambda i: (-x[i], -g[i], -mean_acc[i], m_names[i]))
+    scores = [
+        ModelScore(
+            model=m_names[i],
+            position=pos,
+            xscore=float(x[i]),
+            generalisation=float(g[i]),
+            variance=float(v[i]),
+            normalised={d: float(norm[i, j]) for j, d in enumerate(d_names)},
+            mean_accuracy=float(mean_acc[i]),
+            worst_accuracy=float(table[i, worst_idx[i]]),
+            worst_dataset=d_names[int(worst_idx[i])],
+            ranks={d: float(ranks[i, j]) for j, d in enumerate(d_names)},
+            mean_rank=float(ranks[i].mean()),
+            rank_std=float(ranks[i].std(ddof=0)),
+            rank_stability=float(stability[i]),
         )
-    return XScoreReport(
-        models=m_names,
-        datasets=d_names,
-        accuracy=table,
-        ranks=ranks,
-        weight=weight,
-        kendalls_w=kendalls_w(table),
-        scores=scores,
-    )
+        for pos, i in enumerate(order, start=1)
+    ]
+    return XScoreReport(models=m_names, datasets=d_names, accuracy=table, normalised=norm, ranks=ranks, lam=lam,
+                        kendalls_w=kendalls_w(table), scores=scores)
 
 
-# ----------------------------------------------------------------------------------------------- few datasets
+# ----------------------------------------------------------------------------------------------- k datasets
 
 
 @dataclass(frozen=True)
-class SubsetAgreement:
-    """Agreement of k-dataset xScores with the full-table xScore over the subsets examined."""
+class SubsetFit:
+    """An OLS fit X ≈ intercept + Σ coefficients[j] · a_j over the raw accuracies of ``datasets``."""
+
+    datasets: tuple[str, ...]
+    coefficients: tuple[float, ...]
+    intercept: float
+    r2: float
+
+    def predict(self, accuracies: Mapping[str, float] | Sequence[float]) -> float:
+        """The estimated xScore of a model from its accuracies on the subset (a mapping by name, or in order)."""
+        if isinstance(accuracies, Mapping):
+            missing = [d for d in self.datasets if d not in accuracies]
+            if missing:
+                raise DataError(f"the estimate needs accuracies on {list(self.datasets)}; missing {missing}")
+            vals = [float(accuracies[d]) for d in self.datasets]
+        else:
+            vals = [float(a) for a in accuracies]
+            if len(vals) != len(self.datasets):
+                raise DataError(f"the estimate needs {len(self.datasets)} accuracies ({list(self.datasets)}), "
+                                f"got {len(vals)}")
+        return self.intercept + sum(c * a for c, a in zip(self.coefficients, vals))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"datasets": list(self.datasets), "coefficients": list(self.coefficients),
+                "intercept": self.intercept, "r2": _nan_to_none(self.r2)}
+
+
+def fit_subset(accuracy: Any, target: Sequence[float] | np.ndarray, columns: Sequence[int],
+               datasets: Sequence[str] | None = None) -> SubsetFit:
+    """Least-squares fit with intercept of ``target`` on the raw accuracies of ``columns``; R² on the same rows.
+
+    R² = 1 - SS_res / SS_tot; NaN when the target does not vary (SS_tot = 0).
+    """
+    table = _as_table(accuracy)
+    d_names = _names(datasets, table.shape[1], "dataset", "dataset")
+    y = np.asarray(target, dtype=np.float64).ravel()
+    if len(y) != table.shape[0]:
+        raise DataError(f"{len(y)} target values for {table.shape[0]} models")
+    design = np.column_stack([np.ones(len(y)), table[:, list(columns)]])
+    beta, *_ = np.linalg.lstsq(design, y, rcond=None)
+    resid = y - design @ beta
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    r2 = float("nan") if ss_tot <= 0.0 else 1.0 - float(resid @ resid) / ss_tot
+    return SubsetFit(datasets=tuple(d_names[j] for j in columns), coefficients=tuple(float(b) for b in beta[1:]),
+                     intercept=float(beta[0]), r2=r2)
+
+
+@dataclass(frozen=True)
+class SubsetCurvePoint:
+    """The best and mean R² over the k-dataset subsets examined for one k."""
 
     k: int
-    best_rho: float
+    best_r2: float
     best_subset: tuple[str, ...]
-    mean_rho: float
-    worst_rho: float
+    mean_r2: float
     n_subsets: int
     exhaustive: bool
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d = {k: _nan_to_none(getattr(self, k)) for k in self.__dataclass_fields__}
         d["best_subset"] = list(self.best_subset)
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+        return d
 
 
 @dataclass(frozen=True)
-class FewDatasetEstimate:
-    """The best k-dataset subset for the requested k, and the agreement curve for every k = 1..D."""
+class SubsetEstimate:
+    """The paper's k-dataset estimator and how its ordering of the models compares with the full table's."""
 
     k: int
-    best_subset: tuple[str, ...]
-    best_rho: float
-    per_k: list[SubsetAgreement]
+    fit: SubsetFit
+    models: list[str]
+    full: dict[str, float]  # full-table xScore per model
+    estimated: dict[str, float]  # the fit's prediction per model
+    full_order: list[str]  # best first
+    estimated_order: list[str]
+    spearman_rho: float  # between the two orderings
+    n_subsets: int
+    exhaustive: bool
+    underdetermined: bool  # M <= k + 1: every subset fits exactly
+    curve: list[SubsetCurvePoint] = field(default_factory=list)  # k = 1 .. D
+
+    def moved(self) -> list[tuple[str, int, int]]:
+        """(model, full-table position, estimated position) for every model the estimate places elsewhere."""
+        est = {m: i for i, m in enumerate(self.estimated_order, start=1)}
+        return [(m, i, est[m]) for i, m in enumerate(self.full_order, start=1) if est[m] != i]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "k": self.k,
-            "best_subset": list(self.best_subset),
-            "best_rho": None if math.isnan(self.best_rho) else self.best_rho,
-            "per_k": [a.to_dict() for a in self.per_k],
-        }
+        return {"k": self.k, **self.fit.to_dict(), "full": self.full, "estimated": self.estimated,
+                "full_order": self.full_order, "estimated_order": self.estimated_order,
+                "spearman_rho": _nan_to_none(self.spearman_rho),
+                "moved": [{"model": m, "full_position": a, "estimated_position": b} for m, a, b in self.moved()],
+                "n_subsets": self.n_subsets, "exhaustive": self.exhaustive, "underdetermined": self.underdetermined,
+                "curve": [p.to_dict() for p in self.curve]}
+
+    def format(self) -> str:
+        f = self.fit
+        terms = " + ".join(f"{c:.5g}·{d}" for c, d in zip(f.coefficients, f.datasets))
+        lines = [f"{self.k}-dataset estimate: best of {self.n_subsets} subsets"
+                 f"{'' if self.exhaustive else ' (sampled)'}: {', '.join(f.datasets)}, R² = {f.r2:.3f}",
+                 f"  xScore ≈ {f.intercept:.5g} + {terms}   (raw accuracies, in the table's unit)",
+                 f"  ordering vs the full table: Spearman rho {self.spearman_rho:.3f}; "
+                 + ("same order" if not self.moved() else "moved: " + ", ".join(
+                     f"{m} {a}->{b}" for m, a, b in self.moved()))]
+        if self.underdetermined:
+            lines.append(f"  ({len(self.models)} models <= k + 1: every subset fits exactly; the choice means nothing)")
+        return "\n".join(lines)
 
 
 def _subsets(n: int, k: int, max_subsets: int, rng: np.random.Generator) -> tuple[list[tuple[int, ...]], bool]:
@@ -389,52 +502,76 @@ def _subsets(n: int, k: int, max_subsets: int, rng: np.random.Generator) -> tupl
     return sorted(seen), False
 
 
-def few_dataset_estimate(
+def _best_fit(table: np.ndarray, y: np.ndarray, subsets: Sequence[tuple[int, ...]], names: Sequence[str]
+              ) -> tuple[SubsetFit, list[float]]:
+    best: SubsetFit | None = None
+    r2s = []
+    for s in subsets:
+        f = fit_subset(table, y, s, names)
+        r2s.append(f.r2)
+        # strictly greater: among equal R² the first subset (datasets' order) stays; NaN never wins over a number
+        if best is None or (not math.isnan(f.r2) and (math.isnan(best.r2) or f.r2 > best.r2)):
+            best = f
+    assert best is not None
+    return best, r2s
+
+
+def subset_estimate(
     accuracy: Any,
+    models: Sequence[str] | None = None,
     datasets: Sequence[str] | None = None,
     k: int = 4,
-    weight: float = 0.5,
+    lam: float = DEFAULT_LAMBDA,
     max_subsets: int = 20000,
     seed: int = 0,
-) -> FewDatasetEstimate:
-    """Which k datasets reproduce the full-table xScore ranking best (Spearman ρ), and ρ for every k.
+    curve: bool = True,
+) -> SubsetEstimate:
+    """The paper's k-dataset estimate: the best-R² OLS fit of the full xScore on k datasets' raw accuracies.
 
-    Subsets whose ρ is undefined (constant xScores) count as worse than any defined ρ; among equal ρ the first
-    subset in lexicographic order of dataset positions wins, so the answer is deterministic.
+    Exhaustive while C(D, k) <= ``max_subsets``, else a seeded random sample (reported). ``curve``: also the best
+    and mean R² for every k = 1..D (the agreement plot).
     """
     table = _as_table(accuracy)
+    m_names = _names(models, table.shape[0], "model", "model")
     d_names = _names(datasets, table.shape[1], "dataset", "dataset")
     n_sets = table.shape[1]
     if not 1 <= k <= n_sets:
-        raise ConfigError(f"few-dataset k must be between 1 and the number of datasets ({n_sets}), got {k}")
+        raise ConfigError(f"subset size k must be between 1 and the number of datasets ({n_sets}), got {k}")
     if max_subsets < 1:
         raise ConfigError(f"max_subsets must be positive, got {max_subsets}")
-    weight = _check_weight(weight)
-    full = xscore_values(table, weight)
+    y = xscore_values(table, lam)
+    underdetermined = table.shape[0] <= k + 1
+    if underdetermined:
+        warnings.warn(f"{table.shape[0]} models and k = {k}: with at most k + 1 models every subset fits the "
+                      "xScore exactly, so the chosen subset says nothing; add models or lower k", stacklevel=2)
     rng = np.random.default_rng(seed)
-    per_k: list[SubsetAgreement] = []
+    points: list[SubsetCurvePoint] = []
+    chosen: tuple[SubsetFit, int, bool] | None = None
     for kk in range(1, n_sets + 1):
+        if kk != k and not curve:
+            continue
         subsets, exhaustive = _subsets(n_sets, kk, max_subsets, rng)
-        rhos = np.array([spearman_rho(xscore_values(table[:, list(s)], weight), full) for s in subsets])
-        defined = ~np.isnan(rhos)
-        if defined.any():
-            best_i = int(np.argmax(np.where(defined, rhos, -np.inf)))
-            best, mean, worst = float(rhos[best_i]), float(rhos[defined].mean()), float(rhos[defined].min())
-        else:
-            best_i, best, mean, worst = 0, float("nan"), float("nan"), float("nan")
-        per_k.append(
-            SubsetAgreement(
-                k=kk,
-                best_rho=best,
-                best_subset=tuple(d_names[i] for i in subsets[best_i]),
-                mean_rho=mean,
-                worst_rho=worst,
-                n_subsets=len(subsets),
-                exhaustive=exhaustive,
-            )
-        )
-    chosen = per_k[k - 1]
-    return FewDatasetEstimate(k=k, best_subset=chosen.best_subset, best_rho=chosen.best_rho, per_k=per_k)
+        best, r2s = _best_fit(table, y, subsets, d_names)
+        defined = [r for r in r2s if not math.isnan(r)]
+        points.append(SubsetCurvePoint(kk, best.r2, best.datasets, float(np.mean(defined)) if defined else math.nan,
+                                       len(subsets), exhaustive))
+        if kk == k:
+            chosen = (best, len(subsets), exhaustive)
+    assert chosen is not None
+    fit, n_subsets, exhaustive = chosen
+    cols = [d_names.index(d) for d in fit.datasets]
+    pred = fit.intercept + table[:, cols] @ np.asarray(fit.coefficients)
+
+    def order(v: np.ndarray) -> list[str]:
+        return [m_names[i] for i in sorted(range(len(m_names)), key=lambda i: (-v[i], m_names[i]))]
+
+    return SubsetEstimate(
+        k=k, fit=fit, models=m_names,
+        full={m: float(a) for m, a in zip(m_names, y)}, estimated={m: float(a) for m, a in zip(m_names, pred)},
+        full_order=order(y), estimated_order=order(pred), spearman_rho=spearman_rho(pred, y),
+        n_subsets=n_subsets, exhaustive=exhaustive, underdetermined=underdetermined,
+        curve=points if curve else [],
+    )
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -481,12 +618,13 @@ def table_from_records(
 
 def read_table_csv(path: str | Path) -> tuple[np.ndarray, list[str], list[str]]:
     """Read an accuracy table from CSV, long form (columns model, dataset, accuracy, others ignored) or wide form
-    (first column ``model``, one column per dataset), which is how tables are copied from papers."""
+    (first column ``model``, one column per dataset), which is how tables are copied from papers. Lines starting
+    with ``#`` are comments (a table's source)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"results table {str(path)!r} does not exist")
     with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(line for line in f if not line.lstrip().startswith("#")))
     if not rows:
         raise DataError(f"{path}: no rows")
     header = list(rows[0].keys())
