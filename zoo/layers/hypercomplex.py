@@ -32,7 +32,7 @@ import math
 import torch
 import torch.fx
 import torch.nn.functional as F
-from timm.layers import register_notrace_function
+from timm.layers import is_exportable, register_notrace_function
 from torch import nn
 
 from ..errors import InputShapeError
@@ -121,7 +121,9 @@ class _PHLayer(nn.Module):
         return kron_weight(self.A, self.F)
 
     def _forward_weight(self) -> torch.Tensor:
-        cache = None if self.training or torch.is_grad_enabled() else self._cache
+        # an exported graph composes from the factors, so the file stores F (n times fewer values than W)
+        exporting = is_exportable()
+        cache = None if self.training or torch.is_grad_enabled() or exporting else self._cache
         return _ph_weight(self.A, self.F, cache)
 
     @torch.no_grad()
