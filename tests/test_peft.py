@@ -225,6 +225,7 @@ def test_dinov2_vit_is_a_change_detection_encoder_with_lora(tmp_path: Path) -> N
 
 def test_adapter_checkpoint_predicts(lora_run: dict, tmp_path: Path) -> None:
     from PIL import Image
+
     from zoo.predict import predict
 
     img = tmp_path / "x.png"
