@@ -29,9 +29,10 @@ import torch
 import zoo
 from zoo.bench import interleaved_latency
 from zoo.checkpoint import atomic_write_bytes
+from zoo.cli import data_overrides
 from zoo.errors import CheckpointError
 
-from .evaluate import ExportedModel, build_eval_data, data_overrides, evaluate_module, evaluation_config
+from .evaluate import ExportedModel, build_eval_data, evaluate_module, evaluation_config
 from .quantize import SELECTS, file_size
 
 #: every row ``zoo benchmark`` knows, in table order; ``pytorch`` is the reference and always runs

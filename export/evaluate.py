@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoo.cli import data_overrides, print_metrics
 from zoo.errors import ConfigError, ExportError, InputShapeError
 
 from .metadata import sidecar_path
@@ -266,13 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def data_overrides(data: str | None) -> list[str]:
-    """``--data``: an existing folder is ``data.root``, anything else a dataset name."""
-    if not data:
-        return []
-    return [f"data.root={data}"] if Path(data).exists() else [f"data.dataset={data}"]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     # argparse puts a key=value that comes first into FILE
@@ -284,12 +278,5 @@ def main(argv: list[str] | None = None) -> int:
         raise ExportError("give the exported file: zoo eval FILE.onnx (or --checkpoint FILE)")
     metrics = evaluate_exported(path, data_overrides(args.data) + overrides, split=args.split,
                                 batch_size=args.batch_size, threads=args.threads, limit=args.limit)
-    if args.json:
-        print(json.dumps(metrics, indent=2, sort_keys=True))
-    else:
-        for k, v in metrics.items():
-            if isinstance(v, float):
-                print(f"{k:>14}  {v:.4f}")
-            else:
-                print(f"{k:>14}  {v}")
+    print_metrics(metrics, args.json)
     return 0

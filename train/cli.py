@@ -8,7 +8,6 @@ checkpoint and the plot of the curves went. The same command works under ``torch
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 TRAIN_EPILOG = """examples:
@@ -89,24 +88,12 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (data.img_size=...)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
+    from zoo.cli import data_overrides, print_metrics
+
     from .engine import evaluate_checkpoint
 
-    overrides = list(args.overrides)
-    if args.data:
-        from pathlib import Path
-
-        if Path(args.data).exists():
-            overrides.append(f"data.root={args.data}")
-        else:
-            overrides.append(f"data.dataset={args.data}")
+    overrides = list(args.overrides) + data_overrides(args.data)
     metrics = evaluate_checkpoint(args.checkpoint, overrides, split=args.split, device=args.device,
                                   batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps(metrics, indent=2, sort_keys=True))
-    else:
-        for k, v in metrics.items():
-            if isinstance(v, float):
-                print(f"{k:>14}  {v:.4f}")
-            elif isinstance(v, int):
-                print(f"{k:>14}  {v}")
+    print_metrics(metrics, args.json)
     return 0

@@ -32,6 +32,30 @@ EXPORTED_SUFFIXES = (".onnx", ".ort", ".pte", ".tflite")
 EXPORTED_EVAL = "zoo.export.evaluate:main"
 
 
+def data_overrides(data: str | None) -> list[str]:
+    """``--data`` of the eval commands: an existing folder is ``data.root``, anything else a dataset name."""
+    if not data:
+        return []
+    from pathlib import Path
+
+    return [f"data.root={data}"] if Path(data).exists() else [f"data.dataset={data}"]
+
+
+def print_metrics(metrics: dict, as_json: bool) -> None:
+    """One report format for ``zoo eval`` on a checkpoint and on an exported file: JSON, or one aligned line per
+    scalar (floats to 4 places; lists such as per-class IoU only in JSON)."""
+    if as_json:
+        import json
+
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+        return
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            print(f"{k:>14}  {v:.4f}")
+        elif isinstance(v, (int, str)):
+            print(f"{k:>14}  {v}")
+
+
 def _usage() -> str:
     width = max(len(k) for k in SUBCOMMANDS)
     rows = "\n".join(f"  {k.ljust(width)}  {help_}" for k, (_, help_) in SUBCOMMANDS.items())
