@@ -54,12 +54,19 @@ def check_model(name: str, size: int, tol: float) -> bool:
 
 
 def check_tasks(size: int) -> bool:
+    """Each dense and detection task model runs on the GPU; its inputs come from the task's own synthetic batch,
+    passed in the task class's ``batch_keys`` order, so no task is special-cased here."""
+    from zoo.data.synthetic import synthetic_batch
+    from zoo.heads import get_task
+
     ok = True
     for task, head in (("segmentation", "fpn"), ("detection", "retinanet"), ("change_detection", None)):
         model = zoo.create_model("emov2_1m", task=task, head=head, num_classes=3).cuda().eval()
-        x = torch.randn(1, 3, size * 2, size * 2, device="cuda")
+        batch = synthetic_batch(task, batch_size=1, size=size * 2, num_classes=3)
+        inputs = [batch[k] for k in get_task(task).batch_keys]
+        inputs = [[t.cuda() for t in x] if isinstance(x, list) else x.cuda() for x in inputs]
         with torch.no_grad():
-            out = model(x, x) if task == "change_detection" else model([x[0]] if task == "detection" else x)
+            out = model(*inputs)
         t = _first_tensor(out)
         print(f"ok  emov2_1m {task:16s} output on {t.device}")
         ok &= t.is_cuda

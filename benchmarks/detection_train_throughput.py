@@ -52,9 +52,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from zoo.train.config import load_config
-    from zoo.train.data import make_loader
-    from zoo.train.tasks import get_task
+    from zoo.config import load_config
+    from zoo.data.build import make_loader
+    from zoo.tasks import get_task
 
     root = Path(tempfile.mkdtemp(prefix="lightzoo_det_bench_"))
     overrides = [f"data.root={root / 'data'}", f"out_dir={root / 'run'}"]

@@ -32,9 +32,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from torch.utils.data import Subset
-    from zoo.train.config import load_config
-    from zoo.train.data import build_classification_data, make_loader
     from zoo.train.engine import _Trainer
+
+    from zoo.config import load_config
+    from zoo.data.build import build_classification_data, make_loader
 
     n = args.batches * args.batch_size
     cfg = load_config(None, [f"model.name={args.model}", f"data.img_size={args.img_size}",

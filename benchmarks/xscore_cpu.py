@@ -6,7 +6,7 @@ projects it per (model, dataset) cell:
 1. ``c_train``: the cost of one training image per model, at the model's input size under the recipe and each
    batch size the recipe's size tiers use: forward, label-smoothed cross-entropy, backward, AdamW, timed over
    ``--budget`` seconds.
-2. A *probe run* of the real command (``zoo.train.xscore_cli.main``) with the same models, datasets and threads,
+2. A *probe run* of the real command (``zoo.train.xscore.cli.main``) with the same models, datasets and threads,
    but one epoch of ``--probe-images`` training images per dataset: each cell's seconds include everything the real
    run does once per cell (model building, data preparation, the one validation pass over the whole validation
    split, checkpoints).
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from zoo.train import xscore_cli as cli
+from zoo.train.xscore import cli
 
 import zoo
 from zoo.data.embedded import EMBEDDED_INFO, EMBEDDED_SUITE

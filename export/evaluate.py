@@ -3,12 +3,13 @@
 Why: an export's parity check says the file computes what PyTorch computes on a few inputs; a person shipping it
 needs the task metric on real images, measured the way the checkpoint's was so the two can be compared. So the
 file runs behind :class:`ExportedModel`, a small ``nn.Module`` that returns what the PyTorch model returns in eval
-mode (logits; detections after :func:`export.detection_postprocess`), and the dataset, preprocessing and metric
-accumulators are the trainer's own (``zoo.train.tasks``), configured from the file's JSON sidecar (the training
-config of the checkpoint it came from, its input size, mean and std).
+mode (the task class's ``run_exported``: logits; detections after the head's post-processing), and the dataset,
+preprocessing and metric accumulators are the ones training uses (:mod:`zoo.tasks`, :mod:`zoo.data.build`),
+configured from the file's JSON sidecar (the training config of the checkpoint it came from, its input size,
+mean and std).
 
-This module and :mod:`export.benchmark` are the only places in ``export`` that read training datasets; they import
-``zoo.train`` inside functions, so ``zoo export`` never loads the trainer.
+This module and :mod:`export.benchmark` are the only places in ``export`` that read datasets; they import them
+inside functions, so ``zoo export`` alone never loads the data pipeline.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch
 from torch import nn
 
 from zoo.cli import data_overrides, print_metrics
-from zoo.errors import ConfigError, ExportError, InputShapeError
+from zoo.errors import ConfigError, ExportError
+from zoo.heads import get_task
 
 from .metadata import sidecar_path
 from .parity import make_session
@@ -94,42 +96,19 @@ class ExportedModel(nn.Module):
         self.sidecar = read_sidecar(path)
         self.run_one = load_runner(path, threads)
         self.task = str(self.sidecar["task"])
+        self.task_class = get_task(self.task)
         self.input_size = tuple(int(s) for s in self.sidecar["input_size"])
-        self.output_names = [o["name"] for o in self.sidecar["outputs"]]
-        self.primary = self.output_names.index(self.sidecar.get("primary_output") or self.output_names[0])
         self.eval()
 
     def forward(self, *inputs: Any) -> Any:
-        if self.task == "detection":
-            return self._detect(inputs[0])
-        arrays = [x.detach().float().cpu().numpy() for x in inputs]
-        if tuple(arrays[0].shape[1:]) != self.input_size:
-            raise InputShapeError(f"{self.path.name} takes inputs of shape (N, {', '.join(map(str, self.input_size))})"
-                                  f"; the data gives {tuple(arrays[0].shape)} (set data.img_size to match)")
-        outs = [self.run_one([a[i:i + 1] for a in arrays])[self.primary] for i in range(arrays[0].shape[0])]
-        return torch.from_numpy(np.concatenate(outs, 0))
-
-    def _detect(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        from .detection import detection_postprocess
-
-        h_in, w_in = self.input_size[-2:]
-        results = []
-        for im in images:
-            h, w = im.shape[-2:]
-            x = nn.functional.interpolate(im[None].float().cpu(), size=(h_in, w_in), mode="bilinear",
-                                          align_corners=False)
-            raw = self.run_one([x.numpy()])
-            det = detection_postprocess(dict(zip(self.output_names, raw)), self.sidecar["postprocess"])[0]
-            det["boxes"] = det["boxes"] * torch.tensor([w / w_in, h / h_in, w / w_in, h / h_in])
-            results.append(det)
-        return results
+        return self.task_class.run_exported(self.run_one, inputs, self.sidecar)
 
 
 def evaluation_config(sidecar: Mapping[str, Any], overrides: Sequence[str] = (), split: str | None = None,
                       batch_size: int | None = None) -> Any:
     """The trainer's config for scoring a file: its checkpoint's training config (dataset, splits), at the file's
     input size and normalisation, changed by ``overrides`` (``data.root=...``, ``data.dataset=...``)."""
-    from zoo.train.config import load_config
+    from zoo.config import load_config
 
     base = json.loads(json.dumps(sidecar.get("training_config") or {}))
     names_data = bool(base) or any(o.startswith(("data.dataset=", "data.root=")) for o in overrides)
@@ -144,7 +123,8 @@ def evaluation_config(sidecar: Mapping[str, Any], overrides: Sequence[str] = (),
     cfg = load_config(base, overrides)
     cfg.model.in_chans = size[0]
     pre = sidecar.get("preprocessing") or {}
-    if cfg.data.mean is None and sidecar["task"] != "detection" and pre.get("mean") is not None:
+    normalises_itself = get_task(sidecar["task"]).data_rules.get("normalize_in_model", False)
+    if cfg.data.mean is None and not normalises_itself and pre.get("mean") is not None:
         cfg.data.mean, cfg.data.std = list(pre["mean"]), list(pre["std"])
     if split is not None:
         cfg.data.val_split = split
@@ -154,8 +134,8 @@ def evaluation_config(sidecar: Mapping[str, Any], overrides: Sequence[str] = (),
 
 
 def build_eval_data(cfg: Any) -> Any:
-    """The trainer's task adapter and data bundle for ``cfg`` (``zoo.train``'s, imported here on purpose)."""
-    from zoo.train.tasks import get_task
+    """The task adapter and data bundle for ``cfg``, the same ones training builds."""
+    from zoo.tasks import get_task
 
     task = get_task(cfg.task)
     data = task.build_data(cfg)
@@ -169,7 +149,8 @@ def evaluate_module(model: nn.Module, cfg: Any, task: Any, data: Any, limit: int
     """The task's metrics of ``model`` (PyTorch or :class:`ExportedModel`) over the validation split, with the
     trainer's accumulator; ``limit`` scores only the first ``limit`` images (quick looks, tests)."""
     from torch.utils.data import Subset
-    from zoo.train.data import make_loader
+
+    from zoo.data.build import make_loader
 
     val = data.val if limit is None else Subset(data.val, range(min(limit, len(data.val))))
     loader, _ = make_loader(val, cfg.data.val_batch_size or 2 * cfg.data.batch_size, train=False, seed=0, rank=0,
@@ -218,7 +199,7 @@ def training_calibration(meta: Mapping[str, Any], input_size: Sequence[int], n_i
                "preprocessing": {"mean": meta.get("mean"), "std": meta.get("std")}, "file": meta.get("model")}
     try:
         cfg = evaluation_config(sidecar, ["data.augment=false"])
-        from zoo.train.tasks import get_task
+        from zoo.tasks import get_task
 
         data = get_task(cfg.task).build_data(cfg)
     except Exception as e:  # noqa: BLE001 - any failure to read the data means: fall back to synthetic

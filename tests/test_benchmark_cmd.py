@@ -11,10 +11,10 @@ import pytest
 import torch
 from zoo.export import benchmark
 from zoo.export.probe import make_informative
-from zoo.train.config import load_config
 
 import zoo
 from zoo.cli import main as zoo_main
+from zoo.config import load_config
 
 SIZE = 16
 

@@ -10,7 +10,8 @@ import typing
 from pathlib import Path
 
 import pytest
-from zoo.train.config import CHOICES, Config, all_keys, describe_keys, format_value, get_key, key_type, load_config
+
+from zoo.config import CHOICES, Config, all_keys, describe_keys, format_value, get_key, key_type, load_config
 
 BOOL_SPELLINGS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from zoo.train.config import DistillConfig
 from zoo.train.distill import Distiller
 from zoo.train.engine import STATE_FILE, fit, load_train_state
 
 import zoo
+from zoo.config import DistillConfig
 from zoo.errors import ConfigError
 
 TINY = ["model.name=test_efficientnet", "data.dataset=synthetic", "data.img_size=16", "data.batch_size=8",

@@ -13,11 +13,11 @@ import torch
 import zoo.export as export
 from zoo.export.evaluate import evaluate_exported, training_calibration
 from zoo.export.probe import make_informative
-from zoo.train.config import load_config
 from zoo.train.engine import evaluate_checkpoint
 
 import zoo
 from zoo.cli import main as zoo_main
+from zoo.config import load_config
 from zoo.errors import ConfigError
 
 SIZE = 16

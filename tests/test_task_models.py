@@ -61,9 +61,10 @@ def _checkpoint(model: torch.nn.Module, path: Path, meta: dict) -> Path:
 
 def test_detector_internal_size_follows_data_img_size_in_training_eval_and_export(tmp_path: Path) -> None:
     import zoo.export as export
-    from zoo.train.config import load_config
-    from zoo.train.data import DataBundle
-    from zoo.train.tasks import get_task
+
+    from zoo.config import load_config
+    from zoo.data.build import DataBundle
+    from zoo.tasks import get_task
 
     cfg = load_config({"task": "detection", "model": {"name": TIMM, "head": "retinanet",
                                                        "kwargs": {"fpn_channels": 16}},
@@ -89,7 +90,7 @@ def test_predict_eval_and_the_exported_sidecar_recipe_agree_on_a_real_image(tmp_
     skdata = pytest.importorskip("skimage.data")
     import onnxruntime as ort
     import zoo.export as export
-    from zoo.train import tasks
+    from zoo import tasks
     from zoo.train.cli import main as train_main
     from zoo.train.engine import evaluate_checkpoint
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from zoo.train.config import Config, all_keys, load_config, parse_override
 
+from zoo.config import Config, all_keys, load_config, parse_override
 from zoo.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

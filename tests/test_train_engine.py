@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from zoo.train.config import load_config
-from zoo.train.data import DataBundle, build_classification_data
 from zoo.train.engine import STATE_FILE, evaluate_checkpoint, fit, load_train_state
 
 import zoo
+from zoo.config import load_config
+from zoo.data.build import DataBundle, build_classification_data
 from zoo.errors import CheckpointError, ConfigError
 
 TINY = ["model.name=test_efficientnet", "data.dataset=synthetic", "data.img_size=16", "data.batch_size=8",

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-from zoo.train.config import load_config
 
+from zoo.config import load_config
 from zoo.errors import ConfigError
 from zoo.manifest import manifest_path, schema_path
 from zoo.resources import configs_dir, list_configs, resolve_config

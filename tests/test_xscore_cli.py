@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zoo.train.xscore_cli as cli
+import zoo.train.xscore.cli as cli
 
 from zoo.errors import ConfigError, DataError, UnknownModelError
 
@@ -62,18 +62,50 @@ def test_table_mode_on_the_papers_table(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_paper_peers_expand_and_are_about_two_and_a_half_million_parameters() -> None:
+    from timm.utils import reparameterize_model
+
     import zoo
     from zoo.bench import count_params
 
-    assert list(cli.PAPER_PEERS) == ["peer_convmixer", "peer_efficientnet", "peer_mobilenet", "peer_ghostnet",
-                                     "peer_tinynet", "peer_mobileone", "peer_fbnet", "peer_convnext",
+    assert list(cli.PAPER_PEERS) == ["peer_convmixer", "peer_efficientnet", "peer_mobilenet", "peer_shufflenet",
+                                     "peer_ghostnet", "peer_tinynet", "peer_mobileone", "peer_fbnet", "peer_convnext",
                                      "peer_mobilevit", "peer_starnet"]
     assert cli.expand_models(["emov2_1m", "paper-peers", "peer_starnet"]) == ["emov2_1m", *cli.PAPER_PEERS]
-    # two of the cheaper ones, counted exactly (100 classes; the rest are listed in the module)
+    # some counted exactly (100 classes; the rest are listed in the module)
     assert count_params(zoo.create_model("peer_ghostnet", num_classes=100)) == 2_578_006
     assert count_params(zoo.create_model("peer_efficientnet", num_classes=100)) == 2_467_540
+    assert count_params(zoo.create_model("peer_shufflenet", num_classes=100)) == 2_581_124  # torchvision's class
+    mobileone = zoo.create_model("peer_mobileone", num_classes=100)
+    assert count_params(mobileone) == 2_671_332
+    assert count_params(reparameterize_model(mobileone.eval())) == 2_621_412  # near 2.5 M deployed too
     with pytest.raises(ConfigError, match="no pretrained weights"):
         zoo.create_model("peer_ghostnet", pretrained=True)
+
+
+def test_import_zoo_registers_the_peers_with_timm_but_not_as_zoo_models() -> None:
+    import subprocess
+    import sys
+
+    code = ("import timm, zoo; from zoo.registry import timm_registered_models; "
+            "assert timm.is_model('peer_shufflenet') and timm.is_model('peer_mobileone'); "
+            "assert not any(n.startswith('peer_') for n in zoo.list_models() + timm_registered_models()); "
+            "import sys; assert 'zoo.train' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_shufflenet_peer_speaks_timms_model_interface() -> None:
+    import torch
+
+    import zoo
+
+    m = zoo.create_model("peer_shufflenet", num_classes=3, in_chans=1).eval()
+    x = torch.randn(2, 1, 32, 32)
+    assert m(x).shape == (2, 3) and m.forward_features(x).shape == (2, 1024, 1, 1)
+    assert m.get_classifier().out_features == 3 and m.pretrained_cfg["input_size"][0] == 1
+    m.reset_classifier(0)
+    assert m(x).shape == (2, 1024)
+    with pytest.raises(ConfigError, match="no pretrained weights"):
+        zoo.create_model("peer_shufflenet", pretrained=True)
 
 
 def test_recipe_tiers_follow_the_training_set_size() -> None:

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-epoch lines")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from .config import describe_keys, load_config
+    from zoo.config import describe_keys, load_config
 
     if args.help_config:
         print("config keys (set them in YAML or as key=value):\n" + describe_keys())

@@ -24,9 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo
+from zoo.config import DistillConfig
 from zoo.errors import ConfigError
-
-from .config import DistillConfig
 
 
 def _num_classes(model: nn.Module) -> int | None:

@@ -1,6 +1,6 @@
 """The training engine: one loop for all four tasks, built from timm's parts.
 
-Public entry point: :func:`fit`. Everything task-specific sits in a small adapter (``train.tasks``); everything
+Public entry point: :func:`fit`. Everything task-specific sits in a small adapter (``zoo.tasks``); everything
 here is shared: timm's optimizer and scheduler factories, ``timm.data.Mixup`` and ``timm.loss`` (through the
 classification adapter), ``timm.utils.ModelEmaV3``, AMP, gradient accumulation and clipping, channels_last,
 backbone freezing, DDP under ``torchrun``, per-epoch validation, best/last checkpoints (safetensors + JSON
@@ -10,7 +10,7 @@ adapter checkpoints) and ``train.distill`` (``train.distill``: a frozen teacher'
 
 Why the resume is exact: the state file holds model, optimizer, scheduler, grad scaler, EMA, every rank's RNG
 states, the epoch and the number of batches already consumed; the data order and each sample's augmentation are
-functions of ``(seed, epoch, position)`` only (``train.data``), and no DataLoader draws from the global generator.
+functions of ``(seed, epoch, position)`` only (``zoo.data.build``), and no DataLoader draws from the global generator.
 A run stopped after any optimizer step and resumed therefore replays exactly the computation it skipped.
 """
 
@@ -38,11 +38,10 @@ from torch import nn
 
 import zoo
 from zoo.checkpoint import atomic_write_bytes, pickle_errors
+from zoo.config import Config, load_config
+from zoo.data.build import DataBundle, make_loader
 from zoo.errors import CheckpointError, ConfigError, ZooError
-
-from .config import Config, load_config
-from .data import DataBundle, make_loader
-from .tasks import Task, get_task
+from zoo.tasks import Task, get_task
 
 STATE_FORMAT = "lightzoo-train-state"
 STATE_VERSION = 1
@@ -849,11 +848,11 @@ def fit(config: Config | Mapping[str, Any] | str | os.PathLike | None = None,
         data: DataBundle | None = None, quiet: bool = False) -> dict[str, Any]:
     """Train a model; return where everything went and the best validation metrics.
 
-    ``config``: a :class:`train.config.Config`, a mapping with the same nesting, a YAML path, or ``None`` for the
+    ``config``: a :class:`zoo.config.Config`, a mapping with the same nesting, a YAML path, or ``None`` for the
     defaults (``emov2_1m`` on digits). ``overrides``: ``["optim.lr=1e-3", ...]`` or ``{"optim.lr": 1e-3}``.
     ``resume``: ``True`` (the run folder's ``train_state.pt``), a run folder, or a state file; without ``config``
     the state's own config is used (``overrides`` still apply, e.g. ``train.epochs``).
-    ``data``: an already built :class:`train.data.DataBundle` (custom datasets) instead of ``data.dataset``.
+    ``data``: an already built :class:`zoo.data.build.DataBundle` (custom datasets) instead of ``data.dataset``.
     Under ``torchrun`` every rank calls ``fit``; only rank 0 writes files.
 
     Returns a dict with ``best_metric`` (e.g. ``"top1"``), ``best`` (its value), ``best_epoch``, ``best_metrics``

@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("zoo.predict.cli:main", "run a trained checkpoint on images"),
     "export": ("zoo.export.cli:main", "export to ONNX / ORT Mobile / ExecuTorch / LiteRT with parity checks"),
     "benchmark": ("zoo.export.benchmark:main", "every export format of a checkpoint: size, real metric, latency"),
-    "xscore": ("zoo.train.xscore_cli:main", "cross-dataset robustness evaluation (xScore)"),
+    "xscore": ("zoo.train.xscore.cli:main", "cross-dataset robustness evaluation (xScore)"),
     "weights": ("zoo.weights_cli:main", "list, fetch and convert pretrained weights"),
     "data": ("zoo.data.cli:main", "make synthetic datasets for every task"),
 }

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from zoo.train.config import load_config
 
 from zoo.cli import main as zoo_main
+from zoo.config import load_config
 from zoo.errors import ConfigError
 
 

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from torchvision.ops import box_convert
-from zoo.train.config import all_keys, load_config, parse_override
 
+from zoo.config import all_keys, load_config, parse_override
 from zoo.data import CocoDetectionDataset
 from zoo.errors import ConfigError
 from zoo.metrics import CocoEvaluator, change_metrics, coco_map, confusion_matrix, segmentation_metrics, topk_accuracy

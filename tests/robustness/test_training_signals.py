@@ -23,11 +23,11 @@ from typing import IO
 
 import pytest
 import torch
-from zoo.train.config import load_config
 from zoo.train.engine import STATE_FILE, fit, load_train_state
-from zoo.train.tasks import ClassificationTask
 
+from zoo.config import load_config
 from zoo.errors import ConfigError, ZooError
+from zoo.tasks import ClassificationTask
 
 # ~100k parameters, 64 16x16 images, 8 batches of 8, 2 micro-batches per update: 4 updates per epoch, 12 in all.
 # EMA, mixup (numpy RNG) and drop-path (torch RNG) make every source of state count in the comparison.

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-TASKS = ("classification", "detection", "segmentation", "change_detection")
-
 
 def main(argv: list[str] | None = None) -> int:
+    from ..heads import task_names
+
     parser = argparse.ArgumentParser(prog="zoo data", description="Dataset utilities")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("synth", help="write a deterministic synthetic dataset in the task's on-disk format")
-    s.add_argument("--task", required=True, choices=TASKS)
+    s.add_argument("--task", required=True, choices=task_names())
     s.add_argument("--out", required=True, help="output folder (created)")
     s.add_argument("--n", type=int, default=24, help="number of images / pairs (a quarter go to val)")
     s.add_argument("--size", type=int, default=64, help="image side in pixels")

@@ -36,15 +36,12 @@ def collate_change(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]
             "targets": torch.stack([s["target"] for s in samples])}
 
 
-_COLLATE: dict[str, Callable[[Sequence[dict[str, Any]]], dict[str, Any]]] = {
-    "classification": collate_classification, "detection": collate_detection,
-    "segmentation": collate_segmentation, "change_detection": collate_change,
-}
-
-
 def collate_fn(task: str) -> Callable[[Sequence[dict[str, Any]]], dict[str, Any]]:
-    """The collate function for ``task`` (pass it to ``torch.utils.data.DataLoader``)."""
-    try:
-        return _COLLATE[task]
-    except KeyError:
-        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(_COLLATE)}") from None
+    """The collate function for ``task`` (pass it to ``torch.utils.data.DataLoader``): the one its task class
+    (:mod:`zoo.heads`) names as ``collate``."""
+    from ..heads import get_task
+
+    fn = get_task(task).collate
+    if fn is None:
+        raise ConfigError(f"task {task!r} names no collate function")
+    return fn

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,141 @@ def change_pair(rng: np.random.Generator, size: int = 64, num_classes: int = 3) 
     return {"image_a": a, "image_b": b, "mask": (change > 0).astype(np.uint8)}
 
 
+# ------------------------------------------------------------------------------------------- per-task formats
+Tensorise = Callable[..., Any]  # (H, W, 3) uint8 image -> (3, H, W) float tensor (normalised unless told not to)
+Splits = Sequence[tuple[str, int]]  # (split name, sample index) in generation order
+
+
+def classification_batch(rng: np.random.Generator, n: int, size: int, num_classes: int, tensor: Tensorise
+                         ) -> dict[str, Any]:
+    import torch
+
+    samples = [classification_sample(rng, size, num_classes) for _ in range(n)]
+    return {"images": torch.stack([tensor(i) for i, _ in samples]), "targets": torch.tensor([c for _, c in samples])}
+
+
+def detection_batch(rng: np.random.Generator, n: int, size: int, num_classes: int, tensor: Tensorise
+                    ) -> dict[str, Any]:
+    import torch
+
+    scenes = [shapes_scene(rng, size, num_classes) for _ in range(n)]
+    return {"images": [tensor(s["image"], normalise=False) for s in scenes],
+            "targets": [{"boxes": torch.from_numpy(s["boxes"]), "labels": torch.from_numpy(s["labels"])}
+                        for s in scenes]}
+
+
+def segmentation_batch(rng: np.random.Generator, n: int, size: int, num_classes: int, tensor: Tensorise
+                       ) -> dict[str, Any]:
+    import torch
+
+    scenes = [shapes_scene(rng, size, num_classes - 1) for _ in range(n)]
+    return {"images": torch.stack([tensor(s["image"]) for s in scenes]),
+            "targets": torch.stack([torch.from_numpy(s["mask"]).long() for s in scenes])}
+
+
+def change_batch(rng: np.random.Generator, n: int, size: int, num_classes: int, tensor: Tensorise
+                 ) -> dict[str, Any]:
+    import torch
+
+    pairs = [change_pair(rng, size) for _ in range(n)]
+    return {"image_a": torch.stack([tensor(p["image_a"]) for p in pairs]),
+            "image_b": torch.stack([tensor(p["image_b"]) for p in pairs]),
+            "targets": torch.stack([torch.from_numpy(p["mask"]).long() for p in pairs])}
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG")
+
+
+def write_classification(out: Path, rng: np.random.Generator, splits: Splits, size: int, classes: list[str],
+                         meta: dict[str, Any]) -> None:
+    """``train/<class>/xxxx.png`` and ``val/...`` image folders, plus ``train.csv`` / ``val.csv`` lists."""
+    rows: dict[str, list[tuple[str, int]]] = {"train": [], "val": []}
+    for split in rows:  # every class folder in every split, so class indices agree between splits
+        for name in classes:
+            (out / split / name).mkdir(parents=True, exist_ok=True)
+    for split, i in splits:
+        img, c = classification_sample(rng, size, len(classes))
+        rel = f"{split}/{classes[c]}/{i:04d}.png"
+        _save_png(out / rel, img)
+        rows[split].append((rel, c))
+    for split, items in rows.items():
+        with open(out / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label"])
+            w.writerows(items)
+
+
+def write_detection(out: Path, rng: np.random.Generator, splits: Splits, size: int, classes: list[str],
+                    meta: dict[str, Any]) -> None:
+    """``images/xxxx.png`` with COCO files ``annotations/instances_{train,val}.json``."""
+    cocos = {s: {"images": [], "annotations": [],
+                 "categories": [{"id": c, "name": name} for c, name in enumerate(classes)]}
+             for s in ("train", "val")}
+    for split, i in splits:
+        sc = shapes_scene(rng, size, len(classes))
+        _save_png(out / "images" / f"{i:04d}.png", sc["image"])
+        coco = cocos[split]
+        coco["images"].append({"id": i, "file_name": f"{i:04d}.png", "width": size, "height": size})
+        for b, lab in zip(sc["boxes"], sc["labels"]):
+            w, h = float(b[2] - b[0]), float(b[3] - b[1])
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i,
+                                        "category_id": int(lab), "bbox": [float(b[0]), float(b[1]), w, h],
+                                        "area": w * h, "iscrowd": 0})
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    for split, coco in cocos.items():
+        (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
+
+
+def write_segmentation(out: Path, rng: np.random.Generator, splits: Splits, size: int, classes: list[str],
+                       meta: dict[str, Any]) -> None:
+    """``{train,val}/images/xxxx.png`` + ``{train,val}/masks/xxxx.png`` (same stems; 0 = background, ``c + 1`` =
+    shape class c, so one more segmentation class than shape classes)."""
+    meta["classes"] = ["background", *classes]
+    for split, i in splits:
+        sc = shapes_scene(rng, size, len(classes))
+        _save_png(out / split / "images" / f"{i:04d}.png", sc["image"])
+        _save_png(out / split / "masks" / f"{i:04d}.png", sc["mask"])
+
+
+def write_change(out: Path, rng: np.random.Generator, splits: Splits, size: int, classes: list[str],
+                 meta: dict[str, Any]) -> None:
+    """LEVIR-CD layout ``{train,val}/A``, ``/B``, ``/label`` (labels 0 / 255 like LEVIR-CD)."""
+    meta["classes"] = ["unchanged", "changed"]
+    for split, i in splits:
+        p = change_pair(rng, size, len(classes))
+        _save_png(out / split / "A" / f"{i:04d}.png", p["image_a"])
+        _save_png(out / split / "B" / f"{i:04d}.png", p["image_b"])
+        _save_png(out / split / "label" / f"{i:04d}.png", p["mask"] * 255)
+
+
+@dataclass(frozen=True)
+class SyntheticFormat:
+    """How a task's synthetic shapes data is made. Each task class (:mod:`zoo.heads`) names its format as its
+    ``synthetic`` attribute, so a new task brings its own generator without an edit here."""
+
+    batch: Callable[[np.random.Generator, int, int, int, Tensorise], dict[str, Any]]
+    write: Callable[[Path, np.random.Generator, Splits, int, list[str], dict[str, Any]], None]
+
+
+CLASSIFICATION = SyntheticFormat(classification_batch, write_classification)
+DETECTION = SyntheticFormat(detection_batch, write_detection)
+SEGMENTATION = SyntheticFormat(segmentation_batch, write_segmentation)
+CHANGE_DETECTION = SyntheticFormat(change_batch, write_change)
+
+
+def _format(task: str) -> SyntheticFormat:
+    from ..heads import get_task
+
+    fmt = get_task(task).synthetic
+    if fmt is None:
+        raise ConfigError(f"task {task!r} has no synthetic data generator")
+    return fmt
+
+
 # ----------------------------------------------------------------------------------------- in-memory batches
 def synthetic_batch(task: str, batch_size: int = 2, size: int = 64, num_classes: int = 3, seed: int = 0
                     ) -> dict[str, Any]:
@@ -122,6 +259,7 @@ def synthetic_batch(task: str, batch_size: int = 2, size: int = 64, num_classes:
     """
     import torch
 
+    fmt = _format(task)
     rng = np.random.default_rng(seed)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -130,99 +268,25 @@ def synthetic_batch(task: str, batch_size: int = 2, size: int = 64, num_classes:
         t = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
         return (t - mean) / std if normalise else t
 
-    if task == "classification":
-        samples = [classification_sample(rng, size, num_classes) for _ in range(batch_size)]
-        return {"images": torch.stack([tensor(i) for i, _ in samples]),
-                "targets": torch.tensor([c for _, c in samples])}
-    if task == "detection":
-        scenes = [shapes_scene(rng, size, num_classes) for _ in range(batch_size)]
-        return {"images": [tensor(s["image"], normalise=False) for s in scenes],
-                "targets": [{"boxes": torch.from_numpy(s["boxes"]), "labels": torch.from_numpy(s["labels"])}
-                            for s in scenes]}
-    if task == "segmentation":
-        scenes = [shapes_scene(rng, size, num_classes - 1) for _ in range(batch_size)]
-        return {"images": torch.stack([tensor(s["image"]) for s in scenes]),
-                "targets": torch.stack([torch.from_numpy(s["mask"]).long() for s in scenes])}
-    if task == "change_detection":
-        pairs = [change_pair(rng, size) for _ in range(batch_size)]
-        return {"image_a": torch.stack([tensor(p["image_a"]) for p in pairs]),
-                "image_b": torch.stack([tensor(p["image_b"]) for p in pairs]),
-                "targets": torch.stack([torch.from_numpy(p["mask"]).long() for p in pairs])}
-    raise ConfigError(f"unknown task {task!r}")
+    return fmt.batch(rng, batch_size, size, num_classes, tensor)
 
 
 # ----------------------------------------------------------------------------------------------- on-disk sets
-def _save_png(path: Path, array: np.ndarray) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
-
-
 def write_synthetic(task: str, out: str | Path, n: int = 24, size: int = 64, num_classes: int = 3, seed: int = 0,
                     val_fraction: float = 0.25) -> Path:
-    """Write a synthetic dataset for ``task`` under ``out`` in the format the matching loader reads:
-
-    - classification: ``train/<class>/xxxx.png`` and ``val/...`` image folders, plus ``train.csv`` / ``val.csv``
-      (``path,label``) lists of the same files;
-    - detection: ``images/xxxx.png`` with COCO files ``annotations/instances_{train,val}.json``;
-    - segmentation: ``{train,val}/images/xxxx.png`` + ``{train,val}/masks/xxxx.png`` (same stems; 0 = background,
-      ``c + 1`` = shape class c, so ``num_classes + 1`` segmentation classes);
-    - change_detection: LEVIR-CD layout ``{train,val}/A``, ``/B``, ``/label`` (labels 0 / 255 like LEVIR-CD).
-    """
+    """Write a synthetic dataset for ``task`` under ``out`` in the format the task's loader reads (the task's
+    ``synthetic.write`` says which: image folders + CSV lists, COCO, image/mask folders, LEVIR-CD), with a
+    ``synthetic.json`` describing it."""
+    fmt = _format(task)
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ConfigError(f"synthetic scenes have 1..{MAX_CLASSES} object classes, got {num_classes}")
     out = Path(out)
     rng = np.random.default_rng(seed)
     n_val = max(1, int(round(n * val_fraction)))
     splits = [("train", i) for i in range(n - n_val)] + [("val", i) for i in range(n - n_val, n)]
     classes = [f"{c}_{SHAPES[c % 3]}" for c in range(num_classes)]  # names sort in index order
     meta: dict[str, Any] = {"task": task, "n": n, "size": size, "seed": seed, "classes": classes}
-    if task == "classification":
-        rows: dict[str, list[tuple[str, int]]] = {"train": [], "val": []}
-        for split in rows:  # every class folder in every split, so class indices agree between splits
-            for name in classes:
-                (out / split / name).mkdir(parents=True, exist_ok=True)
-        for split, i in splits:
-            img, c = classification_sample(rng, size, num_classes)
-            rel = f"{split}/{classes[c]}/{i:04d}.png"
-            _save_png(out / rel, img)
-            rows[split].append((rel, c))
-        for split, items in rows.items():
-            with open(out / f"{split}.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["path", "label"])
-                w.writerows(items)
-    elif task == "detection":
-        cocos = {s: {"images": [], "annotations": [],
-                     "categories": [{"id": c, "name": classes[c]} for c in range(num_classes)]}
-                 for s in ("train", "val")}
-        for split, i in splits:
-            sc = shapes_scene(rng, size, num_classes)
-            _save_png(out / "images" / f"{i:04d}.png", sc["image"])
-            coco = cocos[split]
-            coco["images"].append({"id": i, "file_name": f"{i:04d}.png", "width": size, "height": size})
-            for b, lab in zip(sc["boxes"], sc["labels"]):
-                w, h = float(b[2] - b[0]), float(b[3] - b[1])
-                coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i,
-                                            "category_id": int(lab), "bbox": [float(b[0]), float(b[1]), w, h],
-                                            "area": w * h, "iscrowd": 0})
-        (out / "annotations").mkdir(parents=True, exist_ok=True)
-        for split, coco in cocos.items():
-            (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
-    elif task == "segmentation":
-        meta["classes"] = ["background", *classes]
-        for split, i in splits:
-            sc = shapes_scene(rng, size, num_classes)
-            _save_png(out / split / "images" / f"{i:04d}.png", sc["image"])
-            _save_png(out / split / "masks" / f"{i:04d}.png", sc["mask"])
-    elif task == "change_detection":
-        meta["classes"] = ["unchanged", "changed"]
-        for split, i in splits:
-            p = change_pair(rng, size, num_classes)
-            _save_png(out / split / "A" / f"{i:04d}.png", p["image_a"])
-            _save_png(out / split / "B" / f"{i:04d}.png", p["image_b"])
-            _save_png(out / split / "label" / f"{i:04d}.png", p["mask"] * 255)
-    else:
-        raise ConfigError(f"unknown task {task!r}; choose classification, detection, segmentation, change_detection")
+    fmt.write(out, rng, splits, size, classes, meta)
     out.mkdir(parents=True, exist_ok=True)
     (out / "synthetic.json").write_text(json.dumps(meta, indent=1))
     return out

@@ -17,7 +17,7 @@ declares ``task``) get the same services through the class methods, which take t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -111,6 +111,12 @@ class TaskModel(nn.Module):
     augment_rotations: ClassVar[bool] = False
     #: data-config entries that hold for every model of the task (dense tasks never crop: masks must align)
     data_rules: ClassVar[Mapping[str, Any]] = {}
+    #: how a list of dataset samples becomes the batch dict of ``batch_keys`` (:mod:`zoo.data.collate`)
+    collate: ClassVar[Callable[[Sequence[dict[str, Any]]], dict[str, Any]] | None] = None
+    #: the task's synthetic shapes data, in memory and on disk (:class:`zoo.data.synthetic.SyntheticFormat`)
+    synthetic: ClassVar[Any] = None
+    #: whether the model's output is one logit vector per image, so a teacher's logits can be distilled into it
+    distills_logits: ClassVar[bool] = False
 
     head: str = ""
     num_classes: int = 0
@@ -192,6 +198,27 @@ class TaskModel(nn.Module):
         graphs that normalise themselves."""
         draw = torch.randn if spec.normalized else torch.rand
         return tuple(draw(batch, *spec.shape, generator=generator) for _ in spec.input_names)
+
+    @classmethod
+    def run_exported(cls, run_one: Callable[[list[Any]], Sequence[Any]], inputs: Sequence[torch.Tensor],
+                     sidecar: Mapping[str, Any]) -> Any:
+        """What the PyTorch model returns in eval mode, computed by an exported file: ``run_one`` runs the file on
+        one batch-1 list of numpy inputs and returns its outputs in the sidecar's order. Here: the primary output
+        for each image of the batch, concatenated."""
+        import numpy as np
+
+        from ..errors import InputShapeError
+
+        size = tuple(int(s) for s in sidecar["input_size"])
+        names = [o["name"] for o in sidecar["outputs"]]
+        primary = names.index(sidecar.get("primary_output") or names[0])
+        arrays = [x.detach().float().cpu().numpy() for x in inputs]
+        if tuple(arrays[0].shape[1:]) != size:
+            raise InputShapeError(f"{sidecar.get('file', 'the exported file')} takes inputs of shape "
+                                  f"(N, {', '.join(map(str, size))}); the data gives {tuple(arrays[0].shape)} "
+                                  "(set data.img_size to match)")
+        outs = [run_one([a[i:i + 1] for a in arrays])[primary] for i in range(arrays[0].shape[0])]
+        return torch.from_numpy(np.concatenate(outs, 0))
 
     @classmethod
     def meter(cls, num_classes: int) -> Any:

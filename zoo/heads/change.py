@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
+from ..data import synthetic as synthetic_data
+from ..data.collate import collate_change
 from ..errors import ConfigError, InputShapeError
 from ._backbone import FeatureBackbone, create_backbone
 from .registry import register_head, register_task
@@ -40,6 +42,8 @@ class ChangeModel(DenseTaskModel):
     """Siamese backbone + shared FPN + |difference| + top-down fusion + classifier (see module docstring)."""
 
     task = "change_detection"
+    collate = staticmethod(collate_change)
+    synthetic = synthetic_data.CHANGE_DETECTION
     default_num_classes = 2
     input_names = ("input_a", "input_b")
     batch_keys = ("image_a", "image_b")

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import synthetic as synthetic_data
+from ..data.collate import collate_classification
 from ..errors import DataError
 from .base import TaskModel
 from .registry import register_head, register_task
@@ -27,6 +29,9 @@ class ClassificationModel(TaskModel):
     """A timm classifier (``self.model``) that returns a loss dict when trained with targets."""
 
     task = "classification"
+    collate = staticmethod(collate_classification)
+    synthetic = synthetic_data.CLASSIFICATION
+    distills_logits = True
     export_atol = 1e-4
     metric = "top1"
     needs_features = False

@@ -51,6 +51,8 @@ from torchvision.models.detection.ssdlite import SSDLiteHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
+from ..data import synthetic as synthetic_data
+from ..data.collate import collate_detection
 from ..errors import ConfigError, DataError, ExportError, InputShapeError
 from ._backbone import FeatureBackbone, create_backbone
 from .base import TaskModel
@@ -123,6 +125,8 @@ class DetectionModel(TaskModel):
     """
 
     task = "detection"
+    collate = staticmethod(collate_detection)
+    synthetic = synthetic_data.DETECTION
     default_num_classes = 80
     input_names = ("images",)
     output_names = ()  # the head decides: see graph_output_names
@@ -244,6 +248,24 @@ class DetectionModel(TaskModel):
     def postprocess(self, outputs: Sequence[Any], input_size: Sequence[int] | None = None) -> Any:
         size = input_size or self.data_config["input_size"]
         return self.postprocess_outputs(outputs, DetectionAdapter(self, size).params)
+
+    @classmethod
+    def run_exported(cls, run_one: Any, inputs: Sequence[Any], sidecar: Mapping[str, Any]
+                     ) -> list[dict[str, torch.Tensor]]:
+        """Detections from an exported detector, as the PyTorch model gives them in eval mode: each image (a list
+        of ``(3, H, W)`` in [0, 1], any size) resized to the graph's input, run, post-processed with the sidecar's
+        parameters and its boxes scaled back to the image's pixels."""
+        h_in, w_in = (int(s) for s in sidecar["input_size"][-2:])
+        names = [o["name"] for o in sidecar["outputs"]]
+        results = []
+        for im in inputs[0]:
+            h, w = im.shape[-2:]
+            x = nn.functional.interpolate(im[None].float().cpu(), size=(h_in, w_in), mode="bilinear",
+                                          align_corners=False)
+            det = cls.postprocess_outputs(dict(zip(names, run_one([x.numpy()]))), sidecar["postprocess"])[0]
+            det["boxes"] = det["boxes"] * torch.tensor([w / w_in, h / h_in, w / w_in, h / h_in])
+            results.append(det)
+        return results
 
     @classmethod
     def postprocess_outputs(cls, outputs: Sequence[Any] | Mapping[str, Any], params: Mapping[str, Any] | None = None

@@ -27,6 +27,8 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.models.segmentation.lraspp import LRASPPHead
 from torchvision.ops import FeaturePyramidNetwork
 
+from ..data import synthetic as synthetic_data
+from ..data.collate import collate_segmentation
 from ..errors import ConfigError, DataError, InputShapeError
 from ._backbone import FeatureBackbone, create_backbone
 from .base import TaskModel, primary_tensor
@@ -184,6 +186,8 @@ class SegmentationModel(DenseTaskModel):
     """Backbone + decoder; logits at input resolution, or a loss dict in train mode with targets."""
 
     task = "segmentation"
+    collate = staticmethod(collate_segmentation)
+    synthetic = synthetic_data.SEGMENTATION
     default_num_classes = 150
 
     def __init__(self, backbone: FeatureBackbone, decoder: nn.Module, num_classes: int, head: str,

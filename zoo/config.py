@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from zoo.errors import ConfigError
+from zoo.heads import get_task, task_names
 
 
 @dataclass
@@ -155,7 +156,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "task": ("classification", "detection", "segmentation", "change_detection"),
+    "task": task_names(),  # the registered task classes (zoo.heads)
     "train.amp": ("off", "bf16", "fp16", "auto"),
     "optim.clip_mode": ("norm", "value", "agc"),
     "train.nonfinite": ("stop", "skip"),
@@ -309,7 +310,7 @@ def _validate(cfg: Config) -> None:
                           f"alpha={p.alpha}, dropout={p.dropout}")
     d = cfg.train.distill
     if d.teacher is not None:
-        if cfg.task != "classification":
+        if not get_task(cfg.task).distills_logits:
             raise ConfigError(f"train.distill.teacher distils classification logits; task {cfg.task!r} has none "
                               f"(unset train.distill.teacher)")
         if not 0.0 <= d.weight <= 1.0 or d.temperature <= 0:

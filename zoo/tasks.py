@@ -29,7 +29,7 @@ from zoo.heads.base import TaskModel
 from zoo.heads.classification import ClassificationModel
 from zoo.metrics import ConfusionMeter
 
-from .data import DataBundle, build_classification_data
+from .data.build import DataBundle, build_classification_data
 
 
 class Accumulator:
@@ -238,7 +238,7 @@ class ModelLossTask(Task):
         self.inputs = model_cls.batch_keys
 
     def build_data(self, cfg: Any) -> DataBundle:
-        from .data import build_dense_data
+        from .data.build import build_dense_data
 
         return build_dense_data(cfg, self.name)
 

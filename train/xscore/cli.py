@@ -7,7 +7,7 @@
     zoo xscore --table results.csv                      # report on a finished table (or a paper's), no training
 
 xScore, G, V and the k-dataset estimate are defined in :mod:`zoo.xscore` (arXiv 2511.00335). ``paper-peers`` names
-the paper's architectures as timm configurations of about 2.5 M parameters (:data:`PAPER_PEERS`).
+the paper's architectures as configurations of about 2.5 M parameters (:mod:`zoo.backbones.xscore_peers`).
 
 **Recipe per dataset size.** Every cell is trained by the training engine (``train.engine.fit``) with its defaults
 (AdamW, weight decay 0.05, cosine schedule stepped per update, label smoothing 0.1, no EMA or mixup) and the
@@ -44,11 +44,12 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from zoo.backbones.xscore_peers import PAPER_PEERS, PEERS_ALIAS, expand_models
 from zoo.checkpoint import atomic_write_bytes
 from zoo.errors import ConfigError, DataError
 from zoo.xscore import (
@@ -64,112 +65,6 @@ from zoo.xscore import (
 AUTO_SIZES = (32, 64, 96, 128, 160, 192, 224)
 RESULT_FIELDS = ["model", "dataset", "accuracy", "tier", "epochs", "batch_size", "lr", "warmup_epochs", "steps",
                  "img_size", "seed", "params", "train_images", "val_images", "seconds", "cpu_seconds"]
-PEERS_ALIAS = "paper-peers"
-
-
-# ------------------------------------------------------------------------------------------------ paper peers
-@dataclass(frozen=True)
-class Peer:
-    """One architecture of the paper's peer set as a timm configuration of about 2.5 M parameters."""
-
-    name: str  # the name it is registered under (timm's registry, so ``zoo.create_model`` builds it)
-    paper_name: str  # the architecture as the paper names it
-    timm_entry: str  # the timm variant or generator it is built from
-    args: Mapping[str, Any]  # what differs from that variant
-    build: Callable[..., Any] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
-
-    def describe(self) -> str:
-        args = ", ".join(f"{k}={v}" for k, v in self.args.items())
-        return f"{self.timm_entry}({args})" if args else self.timm_entry
-
-
-def _variant(variant: str, **args: Any) -> Callable[..., Any]:
-    """A registered timm variant with overridden constructor arguments (for families whose entry points pass
-    every keyword on)."""
-
-    def build(**kwargs: Any) -> Any:
-        import timm
-
-        return timm.create_model(variant, pretrained=False, **args, **kwargs)
-
-    return build
-
-
-def _generator(module: str, fn: str, variant: str, **args: Any) -> Callable[..., Any]:
-    """timm's own family generator (the function its registered variants call), for families whose variants fix
-    the width or depth and refuse it as a keyword (ConvMixer, EfficientNet, GhostNet, FBNet)."""
-
-    def build(**kwargs: Any) -> Any:
-        import importlib
-
-        gen = getattr(importlib.import_module(module), fn)
-        if fn == "_create_convmixer":
-            return gen(variant, False, **args, **kwargs)
-        return gen(variant, pretrained=False, **args, **kwargs)
-
-    return build
-
-
-# Parameter counts at 100 / 10 classes, measured with timm 1.0.31 (tests pin them within 1 %). The papers say
-# only "about 2.5 M parameters" per model; the configurations are ours. ShuffleNet, the eleventh architecture of
-# the paper, has no timm family: it is left out rather than approximated by another architecture.
-PAPER_PEERS: dict[str, Peer] = {p.name: p for p in (
-    Peer("peer_convmixer", "ConvMixer", "convmixer (timm ConvMixer)",
-         {"dim": 320, "depth": 19, "kernel_size": 9, "patch_size": 4},
-         _generator("timm.models.convmixer", "_create_convmixer", "convmixer_768_32",
-                    dim=320, depth=19, kernel_size=9, patch_size=4)),  # 2,522,980 / 2,494,090
-    Peer("peer_efficientnet", "EfficientNet", "efficientnet_b0", {"channel_multiplier": 0.75},
-         _generator("timm.models.efficientnet", "_gen_efficientnet", "efficientnet_b0",
-                    channel_multiplier=0.75)),  # 2,467,540 / 2,381,050
-    Peer("peer_mobilenet", "MobileNet", "mobilenetv2_100", {},
-         _variant("mobilenetv2_100")),  # 2,351,972 / 2,236,682
-    Peer("peer_ghostnet", "GhostNet", "ghostnet_100", {"width": 0.75},
-         _generator("timm.models.ghostnet", "_create_ghostnet", "ghostnet_100", width=0.75)),  # 2,578,006 / 2,462,716
-    Peer("peer_tinynet", "TinyNet", "tinynet_b", {}, _variant("tinynet_b")),  # 2,577,662 / 2,462,372
-    # MobileOne trains with over-parameterised branches that fold into single convs for inference: 4,370,772
-    # parameters while training, 1,156,004 after timm.utils.reparameterize_model (100 classes); no timm variant
-    # lands nearer 2.5 M on both counts.
-    Peer("peer_mobileone", "MobileOne", "mobileone_s0", {}, _variant("mobileone_s0")),
-    Peer("peer_fbnet", "FBNet", "fbnetc_100", {"channel_multiplier": 0.8},
-         _generator("timm.models.efficientnet", "_gen_fbnetc", "fbnetc_100",
-                    channel_multiplier=0.8)),  # 2,566,564 / 2,387,914
-    Peer("peer_convnext", "ConvNeXt", "convnext_atto", {"depths": (2, 2, 8, 2), "dims": (32, 64, 128, 256)},
-         _variant("convnext_atto", depths=(2, 2, 8, 2), dims=(32, 64, 128, 256))),  # 2,480,068 / 2,456,938
-    Peer("peer_mobilevit", "MobileViT", "mobilevit_xs", {}, _variant("mobilevit_xs")),  # 1,971,348 / 1,936,698
-    Peer("peer_starnet", "StarNet", "starnet_s1", {}, _variant("starnet_s1")),  # 2,695,468 / 2,678,098
-)}
-
-
-def _register_paper_peers() -> None:
-    """Register every peer in timm's registry (idempotent), so the engine, ``zoo.create_model`` and the MAC
-    counter build them by name like any other model."""
-    import timm
-    from timm.models import register_model
-
-    for peer in PAPER_PEERS.values():
-        if timm.is_model(peer.name) or peer.build is None:
-            continue
-
-        def entry(pretrained: bool = False, _peer: Peer = peer, **kwargs: Any) -> Any:
-            if pretrained:
-                raise ConfigError(f"{_peer.name} has no pretrained weights: the xScore peers train from scratch")
-            kwargs.pop("pretrained_cfg", None)
-            kwargs.pop("pretrained_cfg_overlay", None)
-            return _peer.build(**kwargs)
-
-        entry.__name__ = peer.name
-        entry.__qualname__ = peer.name
-        entry.__module__ = __name__
-        entry.__doc__ = f"{peer.paper_name} of the xScore paper's peer set: {peer.describe()}."
-        register_model(entry)
-
-
-def expand_models(names: Sequence[str]) -> list[str]:
-    """``paper-peers`` expanded to the peers' names, duplicates dropped, order kept."""
-    out: list[str] = []
-    for n in names:
-        out.extend(PAPER_PEERS if n == PEERS_ALIAS else [n])
-    return list(dict.fromkeys(out))
 
 
 # ------------------------------------------------------------------------------------------------ recipe
@@ -555,16 +450,15 @@ def _cell_config(model: str, spec: DatasetSpec, run_dir: Path) -> dict[str, Any]
 
 def _bundle(spec: DatasetSpec, recipe: Recipe, img_size: int) -> Any:
     """The DataBundle of one dataset at ``img_size`` with the recipe's training-image cap."""
-    from .data import DataBundle
+    from zoo.data.build import DataBundle
 
     cap = recipe.max_train or None
     if spec.root is not None:
         from torch.utils.data import Subset
 
+        from zoo.config import load_config
+        from zoo.data.build import build_classification_data
         from zoo.data.embedded import stratified_subset
-
-        from .config import load_config
-        from .data import build_classification_data
 
         provisional = recipe.plan(0)  # the bundle holds datasets only; the batch size is applied by the engine
         cfg = load_config(_cell_config("x", spec, Path(".")), recipe.overrides(img_size, provisional))
@@ -591,7 +485,7 @@ def train_cell(model: str, spec: DatasetSpec, recipe: Recipe, run_dir: Path, dat
     from zoo.bench import count_params
     from zoo.errors import CheckpointError
 
-    from .engine import STATE_FILE, fit
+    from ..engine import STATE_FILE, fit
 
     size = recipe.size_for(model) if img_size is None else img_size
     if data is None:
@@ -954,8 +848,6 @@ def main(argv: list[str] | None = None) -> int:
     report = compute_xscore(table, t_models, t_datasets, lam=args.lam)
     return _finish(report, out, args, _report_recipe(recipe.describe(), rows), sizes)
 
-
-_register_paper_peers()
 
 if __name__ == "__main__":
     sys.exit(main())
