@@ -11,13 +11,11 @@ becomes a row carrying its one-line reason; the table is always written: ``bench
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 import io
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,11 +27,10 @@ import torch
 import zoo
 from zoo.bench import interleaved_latency
 from zoo.checkpoint import atomic_write_bytes
-from zoo.cli import data_overrides
 from zoo.errors import CheckpointError
 
 from .evaluate import ExportedModel, build_eval_data, evaluate_module, evaluation_config
-from .quantize import SELECTS, file_size
+from .quantize import file_size
 
 #: every row ``zoo benchmark`` knows, in table order; ``pytorch`` is the reference and always runs
 FORMATS = ("pytorch", "onnx", "int8.onnx", "ort", "int8.ort", "pte", "int8.pte", "tflite")
@@ -341,37 +338,3 @@ def _versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="zoo benchmark", description="Export a trained checkpoint to every format, score each file in its own "
-        "runtime on the checkpoint's validation split, time them all at batch 1 in alternation with PyTorch, and "
-        "write benchmark.csv / .json / .png.")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint written by zoo train")
-    p.add_argument("--data", help="dataset folder (sets data.root) or name (default: the checkpoint's)")
-    p.add_argument("--formats", help=f"comma-separated, from {', '.join(FORMATS[1:])} (default: every format "
-                                     "whose runtime is installed)")
-    p.add_argument("--out", help="output folder (default: benchmark/ next to the checkpoint)")
-    p.add_argument("--threads", type=int, default=1, help="threads for every runtime (default 1: a phone core)")
-    p.add_argument("--rounds", type=int, default=30, help="timed rounds per format")
-    p.add_argument("--limit", type=int, help="score only the first N validation images")
-    p.add_argument("--int8-select", choices=SELECTS, default="all", help="int8 onnx node selection (zoo export)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (data.root=...)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()] if args.formats else None
-    out = args.out or str(Path(args.checkpoint).parent / "benchmark")
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - progress on stderr, table on stdout
-    result = run_benchmark(args.checkpoint, out, formats=formats, overrides=data_overrides(args.data) + args.overrides,
-                           threads=args.threads, rounds=args.rounds, limit=args.limit, int8_select=args.int8_select,
-                           log=log)
-    cpu = cpu_description()
-    print(f"{result.model} on {result.dataset} ({result.num_images} validation images), {result.metric}; "
-          f"CPU: {cpu['model']} [{', '.join(cpu['int8_flags']) or 'no int8 dot-product flags'}]")
-    print(result.table())
-    print("wrote " + ", ".join(str(p) for p in result.files.values()))
-    return 0

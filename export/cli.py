@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import sys
-import warnings
-from collections.abc import Iterator
 
+from zoo.cli import show_logs
 from zoo.errors import ExportError
 
 from .onnx_export import DEFAULT_OPSET, EXPORTERS, check_opset
@@ -71,29 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@contextlib.contextmanager
-def _report_to_stderr() -> Iterator[None]:
-    """The library logs and warns; the command line shows both as one ``note:`` / ``warning:`` line each."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("note: %(message)s"))
-    log = logging.getLogger("zoo.export")
-    old_level, old_propagate = log.level, log.propagate
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    old_show = warnings.showwarning
-    warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
-    try:
-        yield
-    finally:
-        warnings.showwarning = old_show
-        log.removeHandler(handler)
-        log.setLevel(old_level)
-        log.propagate = old_propagate
-
-
 def main(argv: list[str] | None = None) -> int:
-    with _report_to_stderr():
+    with show_logs("zoo.export", prefix="note: "):
         return _main(argv)
 
 
@@ -113,4 +89,86 @@ def _main(argv: list[str] | None = None) -> int:
         calib=args.calib, calib_limit=args.calib_limit, target_platform=args.target_platform,
         latency_rounds=args.latency_rounds)
     print(result.summary())
+    return 0
+
+
+# ------------------------------------------------------------------ zoo eval FILE (an exported file)
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="zoo eval", description="Evaluate an exported file (.onnx, .int8.onnx, .ort, .pte, .tflite) in its own "
+        "runtime with the task's metrics. Dataset and preprocessing come from the file's JSON sidecar (the "
+        "training config of the checkpoint it was exported from).")
+    p.add_argument("file", nargs="?", help="the exported model file")
+    p.add_argument("--checkpoint", help="same as FILE (the option zoo eval takes for checkpoints)")
+    p.add_argument("--data", help="dataset folder (sets data.root), or a dataset name such as digits")
+    p.add_argument("--split", help="split to evaluate (default: the config's data.val_split)")
+    p.add_argument("--batch-size", type=int, help="loader batch size (the graph still runs one sample at a time)")
+    p.add_argument("--threads", type=int, help="runtime threads (default: the runtime's own choice)")
+    p.add_argument("--limit", type=int, help="score only the first N validation images")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (data.root=...)")
+    return p
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """``zoo eval FILE`` for an exported file (the dispatcher routes exported suffixes here)."""
+    from zoo.cli import data_overrides, print_metrics
+
+    from .evaluate import evaluate_exported
+
+    args = eval_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    # argparse puts a key=value that comes first into FILE
+    overrides = list(args.overrides)
+    path = args.checkpoint or args.file
+    if args.checkpoint and args.file:
+        overrides.insert(0, args.file)
+    if not path:
+        raise ExportError("give the exported file: zoo eval FILE.onnx (or --checkpoint FILE)")
+    with show_logs("zoo.export", prefix="note: "):
+        metrics = evaluate_exported(path, data_overrides(args.data) + overrides, split=args.split,
+                                    batch_size=args.batch_size, threads=args.threads, limit=args.limit)
+    print_metrics(metrics, args.json)
+    return 0
+
+
+# ------------------------------------------------------------------ zoo benchmark CHECKPOINT
+def benchmark_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="zoo benchmark", description="Export a trained checkpoint to every format, score each file in its own "
+        "runtime on the checkpoint's validation split, time them all at batch 1 in alternation with PyTorch, and "
+        "write benchmark.csv / .json / .png.")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by zoo train")
+    p.add_argument("--data", help="dataset folder (sets data.root) or name (default: the checkpoint's)")
+    p.add_argument("--formats", help=f"comma-separated, from {', '.join(FORMATS[1:])} (default: every format "
+                                     "whose runtime is installed)")
+    p.add_argument("--out", help="output folder (default: benchmark/ next to the checkpoint)")
+    p.add_argument("--threads", type=int, default=1, help="threads for every runtime (default 1: a phone core)")
+    p.add_argument("--rounds", type=int, default=30, help="timed rounds per format")
+    p.add_argument("--limit", type=int, help="score only the first N validation images")
+    p.add_argument("--int8-select", choices=SELECTS, default="all", help="int8 onnx node selection (zoo export)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (data.root=...)")
+    return p
+
+
+def benchmark_main(argv: list[str] | None = None) -> int:
+    """``zoo benchmark CHECKPOINT``: progress on stderr, the table on stdout."""
+    from pathlib import Path
+
+    from zoo.cli import data_overrides
+
+    from .benchmark import cpu_description, run_benchmark
+
+    args = benchmark_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()] if args.formats else None
+    out = args.out or str(Path(args.checkpoint).parent / "benchmark")
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - progress on stderr, table on stdout
+    with show_logs("zoo.export", prefix="note: "):
+        result = run_benchmark(args.checkpoint, out, formats=formats,
+                               overrides=data_overrides(args.data) + args.overrides, threads=args.threads,
+                               rounds=args.rounds, limit=args.limit, int8_select=args.int8_select, log=log)
+    cpu = cpu_description()
+    print(f"{result.model} on {result.dataset} ({result.num_images} validation images), {result.metric}; "
+          f"CPU: {cpu['model']} [{', '.join(cpu['int8_flags']) or 'no int8 dot-product flags'}]")
+    print(result.table())
+    print("wrote " + ", ".join(str(p) for p in result.files.values()))
     return 0

@@ -14,10 +14,9 @@ inside functions, so ``zoo export`` alone never loads the data pipeline.
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo.cli import data_overrides, print_metrics
 from zoo.errors import ConfigError, ExportError
 from zoo.heads import get_task
 
 from .metadata import sidecar_path
 from .parity import make_session
+
+logger = logging.getLogger(__name__)
 
 #: file suffix -> the runtime that executes it
 RUNTIMES = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".pte": "executorch", ".tflite": "litert"}
@@ -203,8 +203,8 @@ def training_calibration(meta: Mapping[str, Any], input_size: Sequence[int], n_i
 
         data = get_task(cfg.task).build_data(cfg)
     except Exception as e:  # noqa: BLE001 - any failure to read the data means: fall back to synthetic
-        print(f"note: cannot read the checkpoint's dataset for int8 calibration ({type(e).__name__}: "
-              f"{str(e).splitlines()[0][:200] if str(e) else ''})", file=sys.stderr)
+        logger.info("cannot read the checkpoint's dataset for int8 calibration (%s: %s)", type(e).__name__,
+                    str(e).splitlines()[0][:200] if str(e) else "")
         return None
     train = data.train
     n = min(limit, len(train))
@@ -229,35 +229,3 @@ def _sample_images(sample: Any, n_inputs: int) -> list[torch.Tensor]:
     if n_inputs == 2:
         return [sample["image_a"], sample["image_b"]]
     return [sample["image"]]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="zoo eval", description="Evaluate an exported file (.onnx, .int8.onnx, .ort, .pte, .tflite) in its own "
-        "runtime with the task's metrics. Dataset and preprocessing come from the file's JSON sidecar (the "
-        "training config of the checkpoint it was exported from).")
-    p.add_argument("file", nargs="?", help="the exported model file")
-    p.add_argument("--checkpoint", help="same as FILE (the option zoo eval takes for checkpoints)")
-    p.add_argument("--data", help="dataset folder (sets data.root), or a dataset name such as digits")
-    p.add_argument("--split", help="split to evaluate (default: the config's data.val_split)")
-    p.add_argument("--batch-size", type=int, help="loader batch size (the graph still runs one sample at a time)")
-    p.add_argument("--threads", type=int, help="runtime threads (default: the runtime's own choice)")
-    p.add_argument("--limit", type=int, help="score only the first N validation images")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (data.root=...)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    # argparse puts a key=value that comes first into FILE
-    overrides = list(args.overrides)
-    path = args.checkpoint or args.file
-    if args.checkpoint and args.file:
-        overrides.insert(0, args.file)
-    if not path:
-        raise ExportError("give the exported file: zoo eval FILE.onnx (or --checkpoint FILE)")
-    metrics = evaluate_exported(path, data_overrides(args.data) + overrides, split=args.split,
-                                batch_size=args.batch_size, threads=args.threads, limit=args.limit)
-    print_metrics(metrics, args.json)
-    return 0

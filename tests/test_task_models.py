@@ -90,10 +90,10 @@ def test_predict_eval_and_the_exported_sidecar_recipe_agree_on_a_real_image(tmp_
     skdata = pytest.importorskip("skimage.data")
     import onnxruntime as ort
     import zoo.export as export
-    from zoo import tasks
     from zoo.train.cli import main as train_main
     from zoo.train.engine import evaluate_checkpoint
 
+    from zoo import tasks
     from zoo.predict import predict
 
     photo = Image.fromarray(skdata.astronaut()[40:400, 16:496])  # 480 x 360: not square, so the crop matters

@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     resume = args.resume
     if resume == "auto" and args.config is None and not overrides:
         resume = True
-    result = fit(args.config, overrides, resume=True if resume == "auto" else resume, quiet=args.quiet)
+    from zoo.cli import show_logs
+
+    with show_logs("zoo.train", sys.stdout):
+        result = fit(args.config, overrides, resume=True if resume == "auto" else resume, quiet=args.quiet)
     from .engine import _dist_env
 
     if _dist_env()[0] != 0:
@@ -88,12 +91,13 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (data.img_size=...)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from zoo.cli import data_overrides, print_metrics
+    from zoo.cli import data_overrides, print_metrics, show_logs
 
     from .engine import evaluate_checkpoint
 
     overrides = list(args.overrides) + data_overrides(args.data)
-    metrics = evaluate_checkpoint(args.checkpoint, overrides, split=args.split, device=args.device,
-                                  batch_size=args.batch_size)
+    with show_logs("zoo.train"):  # stdout carries only the metrics (--json stays parseable)
+        metrics = evaluate_checkpoint(args.checkpoint, overrides, split=args.split, device=args.device,
+                                      batch_size=args.batch_size)
     print_metrics(metrics, args.json)
     return 0

@@ -19,12 +19,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import math
 import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -46,6 +46,8 @@ from zoo.tasks import Task, get_task
 STATE_FORMAT = "lightzoo-train-state"
 STATE_VERSION = 1
 STATE_FILE = "train_state.pt"
+
+logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------- environment
@@ -234,8 +236,9 @@ class _Trainer:
 
     # ----------------------------------------------------------------------------------------------- logging
     def log(self, msg: str) -> None:
+        """Progress for people (``zoo train`` shows these lines on stdout); silent with ``quiet``."""
         if self.is_main and not self.quiet:
-            print(msg, flush=True)
+            logger.info(msg)
 
     # ------------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -437,13 +440,13 @@ class _Trainer:
             if self.is_main:
                 saved = (f"the last saved state ({self.run_dir / STATE_FILE}, step {self._saved_step}) is intact"
                          if self._saved_step is not None else "no training state was saved yet")
-                print(f"\nsecond {signal.Signals(signum).name}: stopping at once without a new state; {saved}",
-                      file=sys.stderr, flush=True)
+                logger.warning("second %s: stopping at once without a new state; %s",
+                               signal.Signals(signum).name, saved)
             raise KeyboardInterrupt
         self._signal = signum
         if self.is_main:  # even with --quiet: the user must know the process heard them and is not hung
-            print(f"\n{signal.Signals(signum).name}: finishing this step, then writing a resumable state "
-                  f"(send it again to stop at once)", file=sys.stderr, flush=True)
+            logger.warning("%s: finishing this step, then writing a resumable state (send it again to stop at once)",
+                           signal.Signals(signum).name)
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -571,8 +574,8 @@ class _Trainer:
                         tlog, ilog = now, images
                 elif self.is_main and not self.quiet and self.step % t.log_every == 0:
                     # no progress bar (logs, pipes): one plain line per log_every steps
-                    print(f"step {self.step}  epoch {self.epoch + 1}/{self.num_epochs}  batch {self.batch}/{n}  "
-                          f"loss {loss.item():.4f}  lr {self.optimizer.param_groups[0]['lr']:.2e}", flush=True)
+                    self.log(f"step {self.step}  epoch {self.epoch + 1}/{self.num_epochs}  batch {self.batch}/{n}  "
+                             f"loss {loss.item():.4f}  lr {self.optimizer.param_groups[0]['lr']:.2e}")
                 stop = (t.stop_at_step is not None and self.step >= t.stop_at_step) or self._should_stop()
                 if stop or (t.save_every and self.step % t.save_every == 0 and self.batch < n):
                     self._fold(loss_acc, images, time.perf_counter() - t0)

@@ -7,9 +7,12 @@ Each handler is ``main(argv: list[str]) -> int`` and parses its own arguments.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator
+from typing import TextIO
 
 from .errors import ZooError
 
@@ -21,15 +24,48 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("zoo.train.cli:eval_main", "evaluate a checkpoint on a dataset with the task's metrics"),
     "predict": ("zoo.predict.cli:main", "run a trained checkpoint on images"),
     "export": ("zoo.export.cli:main", "export to ONNX / ORT Mobile / ExecuTorch / LiteRT with parity checks"),
-    "benchmark": ("zoo.export.benchmark:main", "every export format of a checkpoint: size, real metric, latency"),
+    "benchmark": ("zoo.export.cli:benchmark_main", "every export format of a checkpoint: size, real metric, latency"),
     "xscore": ("zoo.train.xscore.cli:main", "cross-dataset robustness evaluation (xScore)"),
-    "weights": ("zoo.weights_cli:main", "list, fetch and convert pretrained weights"),
+    "weights": ("zoo.weights.cli:main", "list, fetch and convert pretrained weights"),
     "data": ("zoo.data.cli:main", "make synthetic datasets for every task"),
 }
 
 #: ``zoo eval FILE`` on an exported file runs it in its own runtime (the exporter's evaluator), not the trainer's
 EXPORTED_SUFFIXES = (".onnx", ".ort", ".pte", ".tflite")
-EXPORTED_EVAL = "zoo.export.evaluate:main"
+EXPORTED_EVAL = "zoo.export.cli:eval_main"
+
+
+@contextlib.contextmanager
+def show_logs(logger_name: str, stream: TextIO | None = None, prefix: str = "") -> Iterator[None]:
+    """For the duration of a command, the library's log records under ``logger_name`` appear as plain lines: INFO
+    on ``stream`` (default: stderr), WARNING and up on stderr; warnings show as one ``warning:`` line each. The
+    library logs and warns, the command line shows both. ``stream`` is the one passed when the command runs, so a
+    captured stdout works."""
+    import logging
+    import warnings
+
+    info = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    info.addFilter(lambda record: record.levelno < logging.WARNING)
+    alarm = logging.StreamHandler(sys.stderr)
+    alarm.setLevel(logging.WARNING)
+    for h in (info, alarm):
+        h.setFormatter(logging.Formatter(prefix + "%(message)s"))
+    log = logging.getLogger(logger_name)
+    old_level, old_propagate = log.level, log.propagate
+    log.addHandler(info)
+    log.addHandler(alarm)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    old_show = warnings.showwarning
+    warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
+    try:
+        yield
+    finally:
+        warnings.showwarning = old_show
+        log.removeHandler(info)
+        log.removeHandler(alarm)
+        log.setLevel(old_level)
+        log.propagate = old_propagate
 
 
 def data_overrides(data: str | None) -> list[str]:

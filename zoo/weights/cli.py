@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .checkpoint import family_filter_fn, load_state_dict_strict, read_state_dict, save_checkpoint
-from .errors import CheckpointError
-from .manifest import load_manifest
-from .registry import check_model_name, create_timm_model
-from .weights import (
+from ..checkpoint import family_filter_fn, load_state_dict_strict, read_state_dict, save_checkpoint
+from ..errors import CheckpointError
+from ..manifest import load_manifest
+from ..registry import check_model_name, create_timm_model
+from . import (
     cached_path,
     copy_to_cache,
     fetch,

@@ -34,9 +34,9 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoint import atomic_write_bytes, family_filter_fn, load_state_dict_strict, read_state_dict
-from .errors import WeightsError
-from .manifest import cfg_from_entry, entries_for, load_manifest
+from ..checkpoint import atomic_write_bytes, family_filter_fn, load_state_dict_strict, read_state_dict
+from ..errors import WeightsError
+from ..manifest import cfg_from_entry, entries_for, load_manifest
 
 _logger = logging.getLogger(__name__)
 _CHUNK = 1 << 20
@@ -341,7 +341,7 @@ def timm_pretrained_args(name: str, pretrained: bool | str) -> dict[str, Any]:
     """
     if not pretrained:
         return {"pretrained": False}
-    from .registry import _ZOO_MODELS
+    from ..registry import _ZOO_MODELS
 
     tag = None if pretrained is True else str(pretrained)
     if name not in _ZOO_MODELS:
