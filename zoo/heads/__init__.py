@@ -86,7 +86,8 @@ def supported_heads(backbone_name: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for task in task_names():
         ok = [h for h in head_names(task)
-              if _fits(get_head(task, h).needs, get_head(task, h).min_levels, have, get_task(task).needs_features)]
+              if _fits(get_head(task, h).needs, get_head(task, h).min_levels, have, get_task(task).needs_features)
+              and (get_head(task, h).model_class or get_task(task)).supports(backbone_name)]
         if ok:
             out[task] = ok
     return out

@@ -139,6 +139,12 @@ class TaskModel(nn.Module):
         return get_head(cls.task, head).build(name, in_chans=3 if in_chans is None else in_chans,
                                               pretrained_backbone=pretrained, **kwargs)
 
+    @classmethod
+    def supports(cls, backbone_name: str) -> bool:
+        """Whether this head class can be built on ``backbone_name`` beyond what its feature strides say (the
+        registry's ``needs`` / ``min_levels`` judge those)."""
+        return True
+
     @staticmethod
     def size_kwargs(img_size: int) -> dict[str, Any]:
         """Builder arguments that follow the training image size (detectors: their internal resize)."""

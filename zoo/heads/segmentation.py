@@ -256,6 +256,69 @@ def build_unet(backbone_name: str, **kwargs: Any) -> SegmentationModel:
                          **kwargs)
 
 
+@register_head("segmentation", "native")
+class NativeSegmentationModel(SegmentationModel):
+    """A complete segmentation network trained and exported as its authors built it: no backbone split and no
+    decoder of ours. Only networks whose class declares ``task = "segmentation"`` qualify (LightM-UNet-2D, whose
+    own decoder and head are the paper's); for a backbone, pick a decoder head (fpn, unet, ...)."""
+
+    def __init__(self, net: nn.Module, num_classes: int, ignore_index: int = 255) -> None:
+        TaskModel.__init__(self)
+        self.net = net
+        self.num_classes = num_classes
+        self.head = "native"
+        self.ignore_index = ignore_index
+        self.aux_head = None
+        self.pretrained_cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+        exporter = getattr(net, "preferred_onnx_exporter", None)
+        if exporter is not None:
+            self.preferred_onnx_exporter = exporter
+
+    @staticmethod
+    def is_complete_network(model: nn.Module) -> bool:
+        return getattr(type(model), "task", None) == SegmentationModel.task and not isinstance(model, TaskModel)
+
+    @classmethod
+    def supports(cls, backbone_name: str) -> bool:
+        """Whether ``backbone_name`` is a complete segmentation network (built on the meta device: no memory)."""
+        from ..registry import create_timm_model
+
+        try:
+            with torch.device("meta"):
+                return cls.is_complete_network(create_timm_model(backbone_name))
+        except Exception:  # noqa: BLE001 - a model that cannot even be built is not a candidate
+            return False
+
+    @classmethod
+    def build(cls, backbone_name: str, num_classes: int = 2, in_chans: int = 3,
+              pretrained_backbone: bool | str = False, ignore_index: int = 255, **net_kwargs: Any
+              ) -> NativeSegmentationModel:
+        from ..registry import create_timm_model
+
+        if num_classes < 2:
+            raise ConfigError("segmentation needs num_classes >= 2 (use 2 for foreground/background)")
+        net = create_timm_model(backbone_name, pretrained=bool(pretrained_backbone), num_classes=num_classes,
+                                in_chans=in_chans, **net_kwargs)
+        if not cls.is_complete_network(net):
+            others = ", ".join(h for h in _heads() if h != "native")
+            raise ConfigError(f"head 'native' trains a complete segmentation network (e.g. lightm_unet_2d); "
+                              f"{backbone_name} is not one: choose a decoder head ({others})")
+        return cls(net, num_classes, ignore_index)
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        logits = self.net(x)
+        if not (self.training and targets is not None):
+            return logits
+        check_mask_targets(targets, x.shape[-2:], self.num_classes, self.ignore_index)
+        return {"loss_seg": F.cross_entropy(logits, targets.long(), ignore_index=self.ignore_index)}
+
+
+def _heads() -> tuple[str, ...]:
+    from .registry import head_names
+
+    return head_names("segmentation")
+
+
 def build_segmentation_model(backbone_name: str, head: str = "fpn", num_classes: int = 150, in_chans: int = 3,
                              pretrained_backbone: bool | str = False, **kwargs: Any) -> SegmentationModel:
     """Semantic segmentation model; head kwargs: ``fpn_channels``/``channels`` (fpn), ``atrous_rates``,
