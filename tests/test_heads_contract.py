@@ -126,8 +126,14 @@ def test_change_deep_supervision_adds_an_aux_loss():
     assert len(m.aux_classifiers) == 3  # one per coarser fused level
 
 
+def _decoder_heads() -> dict[str, list[str]]:
+    """Every registered head except ``native`` (a head for complete segmentation networks, not backbones)."""
+    return {k: [h for h in v if h != "native"] for k, v in zoo.heads.TASK_HEADS.items()}
+
+
 def test_supported_heads_follow_the_feature_strides():
-    assert supported_heads(TIMM) == {k: list(v) for k, v in zoo.heads.TASK_HEADS.items()}
+    assert supported_heads(TIMM) == _decoder_heads()
+    assert "native" in zoo.heads.TASK_HEADS["segmentation"]
     # a plain ViT has only stride-16 maps: no FPN-based head fits, ASPP on the last map does
     assert supported_heads("test_vit") == {"classification": ["linear"], "segmentation": ["deeplabv3"]}
 
@@ -142,7 +148,7 @@ def test_zoo_info_lists_heads():
     line = ("  heads:              classification: linear; detection: retinanet, fcos, ssdlite, fasterrcnn; "
             "segmentation: fpn, deeplabv3, lraspp, unet; change_detection: siamese_fpn")
     assert line in format_info(info).splitlines()
-    assert zoo.model_info("lwganet_l0", macs=False)["heads"] == {k: list(v) for k, v in zoo.heads.TASK_HEADS.items()}
+    assert zoo.model_info("lwganet_l0", macs=False)["heads"] == _decoder_heads()
 
 
 def test_pretrained_backbone_weights_reach_the_feature_extractor(tmp_path, monkeypatch):

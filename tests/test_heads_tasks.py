@@ -52,7 +52,8 @@ DET_EVAL = {
 }
 
 ALL = [(t, h) for t, heads in TASK_HEADS.items() for h in heads]
-CASES = [(b, t, h) for b in BACKBONES for t, h in ALL]
+# every head each backbone supports: all of them except "native", which only complete networks take
+CASES = [(b, t, h) for b in BACKBONES for t, h in ALL if h in zoo.heads.supported_heads(b).get(t, [])]
 
 
 def _build(backbone: str, task: str, head: str) -> torch.nn.Module:

@@ -23,7 +23,7 @@ SMALL = {"fpn": dict(fpn_channels=16, channels=8), "retinanet": dict(fpn_channel
          "unet": dict(decoder_channels=(16, 8, 8, 8))}
 
 
-@pytest.mark.parametrize("task,head", [(t, h) for t, hs in zoo.heads.TASK_HEADS.items() for h in hs])
+@pytest.mark.parametrize("task,head", [(t, h) for t, hs in zoo.heads.TASK_HEADS.items() for h in hs if h != "native"])
 def test_every_head_builds_a_task_model_that_describes_itself(task: str, head: str) -> None:
     model = build_task_model(task, TIMM, head=head, num_classes=3, **SMALL.get(head, {}))
     assert isinstance(model, TaskModel) and (model.task, model.head, model.head_name) == (task, head, head)
@@ -40,6 +40,33 @@ def test_bare_modules_are_described_by_their_declared_task() -> None:
     assert not isinstance(classifier, TaskModel) and task_class(classifier).task == "classification"
     unet = zoo.create_model("lightm_unet_2d", num_classes=2)  # a complete segmentation network
     assert task_class(unet).task == "segmentation"
+
+
+def test_the_native_head_trains_a_complete_segmentation_network_and_only_that() -> None:
+    import torch
+
+    from zoo.errors import ConfigError
+    from zoo.heads import supported_heads
+
+    assert "native" in supported_heads("lightm_unet_2d")["segmentation"]
+    assert "native" not in supported_heads(TIMM)["segmentation"]
+    with pytest.raises(ConfigError, match="complete segmentation network"):
+        zoo.create_model(TIMM, task="segmentation", head="native", num_classes=2)
+    model = zoo.create_model("lightm_unet_2d", task="segmentation", head="native", num_classes=2)
+    assert (model.task, model.head, task_class(model).task) == ("segmentation", "native", "segmentation")
+    assert type(model.net).__name__ == "LightMUNet" and model.preferred_onnx_exporter == "legacy"
+    x, y = torch.randn(2, 3, 32, 32), (torch.rand(2, 32, 32) > 0.5).long()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(3):
+        loss = model.train()(x, y)["loss_seg"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, 2, 32, 32)
 
 
 def test_a_head_registered_with_the_decorator_is_offered_everywhere() -> None:
