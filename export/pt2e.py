@@ -11,7 +11,7 @@ The file is checked in the ExecuTorch runtime like the fp32 ``.pte``, against th
 the kernels, so a wrong lowering shows; agreement with the fp32 network is reported too, but the accuracy
 question is answered on real data by ``zoo benchmark``.
 
-Quantization-aware training (``zoo train ... train.qat=true``, ``zoo.train.qat``) uses the same quantizer with
+Quantization-aware training (``zoo train ... train.qat=true``, ``zoo.quantization``) uses the same quantizer with
 ``is_qat=True``; its checkpoint is rebuilt and converted here (:func:`qat_quantized_graph`) exactly like a
 calibrated graph, with the quantization parameters it learned.
 """
@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ExportError
+from zoo.heads import get_task
 
 from .executorch import _first_line, check_runtime_parity, load_pte, require_executorch, versions
 from .parity import Batch, ParityReport, agreement, torch_outputs
@@ -181,9 +182,9 @@ def qat_training_graph(checkpoint: str | os.PathLike, meta: dict[str, Any]) -> t
     """A QAT checkpoint's fake-quantized graph, rebuilt exactly as ``train.qat`` built it (same model arguments,
     same capture) with its state loaded strictly; in eval mode (what ``zoo benchmark`` scores as its PyTorch row)."""
     from safetensors.torch import load_file
-    from zoo.train.qat import prepare_qat_model
 
     import zoo
+    from zoo.quantization import prepare_qat_model
 
     cfg = meta["config"]
     task = meta.get("task") or cfg.get("task", "classification")
@@ -235,7 +236,8 @@ def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, c
     if found is not None:
         calibration, source = found
     else:
-        norm = (None, None) if task == "detection" else (pre["mean"], pre["std"])
+        normalises_itself = get_task(task).data_rules.get("normalize_in_model", False)
+        norm = (None, None) if normalises_itself else (pre["mean"], pre["std"])
         calibration, source = synthetic_calibration(size, len(spec.input_names), 16, *norm), "synthetic"
     if quantized is not None:  # the images only check the file; the quantization comes from training
         source = f"learned in quantization-aware training (checked on {source})"

@@ -141,10 +141,10 @@ def test_qat_graph_trains_and_its_checkpoint_converts_with_the_learned_quantizer
     state) loads strictly into the rebuilt graph and converts to an int8 graph computing what the QAT graph does."""
     pytest.importorskip("executorch")
     from zoo.export.pt2e import is_qat_checkpoint, qat_quantized_graph
-    from zoo.train.qat import prepare_qat_model
 
     import zoo
     from zoo.config import load_config
+    from zoo.quantization import prepare_qat_model
 
     torch.manual_seed(0)
     graph = prepare_qat_model(zoo.create_model("test_efficientnet", num_classes=4), "classification", 3, 16)

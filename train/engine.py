@@ -259,7 +259,7 @@ class _Trainer:
         self.data = self._data or self.task.build_data(cfg)
         self.model = self.task.build_model(cfg, self.data)
         if cfg.train.qat:  # fine-tune through int8 fake quantization (train/qat.py)
-            from .qat import prepare_qat_model
+            from zoo.quantization import prepare_qat_model
 
             self.model = prepare_qat_model(self.model, cfg.task, self.data.in_chans, cfg.data.img_size)
         self.peft_spec = self._apply_peft()

@@ -132,7 +132,7 @@ class TrainConfig:
     nonfinite: str = "stop"  # a NaN/Inf loss: stop (with the step and likely causes) | skip (drop that update)
     peft: PeftConfig = field(default_factory=PeftConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    qat: bool = False  # int8 quantization-aware fine-tuning (PT2E, XNNPACK scheme; train/qat.py)
+    qat: bool = False  # int8 quantization-aware fine-tuning (PT2E, XNNPACK scheme; zoo/quantization.py)
 
 
 @dataclass

@@ -115,6 +115,8 @@ class TaskModel(nn.Module):
     collate: ClassVar[Callable[[Sequence[dict[str, Any]]], dict[str, Any]] | None] = None
     #: the task's synthetic shapes data, in memory and on disk (:class:`zoo.data.synthetic.SyntheticFormat`)
     synthetic: ClassVar[Any] = None
+    #: whether the whole model (post-processing included) exports as one graph (int8 QAT traces it whole)
+    exports_one_graph: ClassVar[bool] = True
     #: whether the model's output is one logit vector per image, so a teacher's logits can be distilled into it
     distills_logits: ClassVar[bool] = False
 

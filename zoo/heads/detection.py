@@ -125,6 +125,7 @@ class DetectionModel(TaskModel):
     """
 
     task = "detection"
+    exports_one_graph = False  # torchvision's post-processing is data-dependent
     collate = staticmethod(collate_detection)
     synthetic = synthetic_data.DETECTION
     default_num_classes = 80

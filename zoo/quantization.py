@@ -1,4 +1,6 @@
-"""Quantization-aware fine-tuning (``zoo train model.checkpoint=CKPT train.qat=true``) with PyTorch 2 export QAT.
+"""Quantization-aware fine-tuning (``zoo train model.checkpoint=CKPT train.qat=true``) with PyTorch 2 export QAT:
+the fake-quantized graph the trainer trains and the exporter converts (both build it here, so neither imports the
+other).
 
 Why: post-training int8 calibrates activation ranges on a few images and rounds the weights once; when that loses
 more than about a point, a few epochs of training through the int8 rounding (fake quantization) let the weights
@@ -8,8 +10,8 @@ phones), and the trainer trains that graph like any model. Its checkpoint holds 
 weights and the learned quantizer statistics, which ``zoo.export.pt2e`` converts into the int8 ``.pte``
 (``zoo benchmark``'s ``int8.pte`` row) instead of calibrating again.
 
-Needs the ``executorch`` extra (its XNNPACK quantizer). Tensor-output tasks only (classification, segmentation,
-change detection): a torchvision detector's data-dependent post-processing does not export as one graph.
+Needs the ``executorch`` extra (its XNNPACK quantizer). Only tasks whose model exports as one graph (the task
+class's ``exports_one_graph``): a torchvision detector's data-dependent post-processing does not.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.errors import ConfigError
+from .errors import ConfigError
+from .heads import get_task
 
 
 def xnnpack_qat_quantizer() -> Any:
@@ -40,11 +43,11 @@ def prepare_qat_model(model: nn.Module, task: str, in_chans: int, img_size: int)
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    if task == "detection":
-        raise ConfigError("train.qat=true is for tensor-output tasks (classification, segmentation, change "
-                          "detection); a detector's post-processing does not export as one graph")
-    n_inputs = 2 if task == "change_detection" else 1
-    example = tuple(torch.randn(2, in_chans, img_size, img_size) for _ in range(n_inputs))
+    task_cls = get_task(task)
+    if not task_cls.exports_one_graph:
+        raise ConfigError(f"train.qat=true needs a model that exports as one graph; a {task} model's "
+                          "post-processing does not")
+    example = tuple(torch.randn(2, in_chans, img_size, img_size) for _ in task_cls.input_names)
     batch = torch.export.Dim("batch", min=1, max=4096)
     model.train()
     try:
