@@ -192,3 +192,29 @@ def test_detector_postprocess_of_its_export_adapter_equals_its_eval_forward(head
     assert len(expected["boxes"]) == 5
     for k in ("boxes", "scores", "labels"):
         torch.testing.assert_close(got[k], expected[k], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("task,dataset,image_keys", [("segmentation", "seg_folder", {"image": "images"}),
+                                                     ("change_detection", "levir_cd", {"image_a": "A",
+                                                                                        "image_b": "B"})])
+def test_dense_validation_sees_the_images_zoo_predict_and_the_sidecar_see(tmp_path: Path, task: str, dataset: str,
+                                                                          image_keys: dict) -> None:
+    """A 48x48 image validated at 40x40: the validation tensor is ``preprocess_file`` of the same file (the
+    preprocessing ``zoo predict`` runs and the export sidecar describes), and the mask follows with nearest
+    resampling, so it still holds only label values."""
+    from zoo import tasks
+    from zoo.config import load_config
+    from zoo.data.synthetic import write_synthetic
+    from zoo.data.transforms import preprocess_file
+
+    root = write_synthetic(task, tmp_path / "data", n=4, size=48, num_classes=2)
+    cfg = load_config({"task": task, "model": {"name": TIMM, "num_classes": 3 if task == "segmentation" else 2},
+                       "data": {"dataset": dataset, "root": str(root), "img_size": 40}})
+    data = tasks.get_task(task).build_data(cfg)
+    sample = data.val[0]
+    stem = sorted((root / "val" / next(iter(image_keys.values()))).iterdir())[0].name
+    for key, folder in image_keys.items():
+        expected = preprocess_file(root / "val" / folder / stem, data.data_config)
+        assert sample[key].shape == (3, 40, 40)
+        torch.testing.assert_close(sample[key], expected, rtol=0, atol=1e-6)
+    assert sample["target"].shape == (40, 40) and set(sample["target"].unique().tolist()) <= {0, 1, 2}

@@ -335,14 +335,16 @@ def _coco_data(cfg: Any, task: str, root: Any, synth_classes: int | None, mean: 
 
 
 def _dense_transforms(cfg: Any, task: str, root: Any, mean: Any, std: Any) -> tuple[Any, Any]:
-    from zoo.data.transforms import build_transforms
+    """Training augmentation (albumentations, mask-aware) and the evaluation transform: the model's one
+    preprocessing (:class:`zoo.data.transforms.DenseEvalTransform`), the mask resampled alongside."""
+    from zoo.data.transforms import DenseEvalTransform, build_transforms
 
     d = cfg.data
     for split in (d.train_split, d.val_split):
         if not (root / split).is_dir():
             raise ConfigError(f"data.root {str(root)!r} has no {split!r} folder")
     return (build_transforms(task, train=d.augment, size=d.img_size, mean=mean, std=std),
-            build_transforms(task, train=False, size=d.img_size, mean=mean, std=std))
+            DenseEvalTransform(_data_config(cfg, 3, mean, std)))
 
 
 @_dense_data(SegmentationModel, "seg_folder")

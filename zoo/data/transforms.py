@@ -172,6 +172,37 @@ def create_eval_transform(data_config: Mapping[str, Any]) -> Callable[[Any], tor
     return transform
 
 
+class DenseEvalTransform:
+    """The evaluation transform of a dense sample (an image, or a co-registered pair, and its mask), called like an
+    albumentations pipeline (``image=``, ``image_b=``, ``mask=`` as HWC / HW uint8 arrays).
+
+    Why: each image goes through :func:`create_eval_transform`, the very preprocessing ``zoo predict``, int8
+    calibration and the export sidecar describe, so a segmentation model is validated on the images an app feeds
+    it; the mask follows the same geometry with nearest-neighbour resampling (labels must not blend). Dense data
+    configs resize straight to the input size (``crop_mode`` squash, ``crop_pct`` 1), so no label is cropped away.
+    """
+
+    def __init__(self, data_config: Mapping[str, Any]) -> None:
+        if data_config.get("crop_mode") != "squash" or float(data_config.get("crop_pct") or 1.0) != 1.0:
+            raise ConfigError("a dense evaluation transform resizes straight to the input size: its data config "
+                              "needs crop_mode 'squash' and crop_pct 1.0")
+        self.image_transform = create_eval_transform(data_config)
+        self.size = tuple(int(s) for s in data_config["input_size"][1:])
+
+    def __call__(self, image: Any, mask: Any = None, image_b: Any = None) -> dict[str, Any]:
+        import numpy as np
+        from PIL import Image
+
+        out: dict[str, Any] = {"image": self.image_transform(Image.fromarray(image))}
+        if image_b is not None:
+            out["image_b"] = self.image_transform(Image.fromarray(image_b))
+        if mask is not None:
+            h, w = self.size
+            resized = Image.fromarray(np.ascontiguousarray(mask)).resize((w, h), Image.Resampling.NEAREST)
+            out["mask"] = torch.from_numpy(np.array(resized))
+        return out
+
+
 def preprocess_file(path: str | os.PathLike | Path, data_config: Mapping[str, Any]) -> torch.Tensor:
     """``load_image`` + ``create_eval_transform`` for one file."""
     return create_eval_transform(data_config)(load_image(path, data_config))
