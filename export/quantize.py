@@ -10,8 +10,8 @@ ranges computed at run time; no calibration data; mostly helps MatMul/Gemm-heavy
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +24,8 @@ from zoo.errors import ExportError
 
 from .parity import Batch, agreement, batchless_indices, make_session, run_session, session_batch
 from .spec import ExportSpec
+
+logger = logging.getLogger(__name__)
 
 MODES = ("static", "dynamic")
 FORMATS = ("qdq", "qoperator")
@@ -186,8 +188,7 @@ def quantize_int8(
                 quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=False)
         except Exception as e:  # noqa: BLE001 - symbolic shape inference fails on some graphs; ONNX's is enough
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-            print(f"note: symbolic shape inference failed ({type(e).__name__}); used ONNX shape inference",
-                  file=sys.stderr)
+            logger.info("symbolic shape inference failed (%s); used ONNX shape inference", type(e).__name__)
         excluded = depthwise_convs(pre) if exclude_depthwise else []
         selection: dict[str, object] | None = None
 
@@ -214,8 +215,8 @@ def quantize_int8(
                              "kept_float_by_op": _count_ops(prof.timings, slower),
                              "profile_fp32_ms": prof.fp32_total_ms, "profile_int8_all_ms": prof.int8_total_ms,
                              "kept_float_nodes": slower}
-                print(f"int8 select auto: {len(slower)} of {len(prof.timings)} quantizable nodes kept in float "
-                      f"(int8 kernel slower on this CPU)\n" + summary_table(prof, slower), file=sys.stderr)
+                logger.info("int8 select auto: %d of %d quantizable nodes kept in float (int8 kernel slower on this "
+                            "CPU)\n%s", len(slower), len(prof.timings), summary_table(prof, slower))
             elif mode == "static":
                 static(out_path, excluded)
             else:
