@@ -67,12 +67,27 @@ def xnnpack_quantizer(qat: bool = False) -> Any:
 
 
 def capture(model: nn.Module, spec: ExportSpec) -> torch.fx.GraphModule:
-    """The task adapter as a ``torch.export`` graph module (what PT2E quantization annotates)."""
+    """The task adapter as a ``torch.export`` graph module (what PT2E quantization annotates), captured under the
+    one export switch (:func:`export.onnx_export.exporting`: the models' graph-shaped paths, no data-dependent
+    probes) with every weight-only computation folded to a constant.
+
+    Why the folding: under the switch a model computes derived weights in the graph (EMOv2 folds each BatchNorm
+    into its conv there; the ONNX exporter turns such subgraphs into initializers). Left in the graph, the XNNPACK
+    quantizer would quantize a *computed* weight, XNNPACK cannot take a conv whose weight is computed, and the
+    per-channel quantize/dequantize pairs fall to portable kernels ExecuTorch cannot run. torchao's
+    ``constant_fold`` evaluates those subgraphs once, so every conv and linear sees a constant weight."""
+    from torchao.quantization.pt2e.constant_fold import constant_fold
+
+    from .onnx_export import exporting
+
     adapter = build_adapter(model.eval().float().cpu(), spec)
     try:
-        return torch.export.export(adapter, spec.example_inputs(1)).module()
+        with exporting(adapter):
+            graph = torch.export.export(adapter, spec.example_inputs(1)).module()
     except Exception as e:  # noqa: BLE001 - torch.export raises many types
         raise ExportError(f"torch.export failed (needed for PT2E int8): {_first_line(e)}") from e
+    constant_fold(graph)
+    return graph
 
 
 @torch.no_grad()

@@ -136,3 +136,24 @@ def test_pt2e_int8_pte_round_trip_in_executorch(tmp_path):
     assert report.vs_quantized_torch.sets[-1].source == "images"
     fp32 = to_pte(model, tmp_path / "m.pte", spec)
     assert report.path.stat().st_size < 0.6 * fp32.stat().st_size
+
+
+def test_pt2e_int8_pte_of_emov2_runs_in_executorch(tmp_path):
+    """EMOv2 folds each BatchNorm into its conv inside the exported graph; PT2E capture folds such weight-only
+    subgraphs to constants, so every conv reaches XNNPACK with a constant int8 weight and the file loads and
+    matches its quantized PyTorch graph (without the folding the lowering fails on per-channel quantize nodes)."""
+    pytest.importorskip("executorch")
+    import numpy as np
+    from zoo.export.pt2e import to_pte_int8
+    from zoo.export.spec import build_spec
+
+    import zoo
+
+    torch.manual_seed(0)
+    model = zoo.create_model("emov2_1m", num_classes=5).eval()
+    torch.nn.init.normal_(model.get_classifier().weight, std=0.5)  # timm zero-initialises the head: no logits
+    spec = build_spec("classification", (3, 32, 32), False, model)
+    calib = (np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32),)
+    report = to_pte_int8(model, tmp_path / "emo.int8.pte", spec, calib, calibration_source="test")
+    assert report.vs_quantized_torch.passed and (tmp_path / "emo.int8.pte").exists()
+    assert report.top1_agreement_with_fp32 >= 0.5

@@ -487,6 +487,8 @@ class MediumRangeAttention(nn.Module):
     def _gate(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """``x`` times the gate upsampled (nearest) to its size; whether that upsampling is a block repeat is
         asked once per size."""
+        if is_exportable():  # the probe compares tensors, which a tracer (torch.export) cannot; F.interpolate
+            return mul_nearest_upsampled(x, gate, block_repeat=False)
         (H, W), (h, w) = x.shape[-2:], gate.shape[-2:]
         key = (h, H, w, W)
         block_repeat = self._block_repeat.get(key)
