@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoo.data.transforms import resolve_model_data_config
 from zoo.errors import ExportError
 from zoo.heads import get_task
 
@@ -240,11 +241,11 @@ def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, c
         size = normalize_input_size(meta["input_size"][1:], int(meta.get("in_chans") or 3))
         spec = build_spec(task, size, False)
         model = PerSample(quantized, spec)  # the QAT graph is the PyTorch reference of its own int8 file
-        pre = preprocessing(model, meta)
+        pre = preprocessing(resolve_model_data_config(meta["model"], task, meta.get("data_config")))
     else:
         model, meta, name, task = load_model(str(checkpoint))
         task = task or "classification"
-        pre = preprocessing(model, meta)
+        pre = preprocessing(model)  # load_model put the checkpoint's data config on the model
         size = normalize_input_size(pre["default_input_size"][1:], int(meta.get("in_chans") or 3))
         spec = build_spec(task, size, False, model)
     found = training_calibration(meta, size, len(spec.input_names), limit=calib_limit)
