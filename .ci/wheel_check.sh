@@ -31,6 +31,7 @@ assert manifest == json.loads((repo / "weights_manifest.json").read_text()), "pa
 json.loads(wheel.read("zoo/weights_manifest.schema.json"))
 want = {f"zoo/configs/{p.relative_to(repo / 'configs').as_posix()}" for p in (repo / "configs").glob("*/*.yaml")}
 assert want and want <= names, f"configs missing from the wheel: {sorted(want - names)}"
+assert "zoo/layers/selective_scan_cpu.c" in names, "the selective scan kernel's C source is missing from the wheel"
 print(f"  {len(names)} files; manifest ({len(manifest['entries'])} entries), schema, {len(want)} configs; "
       f"top level: {sorted(tops)}")
 PY
@@ -67,8 +68,10 @@ missing = [f"{e['model']}.{e['tag']}" for e in entries if f"{e['model']}.{e['tag
 assert not missing, f"`zoo weights list` lacks {missing}"
 tags = set(timm.list_models(pretrained=True))
 assert {f"{e['model']}.{e['tag']}" for e in entries} <= tags, "manifest entries are not timm pretrained tags"
+from zoo.layers.selective_scan_kernel import SOURCE, kernel_status
+assert SOURCE.is_file() and SOURCE.resolve().is_relative_to(site), SOURCE
 print(f"  zoo from {site}; zoo.train and zoo.export import; no top-level train/export; "
-      f"{len(entries)} weights listed and registered as timm tags")
+      f"{len(entries)} weights listed and registered as timm tags; CPU scan kernel: {kernel_status()}")
 PY
 end=$(date +%s)
 echo "wheel check: passed in $((end - start)) s (install $((installed - start)) s)"

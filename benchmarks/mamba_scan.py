@@ -1,21 +1,24 @@
-"""Selective scan and LightM-UNet: speed and peak memory of the fast scan next to the previous implementation and the
-sequential reference, and the ONNX export of LightM-UNet.
+"""Selective scan and LightM-UNet: speed and peak memory of the default scan (the compiled CPU kernel) next to the
+plain-PyTorch chunked scan, an earlier implementation and the sequential reference, and the ONNX export.
 
     python benchmarks/mamba_scan.py                     # scan + model parts (no ONNX)
-    python benchmarks/mamba_scan.py --only scan         # one layer's scan, L=4096, d_inner=512, N=16: fast scan vs
-                                                        # previous vs sequential, inference and forward+backward
+    python benchmarks/mamba_scan.py --only scan         # one layer's scan, L=4096, d_inner=512, N=16: compiled vs
+                                                        # chunked vs previous vs sequential, inference and
+                                                        # forward+backward
     python benchmarks/mamba_scan.py --only model        # LightM-UNet 2D/3D inference and one training step, each
                                                         # configuration in its own process (peak RSS per config)
     python benchmarks/mamba_scan.py --only onnx         # export at 256² under timm's exportable switch, onnxruntime
                                                         # vs PyTorch at 256² and 192² through the same graph
 
-"Previous" is ``zoo/layers/selective_scan.py`` as of ``--previous-rev`` (read with ``git show``), swapped into the
-Mamba layers of the child process; "sequential" is the step-by-step reference (``scan_impl="sequential"``). The
-previous implementation's training step keeps (B, d_inner, L, d_state) tensors for autograd: it needs 5.4 GB at
-128² and 18.7 GB at 256² (2D), so it runs only up to ``--previous-train-max`` (64² by default) and larger sizes show
-these recorded figures instead, labelled as such. Timings are the best of ``--rounds`` runs after one warm-up, wall
-and CPU time (a loaded machine stretches wall time much more than CPU time); the ratios are previous/new, so > 1
-means the new scan is faster.
+"new" is what ``scan_impl="auto"`` runs here (the compiled kernel where a C compiler exists; the line at the top
+says which); "chunked" is the plain-PyTorch scan of this tree (``scan_impl="chunked"``, the fallback without a
+compiler); "previous" is ``zoo/layers/selective_scan.py`` as of ``--previous-rev`` (read with ``git show``),
+swapped into the Mamba layers of the child process; "sequential" is the step-by-step reference. The previous
+implementation's training step keeps (B, d_inner, L, d_state) tensors for autograd: it needs 5.4 GB at 128² and
+18.7 GB at 256² (2D), so it runs only up to ``--previous-train-max`` (64² by default) and larger sizes show these
+recorded figures instead, labelled as such. Timings are the best of ``--rounds`` runs after one warm-up, wall and
+CPU time (a loaded machine stretches wall time much more than CPU time); the ratios are other/new, so > 1 means
+the new scan is faster.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ def bench_scan(prev_path: Path | None, seqlen: int = 4096, d_inner: int = 512, d
                rounds: int = 3) -> dict[str, float]:
     """Inference and forward+backward of one scan, interleaved in this process (CPU time, best of ``rounds``)."""
     from zoo.layers import selective_scan as new
+    from zoo.layers.selective_scan_kernel import kernel_available, selective_scan_compiled
 
     torch.manual_seed(0)
     u = torch.randn(1, d_inner, seqlen)
@@ -103,7 +107,8 @@ def bench_scan(prev_path: Path | None, seqlen: int = 4096, d_inner: int = 512, d
     b, c = torch.randn(1, d_state, seqlen), torch.randn(1, d_state, seqlen)
     d, z = torch.ones(d_inner), torch.randn(1, d_inner, seqlen)
     bias = torch.randn(d_inner) - 4.0  # softplus(bias) ~ mamba_ssm's dt init range
-    impls = {"new": new.selective_scan_chunked, "sequential": new.selective_scan_sequential}
+    impls = {"new": selective_scan_compiled if kernel_available() else new.selective_scan_chunked,
+             "chunked": new.selective_scan_chunked, "sequential": new.selective_scan_sequential}
     if prev_path is not None:
         impls["previous"] = _load_module(str(prev_path)).selective_scan_chunked
 
@@ -153,8 +158,8 @@ if cfg["impl"] == "previous":
 torch.manual_seed(0)
 in_chans = 3 if cfg["model"] == "lightm_unet_2d" else 1
 model = zoo.create_model(cfg["model"], in_chans=in_chans, num_classes=2)
-if cfg["impl"] == "sequential":
-    set_scan_impl(model, "sequential")
+if cfg["impl"] in ("sequential", "chunked"):
+    set_scan_impl(model, cfg["impl"])
 spatial = (cfg["size"],) * (2 if cfg["model"] == "lightm_unet_2d" else 3)
 x = torch.randn(1, in_chans, *spatial)
 target = torch.randint(0, 2, (1, *spatial))
@@ -201,11 +206,11 @@ def run_model_config(model: str, size: int, mode: str, impl: str, threads: int, 
 
 
 def bench_model(prev_path: Path | None, configs: list[tuple[str, int, str]], threads: int, rounds: int,
-                previous_train_max: int, sequential_max: int, timeout: float) -> list[dict]:
+                previous_train_max: int, sequential_max: int, timeout: float, chunked: bool = True) -> list[dict]:
     rows = []
     for model, size, mode in configs:
         row: dict = {"model": model, "size": size, "mode": mode}
-        for impl in ("new", "previous", "sequential"):
+        for impl in ("new", "chunked", "previous", "sequential"):
             dims = 3 if model.endswith("3d") else 2
             too_big = mode == "train" and size ** dims > previous_train_max ** 2  # pixels or voxels
             if impl == "previous" and (prev_path is None or too_big):
@@ -213,7 +218,7 @@ def bench_model(prev_path: Path | None, configs: list[tuple[str, int, str]], thr
                 if rec:
                     row["previous_recorded"] = rec
                 continue
-            if impl == "sequential" and size > sequential_max:
+            if (impl == "sequential" and size > sequential_max) or (impl == "chunked" and not chunked):
                 continue
             res = run_model_config(model, size, mode, impl, threads, rounds, prev_path, timeout)
             if res is not None:
@@ -228,7 +233,7 @@ def _format_row(row: dict) -> str:
     head = f"{row['model']} 1x{'3' if dims == '2' else '1'}x{row['size']}^{dims} {row['mode']:5s}"
     new = row.get("new")
     parts = []
-    for impl in ("new", "previous", "sequential"):
+    for impl in ("new", "chunked", "previous", "sequential"):
         r = row.get(impl)
         if r is None:
             continue
@@ -348,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                         "squared pixels/voxels (it needs 5.4 GB at 128² and ~21 GB for a 3D 32³ input); larger "
                         "inputs show the recorded figures instead")
     p.add_argument("--no-previous", action="store_true", help="do not run the previous implementation at all")
+    p.add_argument("--no-chunked", action="store_true", help="do not run the plain-PyTorch chunked scan")
     p.add_argument("--sequential-max", type=int, default=64, help="largest size the sequential reference runs at")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per configuration process")
     p.add_argument("--size", type=int, default=256, help="ONNX part: export size")
@@ -355,8 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     parts = args.only or ["scan", "model"]
     torch.set_num_threads(args.threads)
+    from zoo.layers.selective_scan_kernel import kernel_status
+
     print(f"{cpu_flags()}; torch {torch.__version__}; {args.threads} thread(s); "
           f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    print(f"default CPU scan: {kernel_status()}", flush=True)
     prev_path = None if args.no_previous else previous_source(args.previous_rev)
     results: dict = {}
     try:
@@ -365,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         if "model" in parts:
             configs = [(m, int(s), mode) for m, s, mode in (c.split(":") for c in args.configs)]
             results["model"] = bench_model(prev_path, configs, args.threads, args.rounds, args.previous_train_max,
-                                           args.sequential_max, args.timeout)
+                                           args.sequential_max, args.timeout, not args.no_chunked)
         if "onnx" in parts:
             results["onnx"] = bench_onnx(args.size, args.second_size, args.rounds)
     finally:

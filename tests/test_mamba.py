@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zoo.layers import selective_scan_kernel
 from zoo.layers.mamba import Mamba, set_scan_impl
 from zoo.layers.selective_scan import (
     selective_scan,
@@ -21,6 +22,13 @@ from zoo.layers.selective_scan import (
     selective_scan_export,
     selective_scan_sequential,
 )
+from zoo.layers.selective_scan_kernel import kernel_available, kernel_status, selective_scan_compiled
+
+
+def _need(impl: str) -> None:
+    """Skip a case for the compiled kernel on a machine without a C compiler (it then falls back, tested below)."""
+    if impl == "compiled" and not kernel_available():
+        pytest.skip(f"compiled scan unavailable here: {kernel_status()}")
 
 
 def _scan_inputs(batch=2, d=6, n=4, seqlen=50, delta_shift=0.0, seed=0, dtype=torch.float32):
@@ -55,9 +63,10 @@ def test_sequential_reference_is_the_recurrence():
     assert (ref.double() - _naive_recurrence(*args)).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("impl", ["chunked", "export"])
+@pytest.mark.parametrize("impl", ["chunked", "compiled", "export"])
 @pytest.mark.parametrize("seqlen,delta_shift", [(1, 0.0), (37, 0.0), (300, 0.0), (300, 6.0), (2000, 8.0)])
 def test_scans_match_sequential_reference(impl, seqlen, delta_shift):
+    _need(impl)
     u, delta, a, b, c, dd, z, bias = _scan_inputs(seqlen=seqlen, delta_shift=delta_shift, d=4 if seqlen > 500 else 6)
     ref = selective_scan_sequential(u, delta, a, b, c, dd, z, bias, delta_softplus=True)
     out = selective_scan(u, delta, a, b, c, dd, z, bias, delta_softplus=True, impl=impl)
@@ -169,6 +178,99 @@ def test_scan_function_saves_no_state_sized_tensors():
         assert ref_extra >= 2 * state_bytes  # the measure does see state-sized tensors where they are kept
 
 
+@pytest.mark.parametrize("case", [
+    dict(batch=2, d=3, n=4, seqlen=45, delta_shift=1.0),  # fewer channels than one 16-channel block
+    dict(batch=2, d=3, n=4, seqlen=300, delta_shift=6.0),  # large Δ: decays underflow; 5 checkpoint chunks
+    dict(batch=1, d=40, n=16, seqlen=130, delta_shift=0.0),  # two full blocks and a remainder, 3 chunks
+    dict(batch=2, d=3, n=4, seqlen=2, delta_shift=0.0),  # shorter than a chunk
+])
+def test_compiled_scan_gradients_match_autograd_through_sequential(case):
+    """The compiled kernel's backward (states recomputed per chunk from checkpoints, adjoint run backwards) gives
+    autograd's gradients through the literal recurrence, for all eight inputs, within 1e-4 relative."""
+    _need("compiled")
+    args = _scan_inputs(**case)
+    out_ref, g_ref = _grads(selective_scan_sequential, args)
+    out, g = _grads(selective_scan_compiled, args)
+    assert (out - out_ref).abs().max().item() <= 1e-5
+    for name, a, b in zip(("u", "delta", "A", "B", "C", "D", "z", "delta_bias"), g_ref, g):
+        assert a.abs().max() > 0, name
+        assert (a - b).abs().max().item() <= 1e-4 * a.abs().max().item(), name
+
+
+def test_compiled_scan_gradients_without_softplus_gate_or_skip():
+    _need("compiled")
+    u, delta, a, b, c, _, _, _ = _scan_inputs(batch=2, d=20, n=3, seqlen=29)
+    args = [u, F.softplus(delta), a, b, c, None, None, None]
+    out_ref, g_ref = _grads(selective_scan_sequential, args, softplus=False)
+    out, g = _grads(selective_scan_compiled, args, softplus=False)
+    assert (out - out_ref).abs().max().item() <= 1e-5
+    assert g[5:] == [None, None, None]
+    for a_ref, a_got in zip(g_ref[:5], g[:5]):
+        assert (a_ref - a_got).abs().max().item() <= 1e-4 * a_ref.abs().max().item()
+
+
+def test_compiled_scan_saves_no_state_sized_tensors():
+    """Checkpoints every >= d_state steps: at most one (batch, d_inner, L) tensor's worth beyond the inputs."""
+    _need("compiled")
+    batch, d = 1, 32
+    for n, seqlen in ((4, 256), (16, 1024)):
+        args = _scan_inputs(batch=batch, d=d, n=n, seqlen=seqlen)
+        extra, _ = _saved_bytes(selective_scan_compiled, args)
+        assert 0 < extra <= batch * d * seqlen * 4 + batch * d * n * 4, (n, seqlen, extra)
+
+
+def test_compiled_scan_threads_split_channels_with_the_same_result():
+    """The channel blocks run on torch.get_num_threads() threads; B's and C's gradients, summed over channels,
+    come from per-thread buffers: one thread and three threads agree."""
+    _need("compiled")
+    args = _scan_inputs(batch=2, d=70, n=8, seqlen=90)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        out1, g1 = _grads(selective_scan_compiled, args)
+        torch.set_num_threads(3)
+        out3, g3 = _grads(selective_scan_compiled, args)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out1, out3)
+    for a, b in zip(g1, g3):
+        assert (a - b).abs().max().item() <= 1e-6 * a.abs().max().item()
+
+
+def test_auto_uses_the_compiled_kernel_on_cpu_and_falls_back_without_a_compiler(monkeypatch, tmp_path):
+    import zoo.layers.selective_scan as scan_module
+
+    args = _scan_inputs(seqlen=40)
+    ref = selective_scan_sequential(*args[:7], delta_bias=args[7], delta_softplus=True)
+    used = []
+    for name in ("selective_scan_compiled", "selective_scan_chunked"):
+        real = getattr(scan_module, name)
+        monkeypatch.setattr(scan_module, name, lambda *a, _n=name, _r=real, **k: used.append(_n) or _r(*a, **k))
+    selective_scan_kernel._load.cache_clear()
+    monkeypatch.setenv("ZOO_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    try:
+        assert not kernel_available() and "could not build" in kernel_status()
+        out = selective_scan(*args[:7], delta_bias=args[7], delta_softplus=True)
+        assert used == ["selective_scan_chunked"] and (out - ref).abs().max() <= 1e-5
+        with pytest.raises(RuntimeError, match="compiled selective scan is unavailable"):
+            selective_scan(*args[:7], delta_bias=args[7], delta_softplus=True, impl="compiled")
+        monkeypatch.setenv("ZOO_SCAN_KERNEL", "0")
+        selective_scan_kernel._load.cache_clear()
+        assert kernel_status() == "disabled by ZOO_SCAN_KERNEL"
+        monkeypatch.delenv("ZOO_SCAN_KERNEL")
+        monkeypatch.delenv("CC")
+        selective_scan_kernel._load.cache_clear()
+        if not kernel_available():
+            pytest.skip(f"no C compiler here: {kernel_status()}")
+        assert list((tmp_path / "cache").glob("selective_scan_cpu-*.so"))  # built into the configured cache
+        used.clear()
+        out = selective_scan(*args[:7], delta_bias=args[7], delta_softplus=True)
+        assert used == ["selective_scan_compiled"] and (out - ref).abs().max() <= 1e-5
+    finally:
+        selective_scan_kernel._load.cache_clear()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_scan_runs_in_float32_for_half_inputs(dtype):
     args = _scan_inputs(seqlen=64, dtype=dtype)
@@ -242,8 +344,9 @@ def _mamba_by_hand(m: Mamba, x: torch.Tensor) -> torch.Tensor:
     return y @ m.out_proj.weight.t()
 
 
-@pytest.mark.parametrize("impl", ["sequential", "chunked", "export"])
+@pytest.mark.parametrize("impl", ["sequential", "chunked", "compiled", "export"])
 def test_mamba_forward_equals_mamba_ssm_reference_path(impl):
+    _need(impl)
     torch.manual_seed(0)
     m = Mamba(d_model=16, scan_impl=impl)
     with torch.no_grad():

@@ -35,6 +35,7 @@ def test_packages_install_under_zoo_only_and_carry_manifest_schema_and_configs()
     data = {k: v for k, v in cfg["options.package_data"].items()}
     assert {"weights_manifest.json", "weights_manifest.schema.json"} <= {s.strip() for s in data["zoo"].split(",")}
     assert data["zoo.configs"].strip() == "*/*.yaml" and list((ROOT / "configs").glob("*/*.yaml"))
+    assert data["zoo.layers"].strip() == "selective_scan_cpu.c" and (ROOT / "zoo/layers/selective_scan_cpu.c").is_file()
 
 
 def test_the_packaged_manifest_is_the_repository_manifest() -> None:

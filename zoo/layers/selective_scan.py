@@ -1,4 +1,5 @@
-"""The selective scan of Mamba (Gu & Dao, arXiv:2312.00752) in plain PyTorch, in three interchangeable forms.
+"""The selective scan of Mamba (Gu & Dao, arXiv:2312.00752) in interchangeable forms: plain PyTorch, a compiled
+CPU kernel and mamba_ssm's CUDA kernel.
 
 The recurrence, per batch ``b``, channel ``d`` and state ``n`` (A real, diagonal, negative; Δ > 0 after softplus)::
 
@@ -9,29 +10,27 @@ Argument names, shapes and options follow ``mamba_ssm.ops.selective_scan_interfa
 ``(batch, d_state, L)``, ``D`` and ``delta_bias`` are ``(d_inner,)``. The scan always runs in float32 whatever the
 input dtype (as mamba_ssm's kernel does) and returns the input dtype.
 
-Why three forms:
+The forms:
 
 * ``"sequential"`` -- the recurrence written out, one step at a time. Slow; it is the reference the others are
   tested against.
-* ``"chunked"`` -- the default on CPU (and on CUDA without mamba_ssm), for inference and training. The sequence is
-  cut into L2-cache-sized blocks processed one after another (carrying the state); inside a block, chunks of ``T``
-  steps are scanned in lock-step and stitched together by a short scan over the chunk boundaries, or, for wide
-  layers (``batch·d_inner·d_state >= STEPWISE_MIN_ELEMS``), the block is stepped through with one fused
-  multiply-add per step. It only ever multiplies decays ``exp(Δ A) <= 1`` together: the popular "cumsum in log
-  space" form, ``h_t = exp(S_t) Σ_s exp(-S_s) x_s`` with ``S_t = Σ Δ A``, needs ``exp(-S_s)``, which overflows
-  float32 as soon as ``|ΣΔA|`` passes ~88 -- at initialisation a 4,096-step sequence already reaches ~1,500.
-  Everything runs in place in buffers allocated once per call (on CPU a fresh large temporary costs more in page
-  faults than the arithmetic that fills it), with the states laid out ``(steps, batch, d_state, d_inner)`` so that
-  ``y = C·h`` is one batched matrix product per block. With autograd it runs as ``SelectiveScanFunction``: the
-  forward keeps only its inputs and the state entering each block, and the backward rescans each block from that
-  state and runs the adjoint recurrence backwards through it, so training memory is linear in the length (as in
-  mamba_ssm's CUDA kernel), not ``L·d_inner·d_state`` per layer.
-
-  Why plain PyTorch ops and not ``torch.compile`` or a compiled extension: the package installs with pip alone and
-  runs wherever torch runs (CPU, CUDA, no compiler needed); the recurrence is sequential, so a compiler would have
-  to unroll it (minutes of compile time per layer shape, again for every new input size) to fuse what is already
-  a few vectorised passes per block here; and the cost is dominated by memory traffic and the exp, which the
-  block layout keeps in cache.
+* ``"compiled"`` -- the default on CPU wherever a C compiler exists: one fused pass per block of 16 channels, a
+  small C kernel compiled on first use and loaded with ctypes (``zoo.layers.selective_scan_kernel``: why that form,
+  and its training backward). 3-5x faster than ``"chunked"`` in inference and training.
+* ``"chunked"`` -- the default on CUDA without mamba_ssm and on CPUs without a compiler, for inference and training.
+  The sequence is cut into L2-cache-sized blocks processed one after another (carrying the state); inside a block,
+  chunks of ``T`` steps are scanned in lock-step and stitched together by a short scan over the chunk boundaries, or,
+  for wide layers (``batch·d_inner·d_state >= STEPWISE_MIN_ELEMS``), the block is stepped through with one fused
+  multiply-add per step. It only ever multiplies decays ``exp(Δ A) <= 1`` together: the popular "cumsum in log space"
+  form, ``h_t = exp(S_t) Σ_s exp(-S_s) x_s`` with ``S_t = Σ Δ A``, needs ``exp(-S_s)``, which overflows float32 as
+  soon as ``|ΣΔA|`` passes ~88 -- at initialisation a 4,096-step sequence already reaches ~1,500. Everything runs in
+  place in buffers allocated once per call (on CPU a fresh large temporary costs more in page faults than the
+  arithmetic that fills it), with the states laid out ``(steps, batch, d_state, d_inner)`` so that ``y = C·h`` is one
+  batched matrix product per block. With autograd it runs as ``SelectiveScanFunction``: the forward keeps only its
+  inputs and the state entering each block, and the backward rescans each block from that state and runs the adjoint
+  recurrence backwards through it, so training memory is linear in the length (as in mamba_ssm's CUDA kernel), not
+  ``L·d_inner·d_state`` per layer.
+  Plain PyTorch ops, so it runs wherever torch runs (CPU, CUDA, no compiler needed).
 * ``"export"`` -- one loop node per Mamba layer, so the graph does not grow with the sequence length. Under the
   TorchScript ONNX exporter (``torch.onnx.export(..., dynamo=False)``) it is a scripted loop that becomes one
   ONNX ``Loop`` whose trip count and shapes come from the input (one graph for every input size); under
@@ -52,7 +51,9 @@ import torch
 import torch.nn.functional as F
 from timm.layers import is_exportable
 
-SCAN_IMPLS = ("auto", "sequential", "chunked", "export", "cuda")
+from .selective_scan_kernel import kernel_available, selective_scan_compiled
+
+SCAN_IMPLS = ("auto", "sequential", "chunked", "compiled", "export", "cuda")
 
 # Budget (in float32 elements) for one block of the fast scan: its (block, b, d_state, d_inner) buffers (two in
 # inference, three in the backward) stay in a core's L2 cache between the vectorised exp/mul that fill them and the
@@ -614,8 +615,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    impl: str = "auto") -> torch.Tensor:
     """Run the selective scan with the chosen implementation (see the module docstring).
 
-    ``"auto"``: mamba_ssm's kernel for CUDA tensors when it is installed, the loop form while torch.export /
-    ONNX export is tracing, the chunked form otherwise.
+    ``"auto"``: the loop form while torch.export / ONNX export is tracing; mamba_ssm's kernel for CUDA tensors when
+    it is installed; the compiled kernel for CPU tensors where it could be built (``kernel_status()``); the
+    chunked form otherwise.
     """
     _check_shapes(u, delta, A, B, C)
     if impl == "auto":
@@ -623,12 +625,16 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             impl = "export"
         elif u.is_cuda and _mamba_ssm_scan() is not None:
             impl = "cuda"
+        elif u.device.type == "cpu" and not torch.compiler.is_compiling() and kernel_available():
+            impl = "compiled"
         else:
             impl = "chunked"
     if impl == "sequential":
         return selective_scan_sequential(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if impl == "chunked":
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if impl == "compiled":
+        return selective_scan_compiled(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if impl == "export":
         return selective_scan_export(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if impl == "cuda":
