@@ -26,6 +26,7 @@ from torch import nn
 
 from zoo.errors import ExportError
 
+from .onnx_export import exporting
 from .parity import (
     Batch,
     ParityReport,
@@ -81,7 +82,7 @@ def to_pte(model: nn.Module, path: str | os.PathLike, spec: ExportSpec) -> Path:
     adapter = build_adapter(model.eval().float().cpu(), spec)
     example = spec.example_inputs(1)
     try:
-        with torch.no_grad():
+        with exporting(adapter):  # the models' graph paths (e.g. EMOv2's attention without rank-7 window views)
             program = torch.export.export(adapter, example)
     except Exception as e:  # noqa: BLE001 - torch.export raises many types
         raise ExportError(f"torch.export of {path.stem} failed (needed for .pte): {_first_line(e)}") from e

@@ -23,12 +23,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from zoo.errors import ExportError
 
 from .executorch import _first_line, check_runtime_parity, missing_extra_error
+from .onnx_export import exporting
 from .parity import Batch, ParityReport
 from .spec import ExportSpec, build_adapter
 
@@ -68,7 +68,7 @@ def to_tflite(model: nn.Module, path: str | os.PathLike, spec: ExportSpec) -> Pa
     tmp = path.with_name(path.name + ".tmp")
     log = io.StringIO()
     try:
-        with torch.no_grad(), contextlib.redirect_stdout(log):  # the converter prints progress lines
+        with exporting(adapter), contextlib.redirect_stdout(log):  # the converter prints progress lines
             converted = litert_torch.convert(adapter, spec.example_inputs(1))
             converted.export(str(tmp))
     except Exception as e:  # noqa: BLE001 - torch.export / StableHLO / the converter raise many types

@@ -97,6 +97,42 @@ def test_tflite_export_parity_in_litert(tiny_model, tmp_path):
                             n_random=1)
 
 
+def test_pte_and_tflite_capture_under_the_export_switch(tiny_model, tmp_path, monkeypatch):
+    """The runtime formats trace the models' graph paths, as ONNX and PT2E do: EMOv2's eager attention builds rank-7
+    window views that XNNPACK refuses at load time ("Failed to define tensor ... unsupported_parameter")."""
+    from timm.layers import is_exportable
+    from zoo.export.executorch import to_pte
+    from zoo.export.spec import build_spec
+
+    pytest.importorskip("executorch")
+    switch = []
+
+    def capture(*args, **kwargs):
+        switch.append(is_exportable())
+        raise RuntimeError("stop after capture")
+
+    monkeypatch.setattr(torch.export, "export", capture)
+    spec = build_spec("classification", (3, SIZE, SIZE))
+    with pytest.raises(ExportError, match="stop after capture"):
+        to_pte(tiny_model, tmp_path / "m.pte", spec)
+    if _importable("litert_torch"):
+        import litert_torch
+        from zoo.export.tflite import to_tflite
+
+        monkeypatch.setattr(litert_torch, "convert", capture)
+        with pytest.raises(ExportError, match="stop after capture"):
+            to_tflite(tiny_model, tmp_path / "m.tflite", spec)
+    assert switch and all(switch) and not is_exportable()
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
 def test_runtime_formats_refuse_int8_and_dynamic_batch(tmp_path):
     pytest.importorskip("executorch.runtime")
     with pytest.raises(ExportError, match="--int8 and --dynamic-batch are for onnx/ort"):
