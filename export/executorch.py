@@ -153,9 +153,11 @@ def check_runtime_parity(
     atol = DEFAULT_ATOL[spec.task] if atol is None else atol
     adapter = build_adapter(model.eval().float().cpu(), spec)
     report = ParityReport(str(path), label, atol, min_agreement, spec.primary_output)
-    inputs: list[tuple[str, Batch]] = [("random", random_batch(spec, n_random, seed))]
+    inputs: list[tuple[str, Batch]] = [("random", random_batch(spec, n_random, seed))] if n_random else []
     if images is not None and len(images[0]):
         inputs.append(("images", images))
+    if not inputs:
+        raise ValueError("check_runtime_parity needs random inputs (n_random > 0) or images")
     bl = batchless_indices(spec)
     runs = []
     for source, batch in inputs:

@@ -149,13 +149,16 @@ def lower_quantized(quantized: torch.fx.GraphModule, path: str | os.PathLike, sp
 
 def to_pte_int8(model: nn.Module, path: str | os.PathLike, spec: ExportSpec, calibration: Batch, *,
                 calibration_source: str = "images", quantized: torch.fx.GraphModule | None = None,
-                threads: int | None = None) -> PteInt8Report:
+                threads: int | None = None, random_inputs: int = 2) -> PteInt8Report:
     """Quantize (or take the QAT-``quantized`` graph), lower, and check the ``.pte`` in the ExecuTorch runtime.
 
-    The check runs the calibration images and random inputs through the file and through the quantized PyTorch
-    graph: the max abs diff must stay within a few quantization steps of the output (10% of its range) and top-1
-    agreement at 90% or more; a wrong lowering is off by far more. The file is renamed
-    ``*.parity_failed.pte`` when it fails.
+    The check runs the calibration images (and ``random_inputs`` noise inputs) through the file and through the
+    quantized PyTorch graph: the max abs diff must stay within a few quantization steps of the output (10% of its
+    range) and top-1 agreement at 90% or more; a wrong lowering is off by far more. The file is renamed
+    ``*.parity_failed.pte`` when it fails. Pass ``random_inputs=0`` when the calibration images are real data: a
+    network calibrated on them maps noise to activations outside its calibrated ranges, where XNNPACK's and the
+    reference graph's int8 rounding drift apart (a trained EMOv2-1M: 0.50 on noise, 0.16 on digits, tolerance 0.45)
+    without saying anything about the lowering.
     """
     require_executorch()
     if spec.dynamic_batch:
@@ -166,7 +169,8 @@ def to_pte_int8(model: nn.Module, path: str | os.PathLike, spec: ExportSpec, cal
     reference = PerSample(quantized, spec)
     ref_out = torch_outputs(reference, calibration)
     scale = float(np.max(np.abs(ref_out[0]))) or 1.0
-    report = check_runtime_parity(reference, path, spec, load_pte(path, threads), images=calibration, n_random=2,
+    report = check_runtime_parity(reference, path, spec, load_pte(path, threads), images=calibration,
+                                  n_random=random_inputs,
                                   atol=0.1 * scale, min_agreement=0.9, label="int8 .pte vs PT2E int8 in PyTorch",
                                   raise_on_fail=False, noise_floor=False)
     if not report.passed:
@@ -258,7 +262,9 @@ def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, c
     if quantized is not None:  # the images only check the file; the quantization comes from training
         source = f"learned in quantization-aware training (checked on {source})"
     log(f"int8 .pte calibration: {source}")
-    report = to_pte_int8(model, path, spec, calibration, calibration_source=source, quantized=quantized)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    report = to_pte_int8(model, path, spec, calibration, calibration_source=source, quantized=quantized,
+                         random_inputs=0 if found is not None else 2)
     log(report.summary())
     base = _base_fields(model, meta, name, task, spec, pre, None, _output_shapes(model, spec))
     write_sidecar(report.path, {

@@ -279,6 +279,35 @@ def test_emov2_graph_path_equals_eager_path() -> None:
     torch.testing.assert_close(graph, eager, atol=1e-5, rtol=1e-5)
 
 
+def test_emov2_graph_path_stays_within_six_dimensions() -> None:
+    """XNNPACK defines tensors of at most 6 dimensions; one rank-7 view in the exported graph makes an ExecuTorch
+    file fail to load ("Failed to define tensor ... xnn_status_unsupported_parameter"). Every tensor the export
+    path produces at 224² (several windows per side in stages 2-3) stays within 6; the eager path, never exported,
+    uses 7- and 8-dimensional views and shows the probe sees them."""
+    from torch.overrides import TorchFunctionMode
+
+    class MaxRank(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.max_rank = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.max_rank = max(self.max_rank, t.dim())
+            return out
+
+    m = zoo.create_model("emov2_1m").eval()
+    x = torch.randn(1, 3, 224, 224)
+    ranks = {}
+    for exportable in (True, False):
+        with torch.no_grad(), set_exportable(exportable), MaxRank() as probe:
+            m(x)
+        ranks[exportable] = probe.max_rank
+    assert ranks[True] <= 6 < ranks[False], ranks
+
+
 def test_emov2_onnx_graph_is_shaped_for_onnxruntime(tmp_path) -> None:
     """What makes EMOv2 fast in onnxruntime, pinned on a dynamo export under the export switch (as the exporter
     runs it, so this also checks that the switch selects the graph path): no BatchNormalization left (stem

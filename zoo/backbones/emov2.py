@@ -337,19 +337,22 @@ class SpanningWindowAttention(nn.Module):
         else:
             g, n = B * n_h * n_w, ws_h * ws_w
 
+            # Every view stays within 6 dimensions (XNNPACK's limit: a rank-7 tensor makes an ExecuTorch file fail
+            # to load): of the 7 axes (B, n_h, ws_h, n_w, ws_w, heads, c) each transpose merges two that stay
+            # neighbours on both sides of it, B with n_h (close windows) or n_w with heads (remote windows).
             def close_windows(u: torch.Tensor, c: int) -> torch.Tensor:  # (B, Hp, Wp, heads * c) -> (g, heads, n, c)
-                u = u.reshape(B, n_h, ws_h, n_w, ws_w, heads, c).permute(0, 1, 3, 5, 2, 4, 6)
+                u = u.reshape(B * n_h, ws_h, n_w, ws_w, heads, c).permute(0, 2, 4, 1, 3, 5)
                 return u.reshape(g, heads, n, c)
 
             def remote_windows(u: torch.Tensor, c: int) -> torch.Tensor:
-                u = u.reshape(B, ws_h, n_h, ws_w, n_w, heads, c).permute(0, 2, 4, 5, 1, 3, 6)
+                u = u.reshape(B, ws_h, n_h, ws_w, n_w * heads, c).permute(0, 2, 4, 1, 3, 5)
                 return u.reshape(g, heads, n, c)
 
             close = _attention(close_windows(q, d), close_windows(k, d), close_windows(v, dv), drop)
             remote = _attention(remote_windows(q, d), remote_windows(k, d), remote_windows(v, dv), drop)
-            # (B, n_h, n_w, heads, ws_h, ws_w, dv) -> (B, H-order, W-order, heads, dv) of each partition
-            close = close.reshape(B, n_h, n_w, heads, ws_h, ws_w, dv).permute(0, 1, 4, 2, 5, 3, 6)
-            remote = remote.reshape(B, n_h, n_w, heads, ws_h, ws_w, dv).permute(0, 4, 1, 5, 2, 3, 6)
+            # (g, heads, ws_h * ws_w, dv) -> (B, H-order, W-order, heads, dv) of each partition
+            close = close.reshape(B * n_h, n_w, heads, ws_h, ws_w, dv).permute(0, 3, 1, 4, 2, 5)
+            remote = remote.reshape(B, n_h, n_w * heads, ws_h, ws_w, dv).permute(0, 3, 1, 4, 2, 5)
             out = close.reshape(B, Hp, Wp, c_mid) + remote.reshape(B, Hp, Wp, c_mid)
         if pad_b or pad_r:
             out = out[:, :H, :W]
