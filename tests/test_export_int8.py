@@ -136,6 +136,22 @@ def test_selection_option_errors(tiny, tmp_path: Path) -> None:
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_qat_graph_has_no_random_masks_so_it_can_lower_to_executorch() -> None:
+    """Stochastic depth and dropout are off in the captured QAT graph: their ``aten.bernoulli`` masks are not Core
+    ATen, and the trained graph of an EMOv2 with drop-path could not be lowered to an int8 ``.pte``."""
+    pytest.importorskip("executorch")
+    import zoo
+    from zoo.quantization import prepare_qat_model
+
+    model = zoo.create_model("emov2_1m", num_classes=4, drop_path_rate=0.2, drop_rate=0.2)
+    assert any(getattr(m, "drop_prob", 0.0) > 0 for m in model.modules())
+    graph = prepare_qat_model(model, "classification", 3, 32)
+    calls = [n for n in graph.graph.nodes if n.op == "call_function"]
+    assert calls and not any("bernoulli" in str(n.target) for n in calls)
+    # a dropout of p = 0 is the identity (its decomposition draws no mask)
+    assert all(n.args[1] == 0.0 for n in calls if "dropout" in str(n.target))
+
+
 def test_qat_graph_trains_and_its_checkpoint_converts_with_the_learned_quantizers(tmp_path) -> None:
     """``train.qat``: a fake-quantized graph with a dynamic batch that trains; its checkpoint (weights + quantizer
     state) loads strictly into the rebuilt graph and converts to an int8 graph computing what the QAT graph does."""

@@ -37,6 +37,18 @@ def xnnpack_qat_quantizer() -> Any:
     return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
 
 
+def _without_random_masks(model: nn.Module) -> None:
+    """Switch off stochastic depth (timm's ``DropPath``, any module with a ``drop_prob``) and dropout before the
+    training-mode capture: their masks are ``aten.bernoulli`` in the graph, which is not Core ATen, so the QAT graph
+    would train but never lower to an ExecuTorch int8 file. A few QAT epochs from a trained checkpoint do without
+    them; the trained model's own regularisation is unchanged."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.p = 0.0
+        if isinstance(getattr(m, "drop_prob", None), float):
+            m.drop_prob = 0.0
+
+
 def prepare_qat_model(model: nn.Module, task: str, in_chans: int, img_size: int) -> nn.Module:
     """``model`` as a fake-quantized training graph (``prepare_qat_pt2e``) whose ``train()`` / ``eval()`` switch
     batch norm and the quantizers' observers like a normal module's."""
@@ -49,6 +61,7 @@ def prepare_qat_model(model: nn.Module, task: str, in_chans: int, img_size: int)
                           "post-processing does not")
     example = tuple(torch.randn(2, in_chans, img_size, img_size) for _ in task_cls.input_names)
     batch = torch.export.Dim("batch", min=1, max=4096)
+    _without_random_masks(model)
     model.train()
     try:
         graph = torch.export.export(model, example, dynamic_shapes=tuple({0: batch} for _ in example)).module()
