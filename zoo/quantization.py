@@ -38,15 +38,16 @@ def xnnpack_qat_quantizer() -> Any:
 
 
 def _without_random_masks(model: nn.Module) -> None:
-    """Switch off stochastic depth (timm's ``DropPath``, any module with a ``drop_prob``) and dropout before the
-    training-mode capture: their masks are ``aten.bernoulli`` in the graph, which is not Core ATen, so the QAT graph
-    would train but never lower to an ExecuTorch int8 file. A few QAT epochs from a trained checkpoint do without
-    them; the trained model's own regularisation is unchanged."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            m.p = 0.0
-        if isinstance(getattr(m, "drop_prob", None), float):
-            m.drop_prob = 0.0
+    """Replace stochastic depth (timm's ``DropPath``: any module with a float ``drop_prob``) and dropout by
+    identities before the training-mode capture: their masks are ``aten.bernoulli`` in the graph, which is not Core
+    ATen, so the QAT graph would train but never lower to an ExecuTorch int8 file. Replaced, not set to zero, so the
+    captured graph is the same whatever drop rates the model was built with (the exporter rebuilds it from the
+    checkpoint and must find the same quantizers). A few QAT epochs from a trained checkpoint do without them."""
+    targets = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
+               if isinstance(child, nn.modules.dropout._DropoutNd) or isinstance(getattr(child, "drop_prob", None),
+                                                                                  float)]
+    for parent, name in targets:
+        setattr(parent, name, nn.Identity())
 
 
 def prepare_qat_model(model: nn.Module, task: str, in_chans: int, img_size: int) -> nn.Module:
