@@ -149,16 +149,18 @@ def lower_quantized(quantized: torch.fx.GraphModule, path: str | os.PathLike, sp
 
 def to_pte_int8(model: nn.Module, path: str | os.PathLike, spec: ExportSpec, calibration: Batch, *,
                 calibration_source: str = "images", quantized: torch.fx.GraphModule | None = None,
-                threads: int | None = None, random_inputs: int = 2) -> PteInt8Report:
+                threads: int | None = None, random_inputs: int = 0) -> PteInt8Report:
     """Quantize (or take the QAT-``quantized`` graph), lower, and check the ``.pte`` in the ExecuTorch runtime.
 
     The check runs the calibration images (and ``random_inputs`` noise inputs) through the file and through the
-    quantized PyTorch graph: the max abs diff must stay within a few quantization steps of the output (10% of its
-    range) and top-1 agreement at 90% or more; a wrong lowering is off by far more. The file is renamed
-    ``*.parity_failed.pte`` when it fails. Pass ``random_inputs=0`` when the calibration images are real data: a
-    network calibrated on them maps noise to activations outside its calibrated ranges, where XNNPACK's and the
-    reference graph's int8 rounding drift apart (a trained EMOv2-1M: 0.50 on noise, 0.16 on digits, tolerance 0.45)
-    without saying anything about the lowering.
+    quantized PyTorch graph: the max abs diff must stay within 10% of the output range or within the int8 graph's
+    own distance from fp32 (whichever is larger), and top-1 agreement at 90% or more; a wrong lowering is off by
+    far more. The file is renamed
+    ``*.parity_failed.pte`` when it fails. Noise inputs are off by default: they drive activations outside the
+    calibrated ranges, where XNNPACK (which fuses ops and clamps only at its own requantization points) and the
+    reference graph (which clamps at every quantize node) part ways without either being wrong (a trained EMOv2-1M:
+    0.50 on noise vs 0.16 on digits; EMOv2-1M at 224² with probe weights: top-1 agreement 50% on noise, 100% on the
+    calibration images).
     """
     require_executorch()
     if spec.dynamic_batch:
@@ -169,9 +171,18 @@ def to_pte_int8(model: nn.Module, path: str | os.PathLike, spec: ExportSpec, cal
     reference = PerSample(quantized, spec)
     ref_out = torch_outputs(reference, calibration)
     scale = float(np.max(np.abs(ref_out[0]))) or 1.0
+    fp32 = None
+    atol = 0.1 * scale
+    if not isinstance(model, PerSample):  # a QAT graph has no separate fp32 network
+        fp32 = torch_outputs(build_adapter(model.eval(), spec), calibration)
+        # int8 kernels round differently from the reference graph's quantize/dequantize emulation, and in a deep
+        # network (attention, softmax) that drift can pass 10% of the output range while top-1 agrees; a wrong
+        # lowering is far off both, so the file may differ from the reference as much as int8 itself differs
+        # from fp32 on the calibration images
+        atol = max(atol, float(np.max(np.abs(fp32[0] - ref_out[0]))))
     report = check_runtime_parity(reference, path, spec, load_pte(path, threads), images=calibration,
                                   n_random=random_inputs,
-                                  atol=0.1 * scale, min_agreement=0.9, label="int8 .pte vs PT2E int8 in PyTorch",
+                                  atol=atol, min_agreement=0.9, label="int8 .pte vs PT2E int8 in PyTorch",
                                   raise_on_fail=False, noise_floor=False)
     if not report.passed:
         bad = path.with_name(f"{path.stem}.parity_failed{path.suffix}")
@@ -179,8 +190,7 @@ def to_pte_int8(model: nn.Module, path: str | os.PathLike, spec: ExportSpec, cal
         raise ExportError(f"the int8 .pte does not match its quantized PyTorch graph:\n{report.summary()}\n"
                           f"the file was moved to {bad}")
     fraction = None
-    if not isinstance(model, PerSample):  # a QAT graph has no separate fp32 network to agree with
-        fp32 = torch_outputs(build_adapter(model.eval(), spec), calibration)
+    if fp32 is not None:
         k = spec.output_names.index(spec.primary_output)
         agree, total = agreement(fp32[k], ref_out[k], spec.class_axis)
         fraction = agree / max(total, 1)
@@ -211,7 +221,14 @@ def qat_training_graph(checkpoint: str | os.PathLike, meta: dict[str, Any]) -> t
     in_chans = int(meta.get("in_chans") or 3)
     model = zoo.create_model(meta["model"], task=task, head=meta.get("head"), num_classes=meta.get("num_classes"),
                              in_chans=in_chans, **dict(cfg.get("model", {}).get("kwargs") or {}))
-    prepared = prepare_qat_model(model, task, in_chans, int(cfg["data"]["img_size"]))
+    img_size = int(cfg["data"]["img_size"])
+    prepared = prepare_qat_model(model, task, in_chans, img_size)
+    # the first training-mode call of a prepared graph drops some of its observer modules (their state leaves the
+    # state_dict), and the checkpoint was saved after training: one call here gives the same set; the strict load
+    # below then overwrites every statistic that call touched
+    prepared.train()
+    with torch.no_grad():
+        prepared(*(torch.zeros(2, in_chans, img_size, img_size) for _ in get_task(task).input_names))
     try:
         prepared.load_state_dict(load_file(str(checkpoint)), strict=True)
     except RuntimeError as e:
@@ -263,8 +280,7 @@ def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, c
         source = f"learned in quantization-aware training (checked on {source})"
     log(f"int8 .pte calibration: {source}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    report = to_pte_int8(model, path, spec, calibration, calibration_source=source, quantized=quantized,
-                         random_inputs=0 if found is not None else 2)
+    report = to_pte_int8(model, path, spec, calibration, calibration_source=source, quantized=quantized)
     log(report.summary())
     base = _base_fields(model, meta, name, task, spec, pre, None, _output_shapes(model, spec))
     write_sidecar(report.path, {

@@ -136,11 +136,14 @@ def test_selection_option_errors(tiny, tmp_path: Path) -> None:
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_qat_graph_has_no_random_masks_so_it_can_lower_to_executorch() -> None:
+def test_qat_graph_has_no_random_masks_so_it_can_lower_to_executorch(tmp_path) -> None:
     """Stochastic depth and dropout are out of the captured QAT graph: their ``aten.bernoulli`` masks are not Core
     ATen, and the trained graph of an EMOv2 with drop-path could not be lowered to an int8 ``.pte``."""
     pytest.importorskip("executorch")
+    from zoo.export.pt2e import qat_training_graph
+
     import zoo
+    from zoo.config import load_config
     from zoo.quantization import prepare_qat_model
 
     model = zoo.create_model("emov2_1m", num_classes=4, drop_path_rate=0.2, drop_rate=0.2)
@@ -152,6 +155,16 @@ def test_qat_graph_has_no_random_masks_so_it_can_lower_to_executorch() -> None:
     # the same graph (same quantizers) whatever the drop rates: the exporter rebuilds it from the checkpoint
     plain = prepare_qat_model(zoo.create_model("emov2_1m", num_classes=4), "classification", 3, 32)
     assert plain.state_dict().keys() == graph.state_dict().keys()
+    # a training step changes the graph's set of observer modules; the exporter's rebuild follows it
+    graph.train()
+    graph(torch.randn(2, 3, 32, 32))
+    assert graph.state_dict().keys() != plain.state_dict().keys()
+    cfg = load_config({"model": {"name": "emov2_1m", "kwargs": {"drop_path_rate": 0.2}}, "data": {"img_size": 32},
+                       "train": {"qat": True}})
+    meta = {"model": "emov2_1m", "task": "classification", "num_classes": 4, "in_chans": 3,
+            "input_size": [3, 32, 32], "config": cfg.to_dict()}
+    ckpt = zoo.save_checkpoint(graph, tmp_path / "qat.safetensors", meta)
+    assert qat_training_graph(ckpt, zoo.read_metadata(ckpt)).state_dict().keys() == graph.state_dict().keys()
 
 
 def test_qat_graph_trains_and_its_checkpoint_converts_with_the_learned_quantizers(tmp_path) -> None:
