@@ -223,9 +223,9 @@ def qat_training_graph(checkpoint: str | os.PathLike, meta: dict[str, Any]) -> t
                              in_chans=in_chans, **dict(cfg.get("model", {}).get("kwargs") or {}))
     img_size = int(cfg["data"]["img_size"])
     prepared = prepare_qat_model(model, task, in_chans, img_size)
-    # the first training-mode call of a prepared graph drops some of its observer modules (their state leaves the
-    # state_dict), and the checkpoint was saved after training: one call here gives the same set; the strict load
-    # below then overwrites every statistic that call touched
+    # the first training-mode call of a prepared graph can drop observer modules (an EMOv2 graph captured in its
+    # eager form lost 9 of 266), and the checkpoint was saved after training: one call here gives the same set;
+    # the strict load below then overwrites every statistic that call touched
     prepared.train()
     with torch.no_grad():
         prepared(*(torch.zeros(2, in_chans, img_size, img_size) for _ in get_task(task).input_names))

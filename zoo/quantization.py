@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from timm.layers import set_layer_config
 from torch import nn
 
 from .errors import ConfigError
@@ -65,7 +66,10 @@ def prepare_qat_model(model: nn.Module, task: str, in_chans: int, img_size: int)
     _without_random_masks(model)
     model.train()
     try:
-        graph = torch.export.export(model, example, dynamic_shapes=tuple({0: batch} for _ in example)).module()
+        # under timm's export switch, as every exporter captures: the models' graph forms (EMOv2's attention within
+        # XNNPACK's six dimensions); they keep training semantics (batch-norm folding is for eval mode only)
+        with set_layer_config(exportable=True):
+            graph = torch.export.export(model, example, dynamic_shapes=tuple({0: batch} for _ in example)).module()
     except Exception as e:  # noqa: BLE001 - torch.export raises many types
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ConfigError(f"train.qat=true: torch.export of the model failed: {first}") from e
