@@ -136,6 +136,21 @@ def test_selection_option_errors(tiny, tmp_path: Path) -> None:
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_qat_of_a_task_whose_loss_is_inside_the_model_is_a_clear_config_error(tmp_path) -> None:
+    """A segmentation model computes its loss from targets inside the model, which an exported inference graph
+    cannot: ``train.qat`` refuses it up front with one line instead of a TypeError deep in the first step."""
+    from zoo.train.engine import fit
+
+    from zoo.errors import ConfigError
+
+    cfg = {"task": "segmentation", "model": {"name": "test_efficientnet", "head": "fpn"},
+           "data": {"dataset": "synthetic", "root": str(tmp_path / "data"), "img_size": 32, "batch_size": 2,
+                    "synth": {"num_images": 6, "num_classes": 2}},
+           "train": {"qat": True, "epochs": 1}, "out_dir": str(tmp_path / "run")}
+    with pytest.raises(ConfigError, match="train.qat=true trains an exported inference graph, and a segmentation"):
+        fit(cfg)
+
+
 def test_qat_graph_has_no_random_masks_so_it_can_lower_to_executorch(tmp_path) -> None:
     """What the QAT graph needs to become an int8 ``.pte``: no stochastic depth or dropout (their
     ``aten.bernoulli`` masks are not Core ATen) and no tensor above six dimensions (XNNPACK's limit), and the

@@ -258,8 +258,13 @@ class _Trainer:
         self.task: Task = get_task(cfg.task)
         self.data = self._data or self.task.build_data(cfg)
         self.model = self.task.build_model(cfg, self.data)
-        if cfg.train.qat:  # fine-tune through int8 fake quantization (train/qat.py)
+        if cfg.train.qat:  # fine-tune through int8 fake quantization (zoo/quantization.py)
             from zoo.quantization import prepare_qat_model
+
+            if not self.task.loss_outside_model:
+                raise ConfigError(f"train.qat=true trains an exported inference graph, and a {cfg.task} model "
+                                  "computes its training loss inside the model (from its targets); QAT supports "
+                                  "tasks whose loss is computed from predictions (classification)")
 
             self.model = prepare_qat_model(self.model, cfg.task, self.data.in_chans, cfg.data.img_size)
         self.peft_spec = self._apply_peft()

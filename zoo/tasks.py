@@ -79,7 +79,10 @@ class ClassificationAccumulator(Accumulator):
 
 class Task:
     """Base adapter for the task model class ``model_cls``. ``metric`` is the validation key that selects the best
-    checkpoint (higher is better)."""
+    checkpoint (higher is better). ``loss_outside_model``: the training loss is computed from the model's
+    predictions (so an exported inference graph, as ``train.qat`` trains, can stand in for the model)."""
+
+    loss_outside_model = False
 
     def __init__(self, model_cls: type[TaskModel]) -> None:
         self.model_cls = model_cls
@@ -131,6 +134,8 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
 
 class ClassificationTask(Task):
     """Images ``(N, C, H, W)`` and class indices; timm's losses and ``Mixup``."""
+
+    loss_outside_model = True
 
     def __init__(self, model_cls: type[TaskModel] = ClassificationModel) -> None:
         super().__init__(model_cls)
