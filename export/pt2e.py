@@ -89,7 +89,27 @@ def capture(model: nn.Module, spec: ExportSpec) -> torch.fx.GraphModule:
         raise ExportError(f"torch.export failed (needed for PT2E int8): {_first_line(e)}") from e
     with torch.no_grad():  # folded weights are plain constants, not results with autograd history
         constant_fold(graph)
+    _give_constants_their_own_storage(graph)
     return graph
+
+
+def _give_constants_their_own_storage(graph: torch.fx.GraphModule) -> None:
+    """Replace every tensor the graph holds that is a view into a larger storage (a folded slice such as EMOv2's
+    ``w_qk[:C]`` / ``w_qk[C:]``) by a compact copy. ExecuTorch serialises a constant from the start of its storage,
+    so two slices of one weight became the same tensor in the file: the fp32 ``.pte`` computed wrong logits (max
+    abs diff ~4 at 64²)."""
+    def compact(t: torch.Tensor) -> bool:
+        return t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+    for module in graph.modules():
+        for table in (module._parameters, module._buffers):
+            for name, t in list(table.items()):
+                if t is not None and not compact(t):
+                    copy = t.detach().clone()
+                    table[name] = nn.Parameter(copy, t.requires_grad) if isinstance(t, nn.Parameter) else copy
+        for name, t in list(vars(module).items()):
+            if isinstance(t, torch.Tensor) and not compact(t):
+                setattr(module, name, t.detach().clone())
 
 
 @torch.no_grad()
