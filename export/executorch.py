@@ -26,7 +26,6 @@ from torch import nn
 
 from zoo.errors import ExportError
 
-from .onnx_export import exporting
 from .parity import (
     Batch,
     ParityReport,
@@ -78,12 +77,20 @@ def to_pte(model: nn.Module, path: str | os.PathLike, spec: ExportSpec) -> Path:
 
     if spec.dynamic_batch:
         raise ExportError("--format pte writes a fixed batch of 1; drop --dynamic-batch")
+    from .pt2e import capture
+
     path = Path(path)
-    adapter = build_adapter(model.eval().float().cpu(), spec)
     example = spec.example_inputs(1)
+
     try:
-        with exporting(adapter):  # the models' graph paths (e.g. EMOv2's attention without rank-7 window views)
-            program = torch.export.export(adapter, example)
+        # under the export switch (the models' graph paths, e.g. EMOv2's attention within six dimensions) with the
+        # weight-only subgraphs folded to constants: XNNPACK delegates a conv only when its weight is a constant,
+        # and EMOv2 folds its BatchNorms into the convs in the graph (left unfolded, its fp32 .pte ran ~20x slower)
+        graph = capture(model, spec)
+        with torch.no_grad():
+            program = torch.export.export(graph, example)
+    except ExportError:
+        raise
     except Exception as e:  # noqa: BLE001 - torch.export raises many types
         raise ExportError(f"torch.export of {path.stem} failed (needed for .pte): {_first_line(e)}") from e
     try:

@@ -86,7 +86,7 @@ def capture(model: nn.Module, spec: ExportSpec) -> torch.fx.GraphModule:
         with exporting(adapter):
             graph = torch.export.export(adapter, spec.example_inputs(1)).module()
     except Exception as e:  # noqa: BLE001 - torch.export raises many types
-        raise ExportError(f"torch.export failed (needed for PT2E int8): {_first_line(e)}") from e
+        raise ExportError(f"torch.export failed: {_first_line(e)}") from e
     with torch.no_grad():  # folded weights are plain constants, not results with autograd history
         constant_fold(graph)
     _give_constants_their_own_storage(graph)
