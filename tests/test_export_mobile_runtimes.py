@@ -125,6 +125,33 @@ def test_pte_and_tflite_capture_under_the_export_switch(tiny_model, tmp_path, mo
     assert switch and all(switch) and not is_exportable()
 
 
+def test_pte_of_folded_weight_slices_keeps_each_slice(tmp_path):
+    """Weights the graph slices out of one parameter (EMOv2's q and k projections) are folded to constants; each must
+    reach the file as its own tensor (ExecuTorch serialises a constant from the start of its storage, so two slices
+    of one weight once became the same tensor, and the difference below was zero)."""
+    pytest.importorskip("executorch.runtime")
+    from zoo.export.executorch import load_pte, to_pte
+    from zoo.export.spec import build_spec
+
+    class TwoSlices(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(8, 3 * 4 * 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = x.flatten(1)
+            return torch.nn.functional.linear(f, self.w[:4]) - torch.nn.functional.linear(f, self.w[4:])
+
+    torch.manual_seed(0)
+    model = TwoSlices().eval()
+    path = to_pte(model, tmp_path / "m.pte", build_spec("classification", (3, 4, 4)))
+    x = torch.randn(1, 3, 4, 4)
+    with torch.no_grad():
+        ref = model(x)
+    got = torch.from_numpy(load_pte(path)([x.numpy()])[0])
+    assert ref.abs().max() > 1.0 and (got - ref).abs().max() <= 1e-4
+
+
 def _importable(module: str) -> bool:
     try:
         __import__(module)
