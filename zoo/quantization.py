@@ -38,6 +38,9 @@ def xnnpack_qat_quantizer() -> Any:
     return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
 
 
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
 def _without_random_masks(model: nn.Module) -> None:
     """Replace stochastic depth (timm's ``DropPath``: any module with a float ``drop_prob``) and dropout by
     identities before the training-mode capture: their masks are ``aten.bernoulli`` in the graph, which is not Core
@@ -45,8 +48,7 @@ def _without_random_masks(model: nn.Module) -> None:
     captured graph is the same whatever drop rates the model was built with (the exporter rebuilds it from the
     checkpoint and must find the same quantizers). A few QAT epochs from a trained checkpoint do without them."""
     targets = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
-               if isinstance(child, nn.modules.dropout._DropoutNd) or isinstance(getattr(child, "drop_prob", None),
-                                                                                  float)]
+               if isinstance(child, _DROPOUTS) or isinstance(getattr(child, "drop_prob", None), float)]
     for parent, name in targets:
         setattr(parent, name, nn.Identity())
 
