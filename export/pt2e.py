@@ -36,6 +36,10 @@ from zoo.heads import get_task
 from .executorch import _first_line, check_runtime_parity, load_pte, require_executorch, versions
 from .parity import Batch, ParityReport, agreement, torch_outputs
 from .spec import ExportSpec, as_tuple, build_adapter
+from .xnnpack_passes import restore_gelu
+
+#: two roundings of one int8 graph differ from each other by up to about sqrt(2) times one's distance from fp32
+INT8_NOISE_FACTOR = 1.5
 
 
 @dataclass
@@ -57,14 +61,60 @@ class PteInt8Report:
 
 
 def xnnpack_quantizer(qat: bool = False) -> Any:
-    """XNNPACK's symmetric int8 scheme: per-channel weights, per-tensor activations (``is_qat``: fake-quant)."""
+    """XNNPACK's symmetric int8 scheme: per-channel weights, per-tensor activations (``is_qat``: fake-quant), with
+    zero-valued constant pads sharing their input's quantization (:func:`share_constant_pad_qparams`)."""
     require_executorch()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
 
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    class PadSharingXNNPACKQuantizer(XNNPACKQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            return share_constant_pad_qparams(super().annotate(model))
+
+    return PadSharingXNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+
+
+def _is_zero_constant_pad(node: torch.fx.Node) -> bool:
+    if node.op != "call_function":
+        return False
+    if node.target == torch.ops.aten.constant_pad_nd.default:
+        return float(node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0.0)) == 0.0
+    if node.target == torch.ops.aten.pad.default:
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+        return mode == "constant" and float(value or 0.0) == 0.0
+    return False
+
+
+def share_constant_pad_qparams(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Give every zero-valued constant pad its input's quantization, then let the views after it share it too.
+
+    Why: XNNPACK's quantizer leaves pads unannotated, so a pad after a quantized op sits between a dequantize and
+    the next op's own quantize; XNNPACK takes such a pad into its int8 partition and refuses it unless input and
+    output share scale and zero point ("Failed to create StaticConstantPad node ... xnn_status_invalid_parameter",
+    LWGANet's row shear). Zero is exactly representable in any symmetric or affine int8 scheme, so sharing is
+    exact; pads with another value (a max pool's ``-inf``) are left alone."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import propagate_annotation
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY as key
+
+    changed = False
+    for node in model.graph.nodes:
+        if not _is_zero_constant_pad(node) or key in node.meta:
+            continue
+        source = node.args[0]
+        annotation = source.meta.get(key) if isinstance(source, torch.fx.Node) else None
+        if annotation is None or annotation.output_qspec is None:
+            continue
+        shared = SharedQuantizationSpec(source)
+        node.meta[key] = QuantizationAnnotation(input_qspec_map={source: shared}, output_qspec=shared,
+                                                _annotated=True)
+        changed = True
+    if changed:
+        propagate_annotation(model)  # the reshapes and slices after a pad now find an annotated producer
+    return model
 
 
 def capture(model: nn.Module, spec: ExportSpec) -> torch.fx.GraphModule:
@@ -90,6 +140,7 @@ def capture(model: nn.Module, spec: ExportSpec) -> torch.fx.GraphModule:
     with torch.no_grad():  # folded weights are plain constants, not results with autograd history
         constant_fold(graph)
     _give_constants_their_own_storage(graph)
+    restore_gelu(graph)  # XNNPACK runs aten.gelu; the erf of the spelled-out form would leave its delegate
     return graph
 
 
@@ -159,17 +210,15 @@ def lower_quantized(quantized: torch.fx.GraphModule, path: str | os.PathLike, sp
     # Not imported on purpose: executorch.kernels.quantized would let q/dq nodes that XNNPACK leaves outside its
     # partition (EMOv2) lower to portable kernels, but the portable quantize_per_channel then aborts the whole
     # process (it asserts float64 scales; PT2E gives float32). Refusing here keeps that an ExportError (a row).
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
+    from .xnnpack_passes import lower_to_xnnpack
 
     path = Path(path)
     try:
-        program = torch.export.export(quantized, spec.example_inputs(1))
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+        buffer = lower_to_xnnpack(quantized, spec.example_inputs(1))
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"ExecuTorch int8 lowering (XNNPACK) of {path.stem} failed: {_first_line(e)}") from e
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(lowered.buffer)
+    tmp.write_bytes(buffer)
     os.replace(tmp, path)
     return path
 
@@ -180,9 +229,13 @@ def to_pte_int8(model: nn.Module, path: str | os.PathLike, spec: ExportSpec, cal
     """Quantize (or take the QAT-``quantized`` graph), lower, and check the ``.pte`` in the ExecuTorch runtime.
 
     The check runs the calibration images (and ``random_inputs`` noise inputs) through the file and through the
-    quantized PyTorch graph: the max abs diff must stay within a few quantization steps of the output (10% of its
-    range) and top-1 agreement at 90% or more; a wrong lowering is off by far more. The file is renamed
-    ``*.parity_failed.pte`` when it fails. Noise inputs are off by default: they drive activations outside the
+    quantized PyTorch graph: the max abs diff must stay within 10% of the output range, or within
+    ``INT8_NOISE_FACTOR`` times the quantized graph's own distance from the fp32 network, whichever is larger, and
+    top-1 agreement at 90% or more; a wrong lowering is off by far more. Why the second bound: XNNPACK rounds
+    inside its fused kernels where the reference graph rounds at every quantize node, so in a deep network the two
+    differ by int8 noise of the size of int8's own error (LWGANet-L0 at 224² with probe weights: 14.7 between
+    them, 12.4 from the quantized graph to fp32 and 13.5 from the file to fp32, on outputs up to 124). The file is
+    renamed ``*.parity_failed.pte`` when it fails. Noise inputs are off by default: they drive activations outside the
     calibrated ranges, where XNNPACK (which fuses ops and clamps only at its own requantization points) and the
     reference graph (which clamps at every quantize node) part ways without either being wrong (a trained EMOv2-1M:
     0.50 on noise vs 0.16 on digits; EMOv2-1M at 224² with probe weights: top-1 agreement 50% on noise, 100% on the
@@ -198,11 +251,13 @@ def to_pte_int8(model: nn.Module, path: str | os.PathLike, spec: ExportSpec, cal
     ref_out = torch_outputs(reference, calibration)
     scale = float(np.max(np.abs(ref_out[0]))) or 1.0
     fp32 = None
+    atol = 0.1 * scale
     if not isinstance(model, PerSample):  # a QAT graph has no separate fp32 network
         fp32 = torch_outputs(build_adapter(model.eval(), spec), calibration)
+        atol = max(atol, INT8_NOISE_FACTOR * float(np.max(np.abs(fp32[0] - ref_out[0]))))
     report = check_runtime_parity(reference, path, spec, load_pte(path, threads), images=calibration,
                                   n_random=random_inputs,
-                                  atol=0.1 * scale, min_agreement=0.9, label="int8 .pte vs PT2E int8 in PyTorch",
+                                  atol=atol, min_agreement=0.9, label="int8 .pte vs PT2E int8 in PyTorch",
                                   raise_on_fail=False, noise_floor=False)
     if not report.passed:
         bad = path.with_name(f"{path.stem}.parity_failed{path.suffix}")
@@ -314,5 +369,5 @@ def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, c
 
 
 __all__ = ["PerSample", "PteInt8Report", "capture", "convert_qat", "export_pte_int8", "is_qat_checkpoint",
-           "lower_quantized", "qat_quantized_graph", "qat_training_graph", "quantize_pt2e", "to_pte_int8",
-           "xnnpack_quantizer"]
+           "lower_quantized", "qat_quantized_graph", "qat_training_graph", "quantize_pt2e",
+           "share_constant_pad_qparams", "to_pte_int8", "xnnpack_quantizer"]
