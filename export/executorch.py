@@ -72,12 +72,10 @@ def to_pte(model: nn.Module, path: str | os.PathLike, spec: ExportSpec) -> Path:
     Raises :class:`ExportError` naming the failing stage (torch.export, lowering, serialisation).
     """
     require_executorch()
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
     if spec.dynamic_batch:
         raise ExportError("--format pte writes a fixed batch of 1; drop --dynamic-batch")
     from .pt2e import capture
+    from .xnnpack_passes import lower_to_xnnpack
 
     path = Path(path)
     example = spec.example_inputs(1)
@@ -87,18 +85,16 @@ def to_pte(model: nn.Module, path: str | os.PathLike, spec: ExportSpec) -> Path:
         # weight-only subgraphs folded to constants: XNNPACK delegates a conv only when its weight is a constant,
         # and EMOv2 folds its BatchNorms into the convs in the graph (left unfolded, its fp32 .pte ran ~20x slower)
         graph = capture(model, spec)
-        with torch.no_grad():
-            program = torch.export.export(graph, example)
     except ExportError:
         raise
     except Exception as e:  # noqa: BLE001 - torch.export raises many types
         raise ExportError(f"torch.export of {path.stem} failed (needed for .pte): {_first_line(e)}") from e
     try:
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+        buffer = lower_to_xnnpack(graph, example)
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"ExecuTorch lowering (XNNPACK) of {path.stem} failed: {_first_line(e)}") from e
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(lowered.buffer)
+    tmp.write_bytes(buffer)
     os.replace(tmp, path)  # never a half-written .pte at the path an app loads
     return path
 
