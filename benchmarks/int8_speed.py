@@ -34,7 +34,12 @@ import zoo
 from zoo.bench import interleaved_latency, peak_rss_mb
 
 
+def _reason(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:150] if str(e).strip() else ''}"
+
+
 def bench_model(name: str, size: int, threads: int, rounds: int, xnnpack: bool, tmp: Path) -> dict[str, object]:
+    """One model's files, timed together; a runtime whose export fails leaves its reason and the others' figures."""
     torch.set_num_threads(threads)
     model = zoo.create_model(name).eval()
     pre = preprocessing(model)
@@ -43,37 +48,53 @@ def bench_model(name: str, size: int, threads: int, rounds: int, xnnpack: bool, 
     ex, _ = export_onnx_verified(model, tmp / f"{name}.onnx", shape, n_random=1)
     calib = synthetic_calibration(shape, 1, 16, pre["mean"], pre["std"])
     files = {"ort fp32": ex.path}
-    q_all = quantize_int8(ex.path, tmp / f"{name}.int8.onnx", ex.spec, calib, calibration_source="synthetic",
-                          threads=threads, latency_rounds=0)
-    files["ort int8 all"] = q_all.path
-    q_auto = quantize_int8(ex.path, tmp / f"{name}.auto.int8.onnx", ex.spec, calib, calibration_source="synthetic",
-                           threads=threads, latency_rounds=0, select="auto")
-    files["ort int8 auto"] = q_auto.path
-    kept = (q_auto.options or {}).get("selection") or {}
+    failed: dict[str, str] = {}
+    kept: dict[str, object] = {}
+    try:
+        q_all = quantize_int8(ex.path, tmp / f"{name}.int8.onnx", ex.spec, calib, calibration_source="synthetic",
+                              threads=threads, latency_rounds=0)
+        q_auto = quantize_int8(ex.path, tmp / f"{name}.auto.int8.onnx", ex.spec, calib,
+                               calibration_source="synthetic", threads=threads, latency_rounds=0, select="auto")
+        files["ort int8 all"], files["ort int8 auto"] = q_all.path, q_auto.path
+        kept = (q_auto.options or {}).get("selection") or {}
+    except Exception as e:  # noqa: BLE001 - one runtime's failure is a cell, the row goes on
+        failed["ort"] = _reason(e)
     if xnnpack:
         from zoo.export.executorch import to_pte
         from zoo.export.pt2e import to_pte_int8
 
-        files["xnnpack fp32"] = to_pte(model, tmp / f"{name}.pte", ex.spec)
-        files["xnnpack int8"] = to_pte_int8(model, tmp / f"{name}.int8.pte", ex.spec, calib).path
+        try:
+            fp32_pte = to_pte(model, tmp / f"{name}.pte", ex.spec)
+            files["xnnpack int8"] = to_pte_int8(model, tmp / f"{name}.int8.pte", ex.spec, calib,
+                                                calibration_source="synthetic").path
+            files["xnnpack fp32"] = fp32_pte
+        except Exception as e:  # noqa: BLE001
+            failed["xnnpack"] = _reason(e)
     x = calib[0][:1]
     runners = {k: load_runner(p, threads) for k, p in files.items()}
     fns = {k: (lambda r=r: r([x])) for k, r in runners.items()}
     times = interleaved_latency(fns, warmup=5, rounds=rounds, settle=1)
     return {"model": name, "size": size, "threads": threads, "ms": times,
-            "mb": {k: file_size(p) / 1e6 for k, p in files.items()},
+            "mb": {k: file_size(p) / 1e6 for k, p in files.items()}, "failed": failed,
             "kept_float": kept.get("kept_float_by_op", {}), "kept_float_nodes": kept.get("kept_float", 0),
             "profiled_nodes": kept.get("profiled_nodes", 0)}
 
 
+def _pair(ms: dict[str, float], fp32: str, int8: list[str]) -> tuple[str, str]:
+    times = " / ".join(f"{ms[k]:.2f}" for k in [fp32, *int8])
+    ratios = " / ".join(f"{ms[fp32] / ms[k]:.2f}x" for k in int8)
+    return times, ratios
+
+
 def print_row(r: dict) -> None:
-    ms = r["ms"]
-    ort = f"{ms['ort fp32']:.2f} / {ms['ort int8 all']:.2f} / {ms['ort int8 auto']:.2f}"
-    ratio = f"{ms['ort fp32'] / ms['ort int8 all']:.2f}x / {ms['ort fp32'] / ms['ort int8 auto']:.2f}x"
+    ms, failed = r["ms"], r.get("failed", {})
+    ort, ratio = (f"failed: {failed['ort']}", "-") if "ort" in failed else \
+        _pair(ms, "ort fp32", ["ort int8 all", "ort int8 auto"])
     xnn = xr = "-"
-    if "xnnpack fp32" in ms:
-        xnn = f"{ms['xnnpack fp32']:.2f} / {ms['xnnpack int8']:.2f}"
-        xr = f"{ms['xnnpack fp32'] / ms['xnnpack int8']:.2f}x"
+    if "xnnpack" in failed:
+        xnn = f"failed: {failed['xnnpack']}"
+    elif "xnnpack fp32" in ms:
+        xnn, xr = _pair(ms, "xnnpack fp32", ["xnnpack int8"])
     kept = ", ".join(f"{k} {v}" for k, v in sorted(r["kept_float"].items())) or "none"
     print(f"| {r['model']} | {r['size']} | {ort} | {ratio} | {xnn} | {xr} | "
           f"{r['kept_float_nodes']}/{r['profiled_nodes']}: {kept} |", flush=True)

@@ -220,3 +220,93 @@ def test_pt2e_int8_pte_of_emov2_runs_in_executorch(tmp_path):
     report = to_pte_int8(model, tmp_path / "emo.int8.pte", spec, calib, calibration_source="test")
     assert report.vs_quantized_torch.passed and (tmp_path / "emo.int8.pte").exists()
     assert report.top1_agreement_with_fp32 >= 0.5
+
+
+def test_pt2e_int8_pte_with_a_zero_pad_between_quantized_ops_loads(tmp_path):
+    """A zero pad between two quantized convolutions (LWGANet's row shear: pad, then reshape and slice) shares its
+    input's int8 scale, so XNNPACK takes it in its int8 partition and the file loads; unannotated, the runtime
+    refused it ("Failed to create StaticConstantPad node ... xnn_status_invalid_parameter")."""
+    pytest.importorskip("executorch")
+    import numpy as np
+    from zoo.export.pt2e import quantize_pt2e, to_pte_int8
+    from zoo.export.spec import build_spec
+
+    class Shear(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.b = torch.nn.Conv2d(16, 16, 3, padding=1)
+            self.fc = torch.nn.Linear(16, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.a(x))
+            B, C, H, W = y.shape
+            y = torch.nn.functional.pad(y, (0, H)).reshape(B, C, H * (W + H))[..., : H * (W + H - 1)]
+            y = self.b(y.reshape(B, C, H, W + H - 1))
+            return self.fc(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Shear().eval()
+    spec = build_spec("classification", (3, 8, 8))
+    calib = (np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32),)
+    quantized = quantize_pt2e(model, spec, calib)
+    pads = [n for n in quantized.graph.nodes if n.target == torch.ops.aten.pad.default]
+    assert pads and all(n.args[0].target == torch.ops.quantized_decomposed.dequantize_per_tensor.default
+                        and next(iter(n.users)).target == torch.ops.quantized_decomposed.quantize_per_tensor.default
+                        for n in pads)
+    report = to_pte_int8(model, tmp_path / "shear.int8.pte", spec, calib, calibration_source="test")
+    assert report.vs_quantized_torch.passed and report.top1_agreement_with_fp32 >= 0.75
+
+
+
+class _AttentionBlock(torch.nn.Module):
+    """What splits XNNPACK's delegate when spelled as the models spell it under the export switch: erf-GELU,
+    a channel LayerNorm, a 4-D attention matmul (which decomposes with identity expands) and a softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = torch.nn.LayerNorm(8)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y = y * (torch.erf(y / 2 ** 0.5) + 1.0) * 0.5
+        t = self.norm(y.permute(0, 2, 3, 1))  # (B, H, W, C)
+        attn = torch.softmax(t @ t.transpose(-1, -2), dim=-1) @ t
+        return self.fc(attn.mean((1, 2)))
+
+
+def test_xnnpack_rewrites_keep_gelu_layer_norm_and_attention_in_the_delegate(tmp_path):
+    """After capture and lowering nothing of the block is left to ExecuTorch's portable kernels except the final
+    average (a reduction XNNPACK takes only over H and W with keepdim): without the rewrites erf, layer_norm and
+    the identity expand_copy each left the delegate. The file still computes what PyTorch does."""
+    pytest.importorskip("executorch.runtime")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.devtools.backend_debug import get_delegation_info
+    from executorch.exir import to_edge_transform_and_lower
+    from zoo.export.executorch import load_pte, to_pte
+    from zoo.export.pt2e import capture
+    from zoo.export.spec import build_spec
+    from zoo.export.xnnpack_passes import decompose_layer_norm, drop_identity_expands
+
+    torch.manual_seed(0)
+    model = _AttentionBlock().eval()
+    spec = build_spec("classification", (3, 4, 4))
+    graph = capture(model, spec)
+    targets = {str(n.target) for n in graph.graph.nodes}
+    assert "aten.gelu.default" in targets and "aten.erf.default" not in targets
+    assert decompose_layer_norm(graph) == 1
+    x = torch.randn(1, 3, 4, 4)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.allclose(graph(x)[0] if isinstance(graph(x), tuple) else graph(x), ref, atol=1e-5)
+        program = torch.export.export(graph, (x,))
+    edge = to_edge_transform_and_lower(program, transform_passes=[drop_identity_expands],
+                                       partitioner=[XnnpackPartitioner()])
+    table = get_delegation_info(edge.exported_program().graph_module).get_operator_delegation_dataframe()
+    left_out = {op for op, n in zip(table.iloc[:, 0], table.iloc[:, 2]) if n and op not in ("getitem", "Total")}
+    assert left_out <= {"aten_mean_dim", "dim_order_ops__to_dim_order_copy_default"}, left_out
+    path = to_pte(model, tmp_path / "block.pte", spec)
+    got = torch.from_numpy(load_pte(path)([x.numpy()])[0])
+    assert (got - ref).abs().max() <= 1e-4
