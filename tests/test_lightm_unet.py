@@ -200,3 +200,27 @@ def test_onnx_export_one_loop_per_mamba_layer_and_a_second_input_size(model_2d, 
         got = torch.from_numpy(sess.run(None, {"x": x.numpy()})[0])
         assert got.shape == ref.shape == (shape[0], 2, *shape[2:]) and ref.abs().max() > 0.3
         assert (got - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_window_max_pool_is_the_pooling_op_in_inference_and_training(dims):
+    """The encoder's 2x2(x2) max pool takes the maximum of its window views in inference: bit-identical to the
+    pooling op, NaN included; with gradients, on odd maps and under the export switch the pooling op runs."""
+    from timm.layers import set_layer_config
+
+    from zoo.backbones.lightm_unet import WindowMaxPool2d, WindowMaxPool3d
+
+    pool = (WindowMaxPool2d if dims == 2 else WindowMaxPool3d)(2, 2)
+    reference = torch.nn.functional.max_pool2d if dims == 2 else torch.nn.functional.max_pool3d
+    x = torch.randn(2, 3, *([6] * dims))
+    x[0, 1, 2, 3] = float("nan")
+    with torch.no_grad():
+        assert torch.equal(pool(x).nan_to_num(7.0), reference(x, 2, 2).nan_to_num(7.0))
+        odd = torch.randn(1, 2, *([5] * dims))
+        assert torch.equal(pool(odd), reference(odd, 2, 2))
+    ties = torch.zeros(1, 1, *([4] * dims), requires_grad=True)
+    pool(ties).sum().backward()  # the pooling kernel's rule: one gradient per window, at its first position
+    assert ties.grad.sum() == 2 ** dims and ties.grad.flatten()[0] == 1
+    with set_layer_config(exportable=True), torch.no_grad():
+        traced = torch.jit.trace(pool, x.nan_to_num(0.0))
+    assert any("max_pool" in n.kind() for n in traced.graph.nodes())
