@@ -51,6 +51,7 @@ from typing import Any
 import torch
 import torch.fx
 import torch.nn.functional as F
+from timm.layers import is_exportable
 from timm.models import (
     PretrainedCfg,
     build_model_with_cfg,
@@ -58,7 +59,6 @@ from timm.models import (
     generate_default_cfgs,
     register_notrace_function,
 )
-from timm.layers import is_exportable
 from timm.models._features import feature_take_indices
 from torch import nn
 
