@@ -87,15 +87,28 @@ def _max_of_window_views(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@register_notrace_function
+def _window_max_pool(x: torch.Tensor, dims: int) -> torch.Tensor:
+    """The encoder's 2x(2x)2 max pool: :func:`_max_of_window_views` in inference on even maps, the pooling op in
+    training (tie gradients follow its first-index rule), on odd maps and under the export switch. An FX leaf: the
+    choice depends on the tensor, which symbolic tracing cannot branch on."""
+    if is_exportable() or (torch.is_grad_enabled() and x.requires_grad) or any(s % 2 for s in x.shape[2:]):
+        return F.max_pool2d(x, 2, 2) if dims == 2 else F.max_pool3d(x, 2, 2)
+    return _max_of_window_views(x)
+
+
+torch.fx.wrap("_window_max_pool")
+
+
 class _WindowMaxPoolMixin:
-    """``nn.MaxPool{2,3}d(2, 2)`` whose inference forward on even maps takes :func:`_max_of_window_views`.
-    Training (tie gradients follow the pooling kernel's first-index rule) and export keep the pooling op."""
+    """``nn.MaxPool{2,3}d(2, 2)`` (the official module, no weights) whose forward is :func:`_window_max_pool`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (is_exportable() or (torch.is_grad_enabled() and x.requires_grad)
-                or any(s % 2 for s in x.shape[2:])):
-            return super().forward(x)
-        return _max_of_window_views(x)
+        dims = 2 if isinstance(self, nn.MaxPool2d) else 3
+        if (self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, self.return_indices) \
+                not in ((2, 2, 0, 1, False, False), ((2,) * dims, (2,) * dims, 0, 1, False, False)):
+            return super().forward(x)  # only the encoder's 2x(2x)2 / stride-2 pool has the window-view form
+        return _window_max_pool(x, dims)
 
 
 class WindowMaxPool2d(_WindowMaxPoolMixin, nn.MaxPool2d):
