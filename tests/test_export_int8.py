@@ -3,6 +3,7 @@ re-quantized graph, option errors. No wall-clock assertions: timings are injecte
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -137,18 +138,51 @@ def test_selection_option_errors(tiny, tmp_path: Path) -> None:
 
 
 def test_qat_of_a_task_whose_loss_is_inside_the_model_is_a_clear_config_error(tmp_path) -> None:
-    """A segmentation model computes its loss from targets inside the model, which an exported inference graph
-    cannot: ``train.qat`` refuses it up front with one line instead of a TypeError deep in the first step."""
+    """A detector matches anchors to targets inside the model, which an exported inference graph cannot:
+    ``train.qat`` refuses it up front with one line instead of a TypeError deep in the first step."""
     from zoo.train.engine import fit
 
     from zoo.errors import ConfigError
 
-    cfg = {"task": "segmentation", "model": {"name": "test_efficientnet", "head": "fpn"},
-           "data": {"dataset": "synthetic", "root": str(tmp_path / "data"), "img_size": 32, "batch_size": 2,
+    cfg = {"task": "detection", "model": {"name": "test_efficientnet", "head": "retinanet"},
+           "data": {"dataset": "synthetic", "root": str(tmp_path / "data"), "img_size": 64, "batch_size": 2,
                     "synth": {"num_images": 6, "num_classes": 2}},
            "train": {"qat": True, "epochs": 1}, "out_dir": str(tmp_path / "run")}
-    with pytest.raises(ConfigError, match="train.qat=true trains an exported inference graph, and a segmentation"):
+    with pytest.raises(ConfigError, match="train.qat=true trains an exported inference graph, and a detection"):
         fit(cfg)
+
+
+def test_qat_of_segmentation_trains_the_graph_on_the_loss_of_its_outputs(tmp_path) -> None:
+    """Segmentation computes its loss inside the model from targets; under ``train.qat`` the trainer computes the
+    same cross-entropy from the fake-quantized graph's logits, so the graph trains (finite loss, a validation
+    mIoU) and its checkpoint is the QAT graph's state."""
+    pytest.importorskip("executorch")  # the XNNPACK QAT quantizer
+    import math
+
+    from safetensors.torch import load_file
+    from zoo.train.engine import fit
+
+    import zoo
+    from zoo.quantization import prepare_qat_model
+
+    cfg = {"task": "segmentation", "model": {"name": "test_efficientnet", "head": "fpn"},
+           "data": {"dataset": "synthetic", "root": str(tmp_path / "data"), "img_size": 32, "batch_size": 2,
+                    "synth": {"num_images": 8, "num_classes": 2}},
+           "train": {"qat": True, "epochs": 1, "seed": 0}, "sched": {"warmup_epochs": 0},
+           "out_dir": str(tmp_path / "run")}
+    result = fit(cfg)
+    run = tmp_path / "run"
+    state = load_file(str(run / "last.safetensors"))
+    assert any("activation_post_process" in k for k in state)  # the fake-quantized graph's own state
+    model = zoo.create_model("test_efficientnet", task="segmentation", head="fpn", num_classes=2)
+    graph = prepare_qat_model(model, "segmentation", 3, 32)
+    assert callable(graph.qat_loss)
+    logits = graph(torch.randn(2, 3, 32, 32))
+    targets = torch.randint(0, 2, (2, 32, 32))
+    expected = torch.nn.functional.cross_entropy(logits, targets)
+    assert torch.allclose(graph.qat_loss(logits, targets)["loss_seg"], expected)
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(last["train_loss"]) and result["best_metric"] == "miou" and 0 <= result["best"] <= 1
 
 
 def test_qat_graph_has_no_random_masks_so_it_can_lower_to_executorch(tmp_path) -> None:

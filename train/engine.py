@@ -261,10 +261,12 @@ class _Trainer:
         if cfg.train.qat:  # fine-tune through int8 fake quantization (zoo/quantization.py)
             from zoo.quantization import prepare_qat_model
 
-            if not self.task.loss_outside_model:
+            prediction_loss = getattr(self.model, "prediction_loss", lambda: None)
+            if not self.task.loss_outside_model and prediction_loss() is None:
                 raise ConfigError(f"train.qat=true trains an exported inference graph, and a {cfg.task} model "
                                   "computes its training loss inside the model (from its targets); QAT supports "
-                                  "tasks whose loss is computed from predictions (classification)")
+                                  "tasks whose loss is computed from the outputs (classification, segmentation, "
+                                  "change detection)")
 
             self.model = prepare_qat_model(self.model, cfg.task, self.data.in_chans, cfg.data.img_size)
         self.peft_spec = self._apply_peft()

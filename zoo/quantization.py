@@ -75,5 +75,9 @@ def prepare_qat_model(model: nn.Module, task: str, in_chans: int, img_size: int)
     except Exception as e:  # noqa: BLE001 - torch.export raises many types
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ConfigError(f"train.qat=true: torch.export of the model failed: {first}") from e
-    prepared = prepare_qat_pt2e(graph, xnnpack_qat_quantizer())
-    return allow_exported_model_train_eval(prepared)
+    prepared = allow_exported_model_train_eval(prepare_qat_pt2e(graph, xnnpack_qat_quantizer()))
+    # dense tasks compute their loss inside the model from targets, which the graph cannot take: the trainer
+    # computes it from the graph's outputs instead (TaskModel.prediction_loss)
+    prediction_loss = getattr(model, "prediction_loss", None)
+    prepared.qat_loss = prediction_loss() if callable(prediction_loss) else None
+    return prepared

@@ -254,7 +254,9 @@ class ModelLossTask(Task):
         return len(batch[self.inputs[0]])
 
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        losses = model(*(batch[k] for k in self.inputs), batch["targets"])
+        images = [batch[k] for k in self.inputs]
+        qat_loss = getattr(getattr(model, "module", model), "qat_loss", None)  # a QAT graph (zoo.quantization)
+        losses = qat_loss(model(*images), batch["targets"]) if qat_loss else model(*images, batch["targets"])
         return sum(losses.values())  # type: ignore[return-value]
 
     def predict(self, model: nn.Module, batch: Any) -> Any:

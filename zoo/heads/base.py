@@ -233,6 +233,12 @@ class TaskModel(nn.Module):
         """A fresh ``zoo.metrics`` accumulator of the task's validation metrics (``update(outputs, targets)``)."""
         raise NotImplementedError(f"{cls.__name__} has no metric meter")
 
+    def prediction_loss(self) -> Callable[..., dict[str, torch.Tensor]] | None:
+        """The training loss as a function of the exported graph's outputs and the batch's targets, for training an
+        exported inference graph (``train.qat``); ``None`` where the loss needs more than the outputs (detection's
+        anchor matching inside the model)."""
+        return None
+
     # ------------------------------------------------------------------------------------------ prediction
     @classmethod
     def predict_record(cls, model: nn.Module, images: Sequence[torch.Tensor], class_names: Sequence[str],

@@ -42,6 +42,7 @@ class ChangeModel(DenseTaskModel):
     """Siamese backbone + shared FPN + |difference| + top-down fusion + classifier (see module docstring)."""
 
     task = "change_detection"
+    loss_name = "loss_change"
     collate = staticmethod(collate_change)
     synthetic = synthetic_data.CHANGE_DETECTION
     default_num_classes = 2

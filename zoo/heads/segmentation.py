@@ -18,7 +18,7 @@ to ``ignore_index`` do not count).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -163,6 +163,20 @@ class DenseTaskModel(TaskModel):
         from ..metrics import ConfusionMeter
 
         return ConfusionMeter(num_classes)
+
+    #: the key of the main loss in the training loss dict
+    loss_name: ClassVar[str] = "loss_seg"
+
+    def prediction_loss(self) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
+        """The main per-pixel cross-entropy from the logits alone. The auxiliary losses read features that an
+        exported inference graph does not return, so fine-tuning a graph (``train.qat``) trains without them."""
+        num_classes, ignore_index, name = self.num_classes, self.ignore_index, self.loss_name
+
+        def loss(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+            check_mask_targets(targets, logits.shape[-2:], num_classes, ignore_index)
+            return {name: F.cross_entropy(logits, targets.long(), ignore_index=ignore_index)}
+
+        return loss
 
     @classmethod
     def postprocess_outputs(cls, outputs: Sequence[Any], params: Mapping[str, Any] | None = None) -> torch.Tensor:
