@@ -161,3 +161,18 @@ def test_dense_tasks_train_and_reload(tmp_path: Path, task: str, metric: str) ->
     with torch.no_grad():
         args = (x,) if task == "segmentation" else (x, x.flip(-1))
         assert torch.equal(model(*args), r["model"](*args))
+
+
+def test_a_run_never_overwrites_the_checkpoint_it_starts_from(tmp_path) -> None:
+    """Fine-tuning ``runs/x/best.safetensors`` into ``runs/x`` would overwrite it at the first save: refused in one
+    line. ``train.qat`` runs default to their own ``-qat`` folder."""
+    from zoo.errors import ConfigError
+
+    run = tmp_path / "run"
+    cfg = {"model": {"name": "test_efficientnet", "checkpoint": str(run / "best.safetensors")},
+           "out_dir": str(run), "train": {"epochs": 1}}
+    with pytest.raises(ConfigError, match="is in this run's folder"):
+        fit(cfg)
+    assert not run.exists()
+    assert str(load_config({"train": {"qat": True}}).run_dir) == "runs/emov2_1m-digits-qat"
+    assert str(load_config({}).run_dir) == "runs/emov2_1m-digits"

@@ -255,6 +255,9 @@ class _Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         seed_everything(cfg.train.seed)
+        if cfg.model.checkpoint and Path(cfg.model.checkpoint).resolve().parent == cfg.run_dir.resolve():
+            raise ConfigError(f"model.checkpoint {cfg.model.checkpoint} is in this run's folder {cfg.run_dir}, whose "
+                              "checkpoints the run would overwrite; set out_dir=... to a new folder")
         self.task: Task = get_task(cfg.task)
         self.data = self._data or self.task.build_data(cfg)
         self.model = self.task.build_model(cfg, self.data)

@@ -152,7 +152,9 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out_dir or f"runs/{self.model.name}-{self.data.dataset}")
+        """``out_dir``, else ``runs/<model>-<dataset>`` (``-qat`` appended for ``train.qat``, which fine-tunes a
+        checkpoint that usually sits in the plain folder)."""
+        return Path(self.out_dir or f"runs/{self.model.name}-{self.data.dataset}{'-qat' if self.train.qat else ''}")
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
