@@ -34,7 +34,7 @@ from ..data.collate import collate_change
 from ..errors import ConfigError, InputShapeError
 from ._backbone import FeatureBackbone, create_backbone
 from .registry import register_head, register_task
-from .segmentation import DenseTaskModel, _up, check_mask_targets, conv_bn_relu
+from .segmentation import DenseTaskModel, _up, conv_bn_relu
 
 
 @register_task
@@ -102,9 +102,8 @@ class ChangeModel(DenseTaskModel):
         logits = _up(self.classifier(self.dropout(x)), image_a.shape[-2:])
         if not (self.training and targets is not None):
             return logits
-        check_mask_targets(targets, image_a.shape[-2:], self.num_classes, self.ignore_index)
+        losses = self.prediction_loss()(logits, targets)
         targets = targets.long()
-        losses = {"loss_change": F.cross_entropy(logits, targets, ignore_index=self.ignore_index)}
         if self.aux_classifiers is not None:
             # fused[0] is the deepest level; classifiers are listed deepest first as well
             aux = [F.cross_entropy(_up(head(f), image_a.shape[-2:]), targets, ignore_index=self.ignore_index)

@@ -168,8 +168,10 @@ class DenseTaskModel(TaskModel):
     loss_name: ClassVar[str] = "loss_seg"
 
     def prediction_loss(self) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
-        """The main per-pixel cross-entropy from the logits alone. The auxiliary losses read features that an
-        exported inference graph does not return, so fine-tuning a graph (``train.qat``) trains without them."""
+        """The main per-pixel cross-entropy from the logits alone (logits at the input resolution, so the mask
+        check against their size is the check against the input's). ``forward`` uses it in training too; the
+        auxiliary losses read features that an exported inference graph does not return, so fine-tuning a graph
+        (``train.qat``) trains without them."""
         num_classes, ignore_index, name = self.num_classes, self.ignore_index, self.loss_name
 
         def loss(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -221,9 +223,8 @@ class SegmentationModel(DenseTaskModel):
         logits = _up(self.decoder(feats), x.shape[-2:])
         if not (self.training and targets is not None):
             return logits
-        check_mask_targets(targets, x.shape[-2:], self.num_classes, self.ignore_index)
+        losses = self.prediction_loss()(logits, targets)
         targets = targets.long()
-        losses = {"loss_seg": F.cross_entropy(logits, targets, ignore_index=self.ignore_index)}
         if self.aux_head is not None:
             aux = _up(self.aux_head(feats[-2]), x.shape[-2:])
             losses["loss_aux"] = self.aux_weight * F.cross_entropy(aux, targets, ignore_index=self.ignore_index)
@@ -323,8 +324,7 @@ class NativeSegmentationModel(SegmentationModel):
         logits = self.net(x)
         if not (self.training and targets is not None):
             return logits
-        check_mask_targets(targets, x.shape[-2:], self.num_classes, self.ignore_index)
-        return {"loss_seg": F.cross_entropy(logits, targets.long(), ignore_index=self.ignore_index)}
+        return self.prediction_loss()(logits, targets)
 
 
 def _heads() -> tuple[str, ...]:
