@@ -84,7 +84,7 @@ def decompose_layer_norm(graph: torch.fx.GraphModule) -> int:
     ``y = d * rsqrt(linear(d * d, 1/C) + eps) * weight + bias``. Returns how many were rewritten."""
     aten = torch.ops.aten
     g = graph.graph
-    averagers: dict[tuple[int, torch.dtype], torch.fx.Node] = {}
+    averagers: dict[int, torch.fx.Node] = {}  # one constant 1/C weight per channel count
     found = 0
     for node in list(g.nodes):
         if node.op != "call_function" or node.target != aten.layer_norm.default:
@@ -95,13 +95,13 @@ def decompose_layer_norm(graph: torch.fx.GraphModule) -> int:
         eps = float(node.args[4]) if len(node.args) > 4 else 1e-5
         if len(shape) != 1:  # layer_norm normalises its last len(shape) axes; one axis is a linear's reduction
             continue
-        channels, dtype = int(shape[0]), torch.float32
-        if (channels, dtype) not in averagers:
+        channels = int(shape[0])
+        if channels not in averagers:
             name = f"_xnnpack_layer_norm_average_{channels}"
-            graph.register_buffer(name, torch.full((1, channels), 1.0 / channels, dtype=dtype))
+            graph.register_buffer(name, torch.full((1, channels), 1.0 / channels))
             with g.inserting_before(next(iter(g.nodes))):
-                averagers[(channels, dtype)] = g.get_attr(name)
-        average = averagers[(channels, dtype)]
+                averagers[channels] = g.get_attr(name)
+        average = averagers[channels]
         with g.inserting_before(node):
             mean = g.call_function(aten.linear.default, (x, average))
             centred = g.call_function(aten.sub.Tensor, (x, mean))
