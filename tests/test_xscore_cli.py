@@ -112,13 +112,14 @@ def test_recipe_tiers_follow_the_training_set_size() -> None:
     r = cli.Recipe()
     plans = {n: r.plan(n) for n in (160, 576, 1438, 4000, 50000)}  # the embedded sets and a CIFAR-sized one
     assert [(p.tier, p.epochs, p.batch_size) for p in plans.values()] == [
-        ("tiny", 40, 16), ("small", 12, 16), ("medium", 6, 32), ("large", 3, 32), ("full", 30, 64)]
-    assert [p.steps(n) for n, p in plans.items()][:4] == [400, 432, 270, 375]  # several hundred steps each
+        ("tiny", 40, 16), ("small", 12, 16), ("medium", 15, 32), ("large", 6, 32), ("full", 30, 64)]
+    assert [p.steps(n) for n, p in plans.items()][:4] == [400, 432, 675, 750]  # several hundred steps each
+    assert [p.lr for p in plans.values()] == [1e-2, 5e-3, 1e-2, 1e-2, 2e-3]
     fixed = cli.Recipe(epochs=2, batch_size=8, lr=1e-3).plan(160)
     assert (fixed.tier, fixed.epochs, fixed.batch_size, fixed.lr, fixed.warmup_epochs) == ("tiny", 2, 8, 1e-3, 0)
     assert r.plan(5).batch_size == 5  # never more than the split holds
     o = r.overrides(32, plans[160])
-    assert (o["train.epochs"], o["train.val_every"], o["sched.warmup_epochs"], o["optim.lr"]) == (40, 40, 4, 2e-3)
+    assert (o["train.epochs"], o["train.val_every"], o["sched.warmup_epochs"], o["optim.lr"]) == (40, 40, 4, 1e-2)
 
 
 def test_shard_parsing_and_a_disjoint_complete_split() -> None:
