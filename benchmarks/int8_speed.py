@@ -1,5 +1,6 @@
 """fp32 vs int8, side by side, per runtime: onnxruntime (QDQ, every node or ``--int8-select auto``) and, when the
-``executorch`` extra is installed, XNNPACK through ExecuTorch (fp32 ``.pte`` vs PT2E int8 ``.pte``).
+``executorch`` extra is installed, XNNPACK through ExecuTorch (fp32 ``.pte`` vs PT2E int8 ``.pte``, every node the
+quantizer annotates or ``select="auto"``: the operator kinds whose int8 kernels lose on this CPU kept in float).
 
 int8 speed depends on the CPU's int8 dot-product instructions, so the script prints the CPU model and the flags that
 matter (``avx512_vnni``, ``avx_vnni``, ``amx_int8``; ``avx2`` alone has no int8 dot product) before the table.
@@ -50,6 +51,7 @@ def bench_model(name: str, size: int, threads: int, rounds: int, xnnpack: bool, 
     files = {"ort fp32": ex.path}
     failed: dict[str, str] = {}
     kept: dict[str, object] = {}
+    pte_kept: dict[str, object] = {}
     try:
         q_all = quantize_int8(ex.path, tmp / f"{name}.int8.onnx", ex.spec, calib, calibration_source="synthetic",
                               threads=threads, latency_rounds=0)
@@ -65,8 +67,12 @@ def bench_model(name: str, size: int, threads: int, rounds: int, xnnpack: bool, 
 
         try:
             fp32_pte = to_pte(model, tmp / f"{name}.pte", ex.spec)
-            files["xnnpack int8"] = to_pte_int8(model, tmp / f"{name}.int8.pte", ex.spec, calib,
-                                                calibration_source="synthetic").path
+            files["xnnpack int8 all"] = to_pte_int8(model, tmp / f"{name}.int8.pte", ex.spec, calib,
+                                                    calibration_source="synthetic").path
+            auto = to_pte_int8(model, tmp / f"{name}.auto.int8.pte", ex.spec, calib, calibration_source="synthetic",
+                               select="auto", threads=threads)
+            files["xnnpack int8 auto"] = auto.path
+            pte_kept = auto.selection.to_dict()
             files["xnnpack fp32"] = fp32_pte
         except Exception as e:  # noqa: BLE001
             failed["xnnpack"] = _reason(e)
@@ -77,7 +83,7 @@ def bench_model(name: str, size: int, threads: int, rounds: int, xnnpack: bool, 
     return {"model": name, "size": size, "threads": threads, "ms": times,
             "mb": {k: file_size(p) / 1e6 for k, p in files.items()}, "failed": failed,
             "kept_float": kept.get("kept_float_by_op", {}), "kept_float_nodes": kept.get("kept_float", 0),
-            "profiled_nodes": kept.get("profiled_nodes", 0)}
+            "profiled_nodes": kept.get("profiled_nodes", 0), "pte_kept_float": pte_kept}
 
 
 def _pair(ms: dict[str, float], fp32: str, int8: list[str]) -> tuple[str, str]:
@@ -94,10 +100,12 @@ def print_row(r: dict) -> None:
     if "xnnpack" in failed:
         xnn = f"failed: {failed['xnnpack']}"
     elif "xnnpack fp32" in ms:
-        xnn, xr = _pair(ms, "xnnpack fp32", ["xnnpack int8"])
+        xnn, xr = _pair(ms, "xnnpack fp32", ["xnnpack int8 all", "xnnpack int8 auto"])
     kept = ", ".join(f"{k} {v}" for k, v in sorted(r["kept_float"].items())) or "none"
+    pte = r.get("pte_kept_float") or {}
+    pte_kept = ", ".join(f"{k} {v}" for k, v in (pte.get("float_nodes") or {}).items()) or "none"
     print(f"| {r['model']} | {r['size']} | {ort} | {ratio} | {xnn} | {xr} | "
-          f"{r['kept_float_nodes']}/{r['profiled_nodes']}: {kept} |", flush=True)
+          f"{r['kept_float_nodes']}/{r['profiled_nodes']}: {kept} | {pte_kept} |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}; batch 1, {args.threads} thread(s), {args.rounds} interleaved rounds; "
           "ratios are fp32 time / int8 time (> 1: int8 faster)\n")
     print("| model | input | ORT ms fp32 / int8 all / int8 auto | ORT fp32/int8 all / auto | XNNPACK ms fp32 / int8 "
-          "| XNNPACK fp32/int8 | auto: nodes kept float (by op) |")
-    print("|---|---|---|---|---|---|---|", flush=True)
+          "all / int8 auto | XNNPACK fp32/int8 all / auto | ORT auto: nodes kept float (by op) "
+          "| XNNPACK auto: nodes kept float |")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:

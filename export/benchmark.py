@@ -131,8 +131,8 @@ def _checkpoint_config(checkpoint: str | os.PathLike, overrides: Sequence[str]) 
 ONNX_FAMILY = ("onnx", "int8.onnx", "ort", "int8.ort")
 
 
-def _export(fmt: str, checkpoint: str, out: Path, name: str, int8_select: str, wanted: Sequence[str]
-            ) -> dict[str, Path]:
+def _export(fmt: str, checkpoint: str, out: Path, name: str, int8_select: str, wanted: Sequence[str],
+            pte_int8_select: str = "auto", threads: int | None = None) -> dict[str, Path]:
     """Write the files for ``fmt`` and its companions; returns {format: path} for what was written.
 
     The ONNX family comes from one ``export_model`` call (.onnx, then .int8.onnx / .ort / .int8.ort from it) with
@@ -162,15 +162,16 @@ def _export(fmt: str, checkpoint: str, out: Path, name: str, int8_select: str, w
     if fmt == "int8.pte":
         from .pt2e import export_pte_int8
 
-        return {fmt: export_pte_int8(checkpoint, out / f"{name}.int8.pte", log=quiet)}
+        return {fmt: export_pte_int8(checkpoint, out / f"{name}.int8.pte", select=pte_int8_select, threads=threads,
+                                     log=quiet)}
     res = export_model(checkpoint, out, format=fmt, name=name, log=quiet)
     return {fmt: res.files[0]}
 
 
 def run_benchmark(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, formats: Sequence[str] | None = None,
                   overrides: Sequence[str] = (), threads: int = 1, rounds: int = 30, warmup: int = 5,
-                  limit: int | None = None, int8_select: str = "all", log: Callable[[str], None] = print,
-                  ) -> BenchmarkResult:
+                  limit: int | None = None, int8_select: str = "all", pte_int8_select: str = "auto",
+                  log: Callable[[str], None] = print) -> BenchmarkResult:
     """Export, score and time every format in ``formats`` (default :func:`default_formats`); see the module doc."""
     checkpoint = str(checkpoint)
     out = Path(out_dir)
@@ -212,7 +213,7 @@ def run_benchmark(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, 
         if why is None and fmt not in files:
             log(f"[{i}/{steps}] {fmt}: exporting" + (" (with its ONNX companions)" if fmt in ONNX_FAMILY else ""))
             try:
-                files.update(_export(fmt, checkpoint, out, name, int8_select, wanted))
+                files.update(_export(fmt, checkpoint, out, name, int8_select, wanted, pte_int8_select, threads))
                 if fmt not in files:
                     why = "the exporter wrote no file for it"
             except Exception as e:  # noqa: BLE001 - one failing format is a row, not the end of the table

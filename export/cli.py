@@ -10,6 +10,7 @@ from zoo.errors import ExportError
 
 from .onnx_export import DEFAULT_OPSET, EXPORTERS, check_opset
 from .pipeline import FORMATS, export_model
+from .pte_select import SELECTS as PTE_SELECTS
 from .quantize import MODES, SELECTS
 from .spec import TASKS
 
@@ -146,6 +147,10 @@ def benchmark_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=30, help="timed rounds per format")
     p.add_argument("--limit", type=int, help="score only the first N validation images")
     p.add_argument("--int8-select", choices=SELECTS, default="all", help="int8 onnx node selection (zoo export)")
+    p.add_argument("--pte-int8-select", choices=PTE_SELECTS, default="auto",
+                   help="int8.pte: auto times candidate files on this CPU and keeps in float the operator kinds "
+                        "(depthwise convolutions, elementwise add/mul) whose int8 kernels lose; all quantizes "
+                        "every node XNNPACK's quantizer annotates")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (data.root=...)")
     return p
 
@@ -165,7 +170,8 @@ def benchmark_main(argv: list[str] | None = None) -> int:
     with show_logs("zoo.export", prefix="note: "):
         result = run_benchmark(args.checkpoint, out, formats=formats,
                                overrides=data_overrides(args.data) + args.overrides, threads=args.threads,
-                               rounds=args.rounds, limit=args.limit, int8_select=args.int8_select, log=log)
+                               rounds=args.rounds, limit=args.limit, int8_select=args.int8_select,
+                               pte_int8_select=args.pte_int8_select, log=log)
     cpu = cpu_description()
     print(f"{result.model} on {result.dataset} ({result.num_images} validation images), {result.metric}; "
           f"CPU: {cpu['model']} [{', '.join(cpu['int8_flags']) or 'no int8 dot-product flags'}]")

@@ -18,9 +18,10 @@ calibrated graph, with the quantization parameters it learned.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from zoo.heads import get_task
 
 from .executorch import _first_line, check_runtime_parity, load_pte, require_executorch, versions
 from .parity import Batch, ParityReport, agreement, torch_outputs
+from .pte_select import SELECTS, Selection, check_kinds, choose_float_kinds, count_kinds, op_kind
 from .spec import ExportSpec, as_tuple, build_adapter
 from .xnnpack_passes import restore_gelu
 
@@ -50,19 +52,23 @@ class PteInt8Report:
     vs_quantized_torch: ParityReport
     top1_agreement_with_fp32: float | None
     seconds: float
+    selection: Selection | None = None  # None: quantized in training (QAT), nothing chosen here
 
     def summary(self) -> str:
         text = (f"int8 .pte (PT2E, XNNPACK quantizer; calibration: {self.calibration}) -> {self.path.name}\n"
                 f"{self.vs_quantized_torch.summary()}")
+        if self.selection is not None:
+            text += f"\n{self.selection.summary()}"
         if self.top1_agreement_with_fp32 is not None:
             text += (f"\n  top-1 agreement with the fp32 network on the calibration images: "
                      f"{100 * self.top1_agreement_with_fp32:.2f}%")
         return text
 
 
-def xnnpack_quantizer(qat: bool = False) -> Any:
+def xnnpack_quantizer(qat: bool = False, float_kinds: frozenset[str] = frozenset()) -> Any:
     """XNNPACK's symmetric int8 scheme: per-channel weights, per-tensor activations (``is_qat``: fake-quant), with
-    zero-valued constant pads sharing their input's quantization (:func:`share_constant_pad_qparams`)."""
+    zero-valued constant pads sharing their input's quantization (:func:`share_constant_pad_qparams`); nodes of
+    ``float_kinds`` (:mod:`export.pte_select`) are left unannotated, so they stay float."""
     require_executorch()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -73,7 +79,11 @@ def xnnpack_quantizer(qat: bool = False) -> Any:
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             return share_constant_pad_qparams(super().annotate(model))
 
-    return PadSharingXNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    quantizer = PadSharingXNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    if float_kinds:
+        quantizer.set_filter_function(lambda node: op_kind(node) not in float_kinds)
+    return quantizer
 
 
 def _is_zero_constant_pad(node: torch.fx.Node) -> bool:
@@ -164,11 +174,15 @@ def _give_constants_their_own_storage(graph: torch.fx.GraphModule) -> None:
 
 
 @torch.no_grad()
-def quantize_pt2e(model: nn.Module, spec: ExportSpec, calibration: Batch) -> torch.fx.GraphModule:
-    """Post-training int8: prepare with the XNNPACK quantizer, run the calibration images, convert."""
+def quantize_pt2e(model: nn.Module, spec: ExportSpec, calibration: Batch, float_kinds: frozenset[str] = frozenset(),
+                  captured: torch.fx.GraphModule | None = None) -> torch.fx.GraphModule:
+    """Post-training int8: prepare with the XNNPACK quantizer, run the calibration images, convert.
+
+    ``captured``: the network's :func:`capture`, when the caller already has it (prepare works on a copy)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    prepared = prepare_pt2e(capture(model, spec), xnnpack_quantizer())
+    graph = copy.deepcopy(captured) if captured is not None else capture(model, spec)
+    prepared = prepare_pt2e(graph, xnnpack_quantizer(float_kinds=float_kinds))
     for i in range(len(calibration[0])):
         prepared(*(torch.from_numpy(np.ascontiguousarray(a[i:i + 1])) for a in calibration))
     return convert_pt2e(prepared)
@@ -225,8 +239,13 @@ def lower_quantized(quantized: torch.fx.GraphModule, path: str | os.PathLike, sp
 
 def to_pte_int8(model: nn.Module, path: str | os.PathLike, spec: ExportSpec, calibration: Batch, *,
                 calibration_source: str = "images", quantized: torch.fx.GraphModule | None = None,
-                threads: int | None = None, random_inputs: int = 0) -> PteInt8Report:
+                threads: int | None = None, random_inputs: int = 0, select: str = "all",
+                float_kinds: Iterable[str] | None = None) -> PteInt8Report:
     """Quantize (or take the QAT-``quantized`` graph), lower, and check the ``.pte`` in the ExecuTorch runtime.
+
+    What stays float (:mod:`export.pte_select`): ``float_kinds`` names the kinds (``depthwise``, ``elementwise``);
+    without it, ``select="auto"`` times the candidate files on this machine (``threads`` threads) and keeps the
+    fastest, ``select="all"`` quantizes every node the XNNPACK quantizer annotates. A QAT graph is taken as trained.
 
     The check runs the calibration images (and ``random_inputs`` noise inputs) through the file and through the
     quantized PyTorch graph: the max abs diff must stay within 10% of the output range, or within
@@ -244,9 +263,25 @@ def to_pte_int8(model: nn.Module, path: str | os.PathLike, spec: ExportSpec, cal
     require_executorch()
     if spec.dynamic_batch:
         raise ExportError("--format pte writes a fixed batch of 1; drop --dynamic-batch")
+    if select not in SELECTS:
+        raise ExportError(f"unknown int8 .pte selection {select!r}; choose one of {', '.join(SELECTS)}")
+    kinds = check_kinds(float_kinds or ())
     t0 = time.perf_counter()
-    quantized = quantized if quantized is not None else quantize_pt2e(model, spec, calibration)
-    path = lower_quantized(quantized, path, spec)
+    path, selection = Path(path), None
+    if quantized is None:
+        captured = capture(model, spec)
+        present = count_kinds(captured)
+        timed: dict[str, float] = {}
+        if select == "auto" and float_kinds is None:
+            kinds, quantized, timed = choose_float_kinds(
+                lambda k: quantize_pt2e(model, spec, calibration, k, captured=captured),
+                lambda graph, p: lower_quantized(graph, p, spec), lambda p: load_pte(p, threads),
+                [a[:1] for a in calibration], present, path)
+        else:
+            quantized = quantize_pt2e(model, spec, calibration, kinds, captured=captured)
+        selection = Selection(kinds, {k: present[k] for k in kinds}, timed, threads)
+    if not selection or not selection.candidate_ms:
+        path = lower_quantized(quantized, path, spec)
     reference = PerSample(quantized, spec)
     ref_out = torch_outputs(reference, calibration)
     scale = float(np.max(np.abs(ref_out[0]))) or 1.0
@@ -269,7 +304,8 @@ def to_pte_int8(model: nn.Module, path: str | os.PathLike, spec: ExportSpec, cal
         k = spec.output_names.index(spec.primary_output)
         agree, total = agreement(fp32[k], ref_out[k], spec.class_axis)
         fraction = agree / max(total, 1)
-    return PteInt8Report(path, calibration_source, len(calibration[0]), report, fraction, time.perf_counter() - t0)
+    return PteInt8Report(path, calibration_source, len(calibration[0]), report, fraction, time.perf_counter() - t0,
+                         selection)
 
 
 def is_qat_checkpoint(meta: dict[str, Any]) -> bool:
@@ -314,12 +350,17 @@ def qat_training_graph(checkpoint: str | os.PathLike, meta: dict[str, Any]) -> t
 
 
 def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, calib_limit: int = 64,
+                    select: str = "auto", threads: int | None = None,
                     log: Callable[[str], None] = print) -> Path:
     """``zoo benchmark``'s ``int8.pte`` row: a checkpoint -> int8 ``.pte`` with its sidecar.
 
     Calibration draws from the checkpoint's training split (:func:`export.evaluate.training_calibration`), else
     synthetic images (the sidecar says which). A checkpoint fine-tuned with ``train.qat=true`` carries its QAT
     graph's observers in its weights and is converted from them (:func:`qat_quantized_graph`).
+
+    ``select="auto"`` (the default: on every network measured it was faster than quantizing everything, see
+    :mod:`export.pte_select`) keeps in float the operator kinds whose int8 kernels lose on this machine, timed with
+    ``threads`` threads; the sidecar records what stayed float and every candidate's latency.
     """
     import zoo
 
@@ -355,7 +396,8 @@ def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, c
         source = f"learned in quantization-aware training (checked on {source})"
     log(f"int8 .pte calibration: {source}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    report = to_pte_int8(model, path, spec, calibration, calibration_source=source, quantized=quantized)
+    report = to_pte_int8(model, path, spec, calibration, calibration_source=source, quantized=quantized,
+                         select=select, threads=threads)
     log(report.summary())
     base = _base_fields(model, meta, name, task, spec, pre, None, _output_shapes(model, spec))
     write_sidecar(report.path, {
@@ -363,7 +405,8 @@ def export_pte_int8(checkpoint: str | os.PathLike, path: str | os.PathLike, *, c
         "runtime": "ExecuTorch (XNNPACK delegate, int8)", "runtime_versions": versions(),
         "quantization": {"scheme": "PT2E XNNPACK symmetric int8, per-channel weights",
                          "calibration": source, "calibration_samples": report.calibration_samples,
-                         "top1_agreement_with_fp32": report.top1_agreement_with_fp32},
+                         "top1_agreement_with_fp32": report.top1_agreement_with_fp32,
+                         "kept_float": report.selection.to_dict() if report.selection else None},
         "parity": report.vs_quantized_torch.to_dict()})
     return report.path
 

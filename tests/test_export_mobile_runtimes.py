@@ -259,6 +259,88 @@ def test_pt2e_int8_pte_with_a_zero_pad_between_quantized_ops_loads(tmp_path):
 
 
 
+
+class _DepthwiseBlock(torch.nn.Module):
+    """conv -> depthwise conv -> residual add -> pointwise conv -> linear: one node of each selectable kind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 32, 3, padding=1)
+        self.dw = torch.nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.pw = torch.nn.Conv2d(32, 64, 1)
+        self.fc = torch.nn.Linear(64, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        y = y + self.dw(y)
+        return self.fc(torch.relu(self.pw(y)).mean((2, 3)))
+
+
+def _weight_is_dequantized(graph: torch.fx.GraphModule, groups: int) -> bool:
+    conv = next(n for n in graph.graph.nodes if n.target == torch.ops.aten.conv2d.default
+                and (n.args[6] if len(n.args) > 6 else 1) == groups)
+    return conv.args[1].target == torch.ops.quantized_decomposed.dequantize_per_channel.default
+
+
+def test_pt2e_int8_keeps_the_named_operator_kinds_in_float(tmp_path):
+    """``float_kinds={"depthwise"}`` leaves the depthwise convolution float (its weight is no dequantized int8
+    tensor) while the dense convolutions stay int8; the file still matches its quantized graph in ExecuTorch and
+    its report says what stayed float."""
+    pytest.importorskip("executorch")
+    import numpy as np
+    from zoo.export.pt2e import quantize_pt2e, to_pte_int8
+    from zoo.export.spec import build_spec
+
+    torch.manual_seed(0)
+    model = _DepthwiseBlock().eval()
+    spec = build_spec("classification", (3, 8, 8))
+    calib = (np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32),)
+    everything = quantize_pt2e(model, spec, calib)
+    assert _weight_is_dequantized(everything, 32) and _weight_is_dequantized(everything, 1)
+    kept = quantize_pt2e(model, spec, calib, frozenset({"depthwise"}))
+    assert not _weight_is_dequantized(kept, 32) and _weight_is_dequantized(kept, 1)
+    report = to_pte_int8(model, tmp_path / "m.int8.pte", spec, calib, calibration_source="test",
+                         float_kinds={"depthwise"})
+    assert report.vs_quantized_torch.passed
+    assert report.selection.float_nodes == {"depthwise": 1}
+    assert "depthwise convolutions (1)" in report.summary()
+    with pytest.raises(ExportError, match="unknown operator kind.*softmax"):
+        to_pte_int8(model, tmp_path / "x.int8.pte", spec, calib, float_kinds={"softmax"})
+
+
+def test_pt2e_int8_auto_times_each_candidate_and_keeps_the_fastest_file(tmp_path):
+    """``select="auto"`` builds one file per candidate set of kinds kept in float, times them in ExecuTorch and
+    writes the chosen one (no second lowering, no leftovers); the report and the sidecar fields carry every
+    candidate's latency."""
+    pytest.importorskip("executorch")
+    import numpy as np
+    from zoo.export.pt2e import to_pte_int8
+    from zoo.export.pte_select import CANDIDATES, label
+    from zoo.export.spec import build_spec
+
+    torch.manual_seed(0)
+    model = _DepthwiseBlock().eval()
+    spec = build_spec("classification", (3, 8, 8))
+    calib = (np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32),)
+    report = to_pte_int8(model, tmp_path / "m.int8.pte", spec, calib, calibration_source="test", select="auto",
+                         threads=1)
+    sel = report.selection
+    assert set(sel.candidate_ms) == {label(k) for k in CANDIDATES}
+    assert sel.float_kinds in CANDIDATES and report.vs_quantized_torch.passed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.pte"]
+    assert sel.to_dict()["float_kinds"] == [k for k in ("depthwise", "elementwise") if k in sel.float_kinds]
+
+
+def test_pte_select_takes_a_candidate_that_keeps_more_float_only_when_clearly_faster():
+    pytest.importorskip("executorch")
+    from zoo.export.pte_select import fastest
+
+    none, dw, both = frozenset(), frozenset({"depthwise"}), frozenset({"depthwise", "elementwise"})
+    assert fastest({none: 10.0, dw: 9.8, both: 9.9}) == none  # within timing noise: int8 stays
+    assert fastest({none: 10.0, dw: 9.0, both: 8.9}) == dw  # 2% on 9.0 is noise
+    assert fastest({none: 10.0, dw: 9.0, both: 8.0}) == both
+
+
 class _AttentionBlock(torch.nn.Module):
     """What splits XNNPACK's delegate when spelled as the models spell it under the export switch: erf-GELU,
     a channel LayerNorm, a 4-D attention matmul (which decomposes with identity expands) and a softmax."""
