@@ -1,12 +1,13 @@
 """Which operators the int8 ``.pte`` keeps in float: XNNPACK's int8 kernels are not faster than its float ones for
 every operator, and which lose depends on the CPU.
 
-Why: per-operator ETDump profiles of the XNNPACK-delegated files (ExecuTorch's ``enable_etdump`` runtime option
-and ``devtools.Inspector``, one thread, 224², AMD EPYC with avx512_vnni) showed the int8 depthwise convolutions
-slower than the float ones (EMOv2-5M: 6.8 ms against 5.1 ms over its 19 depthwise layers), while the int8 fully
-connected layers ran 3.4x faster. XNNPACK's x86 depthwise kernels widen int8 to int32 and have no dot-product
-instruction to use, so they do the float kernels' work plus requantization. Elementwise ``add``/``mul`` in int8
-cost little themselves but need a quantize/dequantize (XNNPACK "Convert") on every float neighbour.
+Why: per-operator ETDump profiles of the XNNPACK-delegated files (``benchmarks/pte_op_profile.py``: one thread,
+224², AMD EPYC with avx512_vnni) showed the int8 depthwise convolutions slower than the float ones (EMOv2-5M: 8.5 ms
+against 5.3 ms over its 19 depthwise layers), while the int8 fully connected layers ran 3.3x faster. A depthwise
+convolution sums over its kernel window only, not over channels, so VNNI's four-wide int8 dot products have no
+reduction to speed up in XNNPACK's channel-vectorised kernels, which widen int8 and multiply, then requantize.
+Elementwise ``add``/``mul`` in int8 cost little themselves but need a quantize/dequantize (XNNPACK "Convert") on
+every float neighbour.
 
 How: ``select="auto"`` quantizes the network once per candidate set of kinds kept in float (:data:`CANDIDATES`),
 lowers each to a ``.pte``, times the files in alternation in the ExecuTorch runtime on this machine, and keeps the
@@ -109,8 +110,8 @@ class Selection:
         if self.candidate_ms:
             times = ", ".join(f"{k} {v:.2f} ms" for k, v in self.candidate_ms.items())
             threads = self.threads or "default"
-            text += (f"\n  candidates timed in the ExecuTorch runtime on this CPU (batch 1, {threads} threads), named "
-                     f"by what they keep in float: {times}")
+            text += (f"\n  candidates timed in the ExecuTorch runtime on this CPU (batch 1, {threads} thread(s)), "
+                     f"named by what they keep in float: {times}")
         return text
 
     def to_dict(self) -> dict[str, object]:
