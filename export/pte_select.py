@@ -20,6 +20,7 @@ accuracy (it skips a rounding).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +33,8 @@ import numpy as np
 import torch
 
 from zoo.errors import ExportError
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("depthwise", "elementwise")
 KIND_DESCRIPTIONS = {
@@ -146,15 +149,25 @@ def choose_float_kinds(quantize: Callable[[frozenset[str]], torch.fx.GraphModule
     present = frozenset(present)
     graphs: dict[frozenset[str], torch.fx.GraphModule] = {}
     runners: dict[frozenset[str], Callable[[], object]] = {}
+    first_error: ExportError | None = None
+    tried: list[frozenset[str]] = []
     with tempfile.TemporaryDirectory(prefix="zoo_pte_select_") as tmp:
         for kinds in candidates:
-            if any(kinds & present == k & present for k in graphs):
+            if any(kinds & present == k & present for k in tried):
                 continue
-            graph = quantize(kinds)
-            path = lower(graph, Path(tmp) / f"{label(kinds)}.pte")
-            run = load(path)
+            tried.append(kinds)
+            try:  # one candidate that cannot be lowered or loaded leaves the others to choose from
+                graph = quantize(kinds)
+                path = lower(graph, Path(tmp) / f"{label(kinds)}.pte")
+                run = load(path)
+            except ExportError as e:
+                logger.warning("int8 .pte candidate keeping %s float failed: %s", label(kinds), e)
+                first_error = first_error or e
+                continue
             graphs[kinds] = graph
             runners[kinds] = lambda run=run: run(example)
+        if not runners:
+            raise first_error or ExportError("no int8 .pte candidate to time")
         times = interleaved_latency(runners, warmup=3, rounds=rounds, settle=1)
         best = fastest(times)
         partial = keep.with_name(keep.name + ".tmp")

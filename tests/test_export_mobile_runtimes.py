@@ -331,6 +331,28 @@ def test_pt2e_int8_auto_times_each_candidate_and_keeps_the_fastest_file(tmp_path
     assert sel.to_dict()["float_kinds"] == [k for k in ("depthwise", "elementwise") if k in sel.float_kinds]
 
 
+def test_pte_select_skips_a_candidate_that_fails_and_times_the_rest(tmp_path):
+    """A candidate whose lowering fails is left out (logged), the others are still timed and the winner written;
+    when every candidate fails, the first error is raised."""
+    pytest.importorskip("executorch")
+    from zoo.export.pte_select import choose_float_kinds
+
+    def lower(graph, path):
+        if graph == "depthwise":
+            raise ExportError("lowering refused")
+        path.write_bytes(graph.encode())
+        return path
+
+    quantize = lambda kinds: "+".join(sorted(kinds)) or "none"  # noqa: E731 - a stand-in graph per candidate
+    load = lambda path: (lambda _inputs: None)  # noqa: E731
+    best, graph, times = choose_float_kinds(quantize, lower, load, [], {"depthwise", "elementwise"},
+                                            tmp_path / "m.pte", rounds=2)
+    assert "depthwise" not in times and set(times) == {"none", "depthwise+elementwise"}
+    assert (tmp_path / "m.pte").read_bytes().decode() == graph and graph in {"none", "depthwise+elementwise"}
+    with pytest.raises(ExportError, match="lowering refused"):
+        choose_float_kinds(lambda kinds: "depthwise", lower, load, [], {"depthwise"}, tmp_path / "x.pte", rounds=2)
+
+
 def test_pte_select_takes_a_candidate_that_keeps_more_float_only_when_clearly_faster():
     pytest.importorskip("executorch")
     from zoo.export.pte_select import fastest
