@@ -167,6 +167,22 @@ def test_runtime_formats_refuse_int8_and_dynamic_batch(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+class _DepthwiseBlock(torch.nn.Module):
+    """conv -> depthwise conv -> residual add -> pointwise conv -> linear: one node of each selectable kind."""
+
+    def __init__(self, width: int = 32, expand: int = 2) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, width, 3, padding=1)
+        self.dw = torch.nn.Conv2d(width, width, 3, padding=1, groups=width)
+        self.pw = torch.nn.Conv2d(width, expand * width, 1)
+        self.fc = torch.nn.Linear(expand * width, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        y = y + torch.relu(self.dw(y))
+        return self.fc(torch.relu(self.pw(y)).mean((2, 3)))
+
+
 def test_pt2e_int8_pte_round_trip_in_executorch(tmp_path):
     """PT2E with the XNNPACK quantizer -> int8 .pte that runs in ExecuTorch, matches its quantized PyTorch graph,
     keeps the fp32 network's predictions on its calibration images and stores int8 weights (under 0.6x the fp32
@@ -177,21 +193,8 @@ def test_pt2e_int8_pte_round_trip_in_executorch(tmp_path):
     from zoo.export.pt2e import to_pte_int8
     from zoo.export.spec import build_spec
 
-    class Net(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 64, 3, padding=1)
-            self.dw = torch.nn.Conv2d(64, 64, 3, padding=1, groups=64)
-            self.pw = torch.nn.Conv2d(64, 256, 1)
-            self.fc = torch.nn.Linear(256, 5)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = torch.relu(self.conv(x))
-            y = y + torch.relu(self.dw(y))
-            return self.fc(torch.relu(self.pw(y)).mean((2, 3)))
-
     torch.manual_seed(0)
-    model = Net().eval()
+    model = _DepthwiseBlock(width=64, expand=4).eval()
     spec = build_spec("classification", (3, 16, 16))
     calib = (np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32),)
     report = to_pte_int8(model, tmp_path / "m.int8.pte", spec, calib, calibration_source="test")
@@ -256,24 +259,6 @@ def test_pt2e_int8_pte_with_a_zero_pad_between_quantized_ops_loads(tmp_path):
                         for n in pads)
     report = to_pte_int8(model, tmp_path / "shear.int8.pte", spec, calib, calibration_source="test")
     assert report.vs_quantized_torch.passed and report.top1_agreement_with_fp32 >= 0.75
-
-
-
-
-class _DepthwiseBlock(torch.nn.Module):
-    """conv -> depthwise conv -> residual add -> pointwise conv -> linear: one node of each selectable kind."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 32, 3, padding=1)
-        self.dw = torch.nn.Conv2d(32, 32, 3, padding=1, groups=32)
-        self.pw = torch.nn.Conv2d(32, 64, 1)
-        self.fc = torch.nn.Linear(64, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.conv(x))
-        y = y + self.dw(y)
-        return self.fc(torch.relu(self.pw(y)).mean((2, 3)))
 
 
 def _weight_is_dequantized(graph: torch.fx.GraphModule, groups: int) -> bool:
